@@ -1,0 +1,3 @@
+from ftlct.export.cli import main
+
+main()

