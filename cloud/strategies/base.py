@@ -1,0 +1,70 @@
+"""The strategy interface: pure functions of (federation state, site updates) -> new state.
+
+A strategy never sees MQTT, files or clocks; the cloud's round loop hands it
+decoded updates and persists what it returns (the way Flower keeps ``Strategy``
+apart from its ``Grid``). ``FederationState.round`` counts completed
+aggregations: ``aggregate`` returns a state whose ``round`` is one more.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Weights = dict[str, np.ndarray]
+
+DEFAULT_CLUSTER = "global"
+
+
+@dataclass(frozen=True)
+class SiteUpdate:
+    site: str
+    delta: Weights  # local - global of the site's cluster
+    n_samples: int
+    cluster: str = DEFAULT_CLUSTER
+
+
+@dataclass
+class FederationState:
+    models: dict[str, Weights]  # cluster id -> global weights
+    membership: dict[str, str] = field(default_factory=dict)  # site -> cluster id
+    round: int = 0
+    extra: dict = field(default_factory=dict)  # strategy-private, JSON-serialisable
+
+
+class Strategy(ABC):
+    """One aggregation rule. Subclasses set ``name`` and implement ``aggregate``."""
+
+    name: str
+
+    @abstractmethod
+    def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
+        """The state after one round: new global weights per cluster, membership, ``round + 1``.
+
+        ``state`` is not modified. Clusters without updates keep their weights.
+        Raises ``ValueError`` for updates that do not fit the state (unknown
+        cluster, other tensor names or shapes, non-finite values, a site twice).
+        """
+
+    def cluster_of(self, state: FederationState, site: str) -> str:
+        """The cluster whose global model ``site`` trains from next."""
+        cluster = state.membership.get(site)
+        if cluster in state.models:
+            return cluster
+        return default_cluster(state)
+
+
+def default_cluster(state: FederationState) -> str:
+    """Where a site without a (live) membership goes: ``global``, else the most populated cluster."""
+    if DEFAULT_CLUSTER in state.models:
+        return DEFAULT_CLUSTER
+    if not state.models:
+        raise ValueError("federation state has no models")
+    counts = {cluster: 0 for cluster in state.models}
+    for cluster in state.membership.values():
+        if cluster in counts:
+            counts[cluster] += 1
+    return min(counts, key=lambda c: (-counts[c], c))
