@@ -1,0 +1,312 @@
+"""Payload schemas of the four message kinds, with strict JSON (de)serialisation.
+
+The JSON part travels in the envelope header's ``payload``; tensors travel in
+the safetensors body. ``from_payload`` raises ``ProtocolError('malformed')``
+for anything that does not fit, so neither side works on half-checked data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
+from ftlct.protocol.codecs import CODECS
+from ftlct.protocol.errors import ProtocolError
+from ftlct.protocol.topics import NAME
+
+TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.]{1,128}$")
+METRIC_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+BODY_DTYPES = (np.float32, np.float16, np.int8)
+MAX_METRICS = 32
+ROUND_STATUSES = ("open", "finished")
+ROUND_KEYS = {
+    "round",
+    "strategy",
+    "deadline",
+    "opened_at",
+    "base_versions",
+    "default_cluster",
+    "assignments",
+    "min_sites",
+    "training",
+    "status",
+    "extensions",
+}
+
+
+def tensors_to_body(tensors: dict[str, np.ndarray]) -> bytes:
+    for name in tensors:
+        if not TENSOR_NAME.match(name):
+            raise ValueError(f"tensor name {name!r} not allowed on the wire")
+    return save_tensors({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+
+
+def body_to_tensors(body: bytes) -> dict[str, np.ndarray]:
+    try:
+        tensors = load_tensors(body)
+    except Exception as exc:  # safetensors raises its own error type
+        raise ProtocolError("malformed", f"body is not safetensors: {exc}") from exc
+    for name, value in tensors.items():
+        if not TENSOR_NAME.match(name) or value.dtype not in BODY_DTYPES:
+            raise ProtocolError("malformed", f"tensor {name!r} ({value.dtype}) not allowed")
+    return tensors
+
+
+# ----------------------------------------------------------------- checks
+def _fail(what: str):
+    raise ProtocolError("malformed", what)
+
+
+def _name(payload: dict, key: str) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not NAME.match(value):
+        _fail(f"{key} must be a name, got {value!r}")
+    return value
+
+
+def _text(payload: dict, key: str, limit: int = 128) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        _fail(f"{key} must be a string of 1-{limit} characters")
+    return value
+
+
+def _int(payload: dict, key: str, minimum: int = 0) -> int:
+    value = payload.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(payload: dict, key: str) -> float:
+    value = payload.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        _fail(f"{key} must be a finite number")
+    return float(value)
+
+
+def _name_map(payload: dict, key: str) -> dict[str, str]:
+    value = payload.get(key)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and NAME.match(k) and isinstance(v, str) for k, v in value.items()
+    ):
+        _fail(f"{key} must map names to strings")
+    return dict(value)
+
+
+def _keys(payload: dict, allowed: set[str], kind: str) -> None:
+    unknown = set(payload) - allowed
+    if unknown:
+        _fail(f"{kind} payload has unknown keys {sorted(unknown)}")
+
+
+# ----------------------------------------------------------------- round
+@dataclass(frozen=True)
+class RoundAnnouncement:
+    """Retained on ``rounds/current``: what the sites should train, from which base, by when."""
+
+    round: int
+    strategy: str
+    deadline: float  # unix seconds
+    opened_at: float
+    base_versions: dict[str, str]  # cluster -> global version to train from
+    default_cluster: str = "global"
+    assignments: dict[str, str] = field(default_factory=dict)  # site -> cluster (when clustered)
+    min_sites: int = 1
+    training: dict = field(default_factory=dict)  # local epochs, lr, codec, max_delta_norm, ...
+    status: str = "open"  # "finished" once the last round is aggregated
+    extensions: int = 0  # deadline extensions for lack of quorum
+
+    def cluster_for(self, site: str) -> str:
+        return self.assignments.get(site, self.default_cluster)
+
+    def base_version_for(self, site: str) -> str | None:
+        return self.base_versions.get(self.cluster_for(site))
+
+    def to_payload(self) -> dict:
+        return {
+            "round": self.round,
+            "strategy": self.strategy,
+            "deadline": self.deadline,
+            "opened_at": self.opened_at,
+            "base_versions": dict(self.base_versions),
+            "default_cluster": self.default_cluster,
+            "assignments": dict(self.assignments),
+            "min_sites": self.min_sites,
+            "training": dict(self.training),
+            "status": self.status,
+            "extensions": self.extensions,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> RoundAnnouncement:
+        _keys(payload, ROUND_KEYS, "round")
+        status = payload.get("status")
+        if status not in ROUND_STATUSES:
+            _fail(f"round status {status!r} not in {ROUND_STATUSES}")
+        training = payload.get("training", {})
+        if not isinstance(training, dict):
+            _fail("training must be an object")
+        return cls(
+            round=_int(payload, "round"),
+            strategy=_text(payload, "strategy", 64),
+            deadline=_number(payload, "deadline"),
+            opened_at=_number(payload, "opened_at"),
+            base_versions=_name_map(payload, "base_versions"),
+            default_cluster=_name(payload, "default_cluster"),
+            assignments=_name_map(payload, "assignments"),
+            min_sites=_int(payload, "min_sites"),
+            training=training,
+            status=status,
+            extensions=_int(payload, "extensions"),
+        )
+
+
+# ----------------------------------------------------------------- global model
+@dataclass(frozen=True)
+class GlobalModel:
+    """Retained on ``model/{cluster}``: a head to run on top of the named backbone."""
+
+    cluster: str
+    version: str
+    round: int  # 0: the initial head from the model directory
+    labels: list[str]
+    backbone_sha256: str
+    weights: dict[str, np.ndarray]  # float32 head tensors dense.{i}.weight/bias
+    weights_sha256: str = ""  # sha256 of the safetensors body (set when sealed)
+    base_version: str | None = None  # the version this one was aggregated from
+
+    def to_payload(self, weights_sha256: str) -> dict:
+        return {
+            "cluster": self.cluster,
+            "version": self.version,
+            "round": self.round,
+            "labels": list(self.labels),
+            "backbone_sha256": self.backbone_sha256,
+            "weights_sha256": weights_sha256,
+            "base_version": self.base_version,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict, weights: dict[str, np.ndarray]) -> GlobalModel:
+        _keys(
+            payload,
+            {
+                "cluster",
+                "version",
+                "round",
+                "labels",
+                "backbone_sha256",
+                "weights_sha256",
+                "base_version",
+            },
+            "global_model",
+        )
+        labels = payload.get("labels")
+        if (
+            not isinstance(labels, list)
+            or len(labels) < 2
+            or not all(isinstance(x, str) for x in labels)
+        ):
+            _fail("labels must be a list of >= 2 strings")
+        base = payload.get("base_version")
+        if base is not None and not isinstance(base, str):
+            _fail("base_version must be a string or null")
+        if any(v.dtype != np.float32 for v in weights.values()):
+            _fail("global weights must be float32")
+        return cls(
+            cluster=_name(payload, "cluster"),
+            version=_text(payload, "version"),
+            round=_int(payload, "round"),
+            labels=list(labels),
+            backbone_sha256=_text(payload, "backbone_sha256", 64),
+            weights=weights,
+            weights_sha256=_text(payload, "weights_sha256", 64),
+            base_version=base,
+        )
+
+
+# ----------------------------------------------------------------- site update
+@dataclass(frozen=True)
+class UpdateMessage:
+    """Sent on ``updates/{site}``: one site's delta for one round, decoded to float32."""
+
+    site: str
+    round: int
+    base_version: str
+    cluster: str
+    n_samples: int
+    delta: dict[str, np.ndarray]
+    update_id: str  # the same for every resend of this update
+    codec: str = "fp32"
+    metrics: dict[str, float] = field(default_factory=dict)  # local loss/accuracy..., no PHI
+    created: float = 0.0
+
+    def to_payload(self, codec_params: dict) -> dict:
+        return {
+            "site": self.site,
+            "round": self.round,
+            "base_version": self.base_version,
+            "cluster": self.cluster,
+            "n_samples": self.n_samples,
+            "metrics": dict(self.metrics),
+            "update_id": self.update_id,
+            "codec": self.codec,
+            "codec_params": codec_params,
+        }
+
+
+def check_metrics(metrics: object) -> dict[str, float]:
+    if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
+        _fail(f"metrics must be an object of <= {MAX_METRICS} entries")
+    out = {}
+    for key, value in metrics.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not (isinstance(key, str) and METRIC_NAME.match(key)) or not ok:
+            _fail(f"metric {key!r} -> {value!r} not allowed (names [a-z0-9_], finite numbers)")
+        out[key] = float(value)
+    return out
+
+
+def update_fields(payload: dict) -> dict:
+    """The checked JSON fields of an update payload (the delta is decoded separately)."""
+    _keys(
+        payload,
+        {
+            "site",
+            "round",
+            "base_version",
+            "cluster",
+            "n_samples",
+            "metrics",
+            "update_id",
+            "codec",
+            "codec_params",
+        },
+        "site_update",
+    )
+    codec = payload.get("codec")
+    if codec not in CODECS:
+        _fail(f"codec {codec!r} not in {CODECS}")
+    params = payload.get("codec_params")
+    if not isinstance(params, dict):
+        _fail("codec_params must be an object")
+    update_id = payload.get("update_id")
+    if not isinstance(update_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", update_id):
+        _fail("update_id must be 8-64 characters of [A-Za-z0-9_-]")
+    return {
+        "site": _name(payload, "site"),
+        "round": _int(payload, "round", 1),
+        "base_version": _text(payload, "base_version"),
+        "cluster": _name(payload, "cluster"),
+        "n_samples": _int(payload, "n_samples", 1),
+        "metrics": check_metrics(payload.get("metrics", {})),
+        "update_id": update_id,
+        "codec": codec,
+        "codec_params": params,
+    }

@@ -1,0 +1,139 @@
+"""The scanner twin an agent publishes on ``twins/{site}/state``: a closed schema, no PHI.
+
+Every key at every level is listed here; a validator refuses anything else,
+so a patient name, an accession number or a free-text error message cannot
+ride along by accident. Strings are few and short (agent and model versions,
+device make and model), and restricted to a plain character set.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+from ftlct.protocol.errors import ProtocolError
+
+STATUSES = ("idle", "receiving", "inferring", "training", "offline")
+_PLAIN_TEXT = re.compile(r"^[A-Za-z0-9 ._+:()/-]{0,64}$")
+_MODALITY = re.compile(r"^[A-Z]{2,4}$")
+
+
+@dataclass
+class TwinCounts:
+    instances_stored: int = 0
+    series_complete: int = 0
+    series_inferred: int = 0
+    quarantined: int = 0
+    labels: int = 0
+    rounds_trained: int = 0
+
+
+@dataclass
+class QueueDepths:
+    assembling: int = 0  # series waiting for their quiet period
+    inference: int = 0
+    training: int = 0
+    results: int = 0  # results waiting to be sent (SR C-STORE)
+
+
+@dataclass
+class Latency:
+    p50_s: float = 0.0
+    p95_s: float = 0.0
+
+
+@dataclass
+class PrivacyBudget:
+    epsilon_spent: float = 0.0
+    epsilon_limit: float = 0.0  # 0: no differential privacy configured
+    delta: float = 0.0
+
+
+@dataclass
+class ScannerProfile:
+    """Device-level aggregates (never per patient)."""
+
+    manufacturer: str = ""
+    model_name: str = ""
+    modalities: dict[str, int] = field(default_factory=dict)  # DICOM modality code -> series
+    series_per_day: float = 0.0
+    median_slices_per_series: float = 0.0
+    median_slice_thickness_mm: float = 0.0
+    median_kvp: float = 0.0
+
+
+@dataclass
+class TwinState:
+    status: str = "idle"
+    agent_version: str = ""
+    model_version: str = ""
+    counts: TwinCounts = field(default_factory=TwinCounts)
+    queue_depths: QueueDepths = field(default_factory=QueueDepths)
+    latency: Latency = field(default_factory=Latency)
+    outbox: int = 0
+    privacy: PrivacyBudget = field(default_factory=PrivacyBudget)
+    scanner: ScannerProfile = field(default_factory=ScannerProfile)
+    uptime_s: float = 0.0
+
+    @property
+    def online(self) -> bool:
+        return self.status != "offline"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> TwinState:
+        """Strict parse: unknown keys, wrong types or non-plain strings -> ``ProtocolError``."""
+        state = _parse(cls, data, "twin")
+        if state.status not in STATUSES:
+            raise ProtocolError("bad_twin_state", f"twin.status {state.status!r} not in {STATUSES}")
+        return state
+
+
+def validate_twin_state(data: object) -> TwinState:
+    """``TwinState.from_json``: the check both the agent (before sending) and the cloud run."""
+    return TwinState.from_json(data)
+
+
+def _parse(cls, data: object, where: str):
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_twin_state", f"{where} must be an object")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ProtocolError("bad_twin_state", f"{where}: keys not in the twin schema: {unknown}")
+    values = {}
+    for name, value in data.items():
+        values[name] = _value(hints[name], value, f"{where}.{name}")
+    return cls(**values)
+
+
+def _value(kind, value, where: str):
+    if is_dataclass(kind):
+        return _parse(kind, value, where)
+    if kind is bool or isinstance(value, bool):
+        raise ProtocolError("bad_twin_state", f"{where}: booleans are not part of the schema")
+    if kind is int:
+        if not isinstance(value, int) or value < 0:
+            raise ProtocolError("bad_twin_state", f"{where} must be a non-negative integer")
+        return value
+    if kind is float:
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ProtocolError("bad_twin_state", f"{where} must be a finite number >= 0")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str) or not _PLAIN_TEXT.match(value):
+            raise ProtocolError("bad_twin_state", f"{where} must be plain text of <= 64 characters")
+        return value
+    if typing.get_origin(kind) is dict:  # modalities: code -> count
+        if not isinstance(value, dict) or len(value) > 16:
+            raise ProtocolError("bad_twin_state", f"{where} must be an object of <= 16 entries")
+        for code, count in value.items():
+            if not _MODALITY.match(code) or not isinstance(count, int) or count < 0:
+                raise ProtocolError("bad_twin_state", f"{where}: {code!r} -> {count!r} not allowed")
+        return dict(value)
+    raise TypeError(f"twin schema type {kind} not handled")  # pragma: no cover

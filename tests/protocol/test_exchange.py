@@ -1,0 +1,176 @@
+"""The helpers an agent and the cloud call, from both sides of the wire."""
+
+import numpy as np
+import pytest
+
+from ftlct.protocol import exchange
+from ftlct.protocol.envelope import seal
+from ftlct.protocol.errors import ProtocolError
+from ftlct.protocol.identity import load_or_create_identity
+from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
+from ftlct.protocol.twin_state import TwinState
+
+FED = "fed"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    return {
+        "cloud": load_or_create_identity(root / "cloud", "cloud"),
+        "a": load_or_create_identity(root / "a", "site-a"),
+        "b": load_or_create_identity(root / "b", "site-b"),
+    }
+
+
+@pytest.fixture
+def enrolled(keys):
+    table = {"site-a": keys["a"].public_b64, "site-b": keys["b"].public_b64}
+    return table.get
+
+
+def _delta():
+    rng = np.random.default_rng(0)
+    return {
+        "dense.0.weight": rng.normal(size=(2, 8)).astype(np.float32),
+        "dense.0.bias": np.array([0.5, -0.5], np.float32),
+    }
+
+
+def _update(keys, **overrides):
+    args = dict(round=2, base_version="v1", cluster="global", n_samples=40, delta=_delta())
+    args.update(overrides)
+    return exchange.build_update(keys["a"], FED, **args)
+
+
+def _reason(call, *args, **kwargs):
+    with pytest.raises(ProtocolError) as info:
+        call(*args, **kwargs)
+    return info.value.reason
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8"])
+def test_site_update_round_trips_through_the_cloud_opener(keys, enrolled, codec):
+    data = _update(keys, codec=codec, metrics={"loss": 0.25, "accuracy": 1}, update_id="u-12345678")
+    message = exchange.open_update(data, enrolled, FED)
+    assert (message.site, message.round, message.base_version) == ("site-a", 2, "v1")
+    assert (message.cluster, message.n_samples, message.update_id) == ("global", 40, "u-12345678")
+    assert message.metrics == {"loss": 0.25, "accuracy": 1.0} and message.codec == codec
+    tolerance = {"fp32": 0, "fp16": 2e-3, "int8": 0.02}[codec]
+    for name, value in _delta().items():
+        np.testing.assert_allclose(message.delta[name], value, atol=tolerance, rtol=0)
+    assert exchange.peek(data).payload["update_id"] == "u-12345678"
+
+
+def test_update_ids_are_fresh_unless_given(keys, enrolled):
+    first = exchange.open_update(_update(keys), enrolled, FED)
+    second = exchange.open_update(_update(keys), enrolled, FED)
+    assert first.update_id != second.update_id
+
+
+def test_update_rejections_carry_their_reason(keys, enrolled):
+    data = _update(keys)
+    assert _reason(exchange.open_update, data, lambda site: None, FED) == "unknown_site"
+    assert (
+        _reason(exchange.open_update, data, lambda site: keys["b"].public_b64, FED)
+        == "bad_signature"
+    )
+    assert _reason(exchange.open_update, data, enrolled, "other-fed") == "wrong_federation"
+    assert _reason(exchange.open_update, data, enrolled, FED, max_bytes=100) == "oversize"
+    assert _reason(exchange.open_update, b"garbage!" * 4, enrolled, FED) == "malformed"
+
+
+def test_a_site_cannot_send_an_update_in_another_sites_name(keys, enrolled):
+    payload = exchange.peek(_update(keys)).payload
+    payload["site"] = "site-b"
+    forged = seal("site_update", FED, payload, keys["a"], exchange.peek(_update(keys)).body)
+    assert _reason(exchange.open_update, forged, enrolled, FED) == "wrong_sender"
+
+
+def test_malformed_update_fields_are_refused_before_sending(keys):
+    with pytest.raises(ProtocolError, match="n_samples"):
+        _update(keys, n_samples=0)
+    with pytest.raises(ProtocolError, match="metric"):
+        _update(keys, metrics={"Patient Name": 1.0})
+
+
+def _model(**overrides):
+    fields = dict(
+        cluster="global",
+        version="v2",
+        round=1,
+        labels=["normal", "abnormal"],
+        backbone_sha256="ab" * 32,
+        weights=_delta(),
+        base_version="v1",
+    )
+    fields.update(overrides)
+    return GlobalModel(**fields)
+
+
+def test_global_model_verifies_with_the_cloud_key(keys):
+    data = exchange.build_global_model(keys["cloud"], FED, _model())
+    model = exchange.open_global_model(
+        data,
+        keys["cloud"].public_b64,
+        FED,
+        backbone_sha256="ab" * 32,
+        labels=["normal", "abnormal"],
+    )
+    assert (model.version, model.round, model.base_version) == ("v2", 1, "v1")
+    assert len(model.weights_sha256) == 64
+    for name, value in _delta().items():
+        np.testing.assert_array_equal(model.weights[name], value)
+
+
+def test_global_model_refusals(keys):
+    data = exchange.build_global_model(keys["cloud"], FED, _model())
+    cloud = keys["cloud"].public_b64
+    assert _reason(exchange.open_global_model, data, keys["a"].public_b64, FED) == "bad_signature"
+    assert (
+        _reason(exchange.open_global_model, data, cloud, FED, backbone_sha256="cd" * 32)
+        == "backbone_mismatch"
+    )
+    assert (
+        _reason(exchange.open_global_model, data, cloud, FED, labels=["a", "b"])
+        == "labels_mismatch"
+    )
+    forged = exchange.build_global_model(keys["a"], FED, _model())  # a site posing as the cloud
+    assert _reason(exchange.open_global_model, forged, cloud, FED) == "bad_signature"
+
+
+def test_round_announcement_round_trips(keys):
+    announcement = RoundAnnouncement(
+        round=4,
+        strategy="cfl",
+        deadline=1000.5,
+        opened_at=900.0,
+        base_versions={"global.0": "v7", "global.1": "v8"},
+        default_cluster="global.0",
+        assignments={"site-b": "global.1"},
+        min_sites=2,
+        training={"local_epochs": 1, "lr": 0.01},
+    )
+    again = exchange.open_round(
+        exchange.build_round(keys["cloud"], FED, announcement), keys["cloud"].public_b64, FED
+    )
+    assert again == announcement
+    assert again.base_version_for("site-a") == "v7" and again.base_version_for("site-b") == "v8"
+
+
+def test_twin_state_and_will_are_signed_and_schema_checked(keys, enrolled):
+    site, state = exchange.open_twin_state(
+        exchange.build_twin_state(keys["a"], FED, TwinState(status="training", outbox=3)),
+        enrolled,
+        FED,
+    )
+    assert site == "site-a" and state.status == "training" and state.outbox == 3
+    site, state = exchange.open_twin_state(
+        exchange.build_offline_will(keys["b"], FED, "v2"), enrolled, FED
+    )
+    assert site == "site-b" and not state.online and state.model_version == "v2"
+    with pytest.raises(ProtocolError) as info:
+        exchange.build_twin_state(keys["a"], FED, {"status": "idle", "patient_id": "123"})
+    assert info.value.reason == "bad_twin_state"
+    sneaky = seal("twin_state", FED, {"status": "idle", "patient_id": "123"}, keys["a"])
+    assert _reason(exchange.open_twin_state, sneaky, enrolled, FED) == "bad_twin_state"
