@@ -48,7 +48,11 @@ def encode_delta(delta: dict[str, np.ndarray], codec: str) -> tuple[dict[str, np
 
 
 def decode_delta(tensors: dict[str, np.ndarray], codec: str, params: dict) -> dict[str, np.ndarray]:
-    """float32 tensors from a body; ``ProtocolError('malformed')`` if they do not fit ``codec``."""
+    """float32 tensors from a body.
+
+    ``ProtocolError``: ``bad_dtype`` if a tensor is not the codec's wire dtype,
+    ``malformed`` for an unknown codec or missing/invalid int8 scales.
+    """
     if codec not in CODECS:
         raise ProtocolError("malformed", f"unknown delta codec {codec!r}")
     wire = _WIRE_DTYPE[codec]
@@ -56,7 +60,7 @@ def decode_delta(tensors: dict[str, np.ndarray], codec: str, params: dict) -> di
     out = {}
     for name, value in tensors.items():
         if value.dtype != wire:
-            raise ProtocolError("malformed", f"{codec} delta {name} has dtype {value.dtype}")
+            raise ProtocolError("bad_dtype", f"{codec} delta {name} has dtype {value.dtype}")
         if codec == "int8":
             scale = scales.get(name)
             if not isinstance(scale, int | float) or not np.isfinite(scale) or scale <= 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,6 +73,7 @@ def build_update(
         update_id=update_id or new_update_id(),
         codec=codec,
         metrics=dict(metrics or {}),
+        public_key=identity.public_b64,
     )
     tensors, params = encode_delta(delta, codec)
     payload = message.to_payload(params)
@@ -135,13 +137,25 @@ def build_round(identity: Identity, federation: str, announcement: RoundAnnounce
 
 
 def open_update(
-    data: bytes, keys: KeyLookup, federation: str, max_bytes: int | None = None
+    data: bytes,
+    keys: KeyLookup,
+    federation: str,
+    max_bytes: int | None = None,
+    trust_on_first_use: bool = False,
 ) -> UpdateMessage:
     """A verified, decoded site update (the round logic checks round, base, shapes, norm).
 
-    Reasons: oversize, malformed, wrong_kind, wrong_federation, unknown_site, bad_signature.
+    Reasons: oversize, malformed, bad_dtype, wrong_kind, wrong_federation,
+    unknown_site, bad_signature, wrong_sender. ``trust_on_first_use`` (DEV
+    ONLY) verifies an unknown signer with the key it sent along; the caller
+    then enrols it.
     """
-    envelope = _open_signed(data, "site_update", federation, keys, max_bytes)
+    envelope = open_envelope(data, "site_update", max_bytes)
+    public_key = keys(envelope.signer)
+    if public_key is None and trust_on_first_use:
+        offered = envelope.payload.get("public_key")
+        public_key = offered if isinstance(offered, str) and offered else None
+    envelope = _verified(envelope, public_key, federation)
     fields = update_fields(envelope.payload)
     if fields["site"] != envelope.signer:
         raise ProtocolError(
@@ -149,13 +163,21 @@ def open_update(
         )
     delta = decode_delta(body_to_tensors(envelope.body), fields["codec"], fields["codec_params"])
     fields.pop("codec_params")
+    fields["public_key"] = public_key
     return UpdateMessage(**fields, delta=delta, created=envelope.created)
 
 
-def open_twin_state(data: bytes, keys: KeyLookup, federation: str) -> tuple[str, TwinState]:
-    """``(site, state)`` from a verified twin message."""
+@dataclass(frozen=True)
+class TwinMessage:
+    site: str
+    state: TwinState
+    created: float  # the agent's clock when it built the message
+
+
+def open_twin_state(data: bytes, keys: KeyLookup, federation: str) -> TwinMessage:
+    """A verified, schema-checked twin state."""
     envelope = _open_signed(data, "twin_state", federation, keys)
-    return envelope.signer, validate_twin_state(envelope.payload)
+    return TwinMessage(envelope.signer, validate_twin_state(envelope.payload), envelope.created)
 
 
 def peek(data: bytes) -> Envelope:
@@ -167,16 +189,19 @@ def _open_signed(
     data: bytes, kind: str, federation: str, keys: KeyLookup, max_bytes: int | None = None
 ) -> Envelope:
     envelope = open_envelope(data, kind, max_bytes)
-    public_key = keys(envelope.signer)
+    return _verified(envelope, keys(envelope.signer), federation)
+
+
+def _verified(envelope: Envelope, public_key: str | None, federation: str) -> Envelope:
     if public_key is None:
         raise ProtocolError(
-            "unknown_site", f"{kind} signed by {envelope.signer}, who is not enrolled"
+            "unknown_site", f"{envelope.kind} signed by {envelope.signer}, who is not enrolled"
         )
     envelope.verify(public_key)
     if envelope.federation != federation:
         raise ProtocolError(
             "wrong_federation",
-            f"{kind} for federation {envelope.federation}, expected {federation}",
+            f"{envelope.kind} for federation {envelope.federation}, expected {federation}",
         )
     return envelope
 

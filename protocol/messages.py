@@ -24,6 +24,18 @@ METRIC_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 BODY_DTYPES = (np.float32, np.float16, np.int8)
 MAX_METRICS = 32
 ROUND_STATUSES = ("open", "finished")
+UPDATE_KEYS = {
+    "site",
+    "round",
+    "base_version",
+    "cluster",
+    "n_samples",
+    "metrics",
+    "update_id",
+    "codec",
+    "codec_params",
+    "public_key",
+}
 ROUND_KEYS = {
     "round",
     "strategy",
@@ -246,9 +258,11 @@ class UpdateMessage:
     codec: str = "fp32"
     metrics: dict[str, float] = field(default_factory=dict)  # local loss/accuracy..., no PHI
     created: float = 0.0
+    public_key: str = ""  # the signer's key, used only by a cloud in trust-on-first-use mode
 
     def to_payload(self, codec_params: dict) -> dict:
         return {
+            "public_key": self.public_key,
             "site": self.site,
             "round": self.round,
             "base_version": self.base_version,
@@ -275,21 +289,10 @@ def check_metrics(metrics: object) -> dict[str, float]:
 
 def update_fields(payload: dict) -> dict:
     """The checked JSON fields of an update payload (the delta is decoded separately)."""
-    _keys(
-        payload,
-        {
-            "site",
-            "round",
-            "base_version",
-            "cluster",
-            "n_samples",
-            "metrics",
-            "update_id",
-            "codec",
-            "codec_params",
-        },
-        "site_update",
-    )
+    _keys(payload, UPDATE_KEYS, "site_update")
+    public_key = payload.get("public_key", "")
+    if not isinstance(public_key, str) or len(public_key) > 64:
+        _fail("public_key must be a base64 string")
     codec = payload.get("codec")
     if codec not in CODECS:
         _fail(f"codec {codec!r} not in {CODECS}")
@@ -309,4 +312,5 @@ def update_fields(payload: dict) -> dict:
         "update_id": update_id,
         "codec": codec,
         "codec_params": params,
+        "public_key": public_key,
     }

@@ -49,10 +49,15 @@ def test_non_finite_deltas_are_not_encoded():
         encode_delta({"w": np.array([np.nan], np.float32)}, "fp32")
 
 
+def test_a_tensor_in_the_wrong_wire_dtype_is_a_dtype_error():
+    with pytest.raises(ProtocolError) as info:
+        decode_delta({"w": np.zeros(2, np.float16)}, "fp32", {})
+    assert info.value.reason == "bad_dtype"
+
+
 @pytest.mark.parametrize(
     ("tensors", "codec", "params"),
     [
-        ({"w": np.zeros(2, np.float16)}, "fp32", {}),
         ({"w": np.zeros(2, np.int8)}, "int8", {}),
         ({"w": np.zeros(2, np.int8)}, "int8", {"scales": {"w": -1.0}}),
         ({"w": np.zeros(2, np.int8)}, "int8", {"scales": {"w": 1.0, "v": 1.0}}),

@@ -80,6 +80,22 @@ def test_update_rejections_carry_their_reason(keys, enrolled):
     assert _reason(exchange.open_update, b"garbage!" * 4, enrolled, FED) == "malformed"
 
 
+def test_trust_on_first_use_verifies_with_the_offered_key_only_when_asked(keys):
+    data = _update(keys)
+    unknown = lambda site: None  # noqa: E731
+    assert _reason(exchange.open_update, data, unknown, FED) == "unknown_site"
+    message = exchange.open_update(data, unknown, FED, trust_on_first_use=True)
+    assert message.public_key == keys["a"].public_b64
+    # the offered key must still match the signature
+    payload = exchange.peek(data).payload
+    payload["public_key"] = keys["b"].public_b64
+    forged = seal("site_update", FED, payload, keys["a"], exchange.peek(data).body)
+    assert (
+        _reason(exchange.open_update, forged, unknown, FED, trust_on_first_use=True)
+        == "bad_signature"
+    )
+
+
 def test_a_site_cannot_send_an_update_in_another_sites_name(keys, enrolled):
     payload = exchange.peek(_update(keys)).payload
     payload["site"] = "site-b"
@@ -159,16 +175,16 @@ def test_round_announcement_round_trips(keys):
 
 
 def test_twin_state_and_will_are_signed_and_schema_checked(keys, enrolled):
-    site, state = exchange.open_twin_state(
+    twin = exchange.open_twin_state(
         exchange.build_twin_state(keys["a"], FED, TwinState(status="training", outbox=3)),
         enrolled,
         FED,
     )
-    assert site == "site-a" and state.status == "training" and state.outbox == 3
-    site, state = exchange.open_twin_state(
+    assert twin.site == "site-a" and twin.state.status == "training" and twin.state.outbox == 3
+    will = exchange.open_twin_state(
         exchange.build_offline_will(keys["b"], FED, "v2"), enrolled, FED
     )
-    assert site == "site-b" and not state.online and state.model_version == "v2"
+    assert will.site == "site-b" and not will.state.online and will.state.model_version == "v2"
     with pytest.raises(ProtocolError) as info:
         exchange.build_twin_state(keys["a"], FED, {"status": "idle", "patient_id": "123"})
     assert info.value.reason == "bad_twin_state"

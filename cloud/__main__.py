@@ -1,0 +1,3 @@
+from ftlct.cloud.cli import main
+
+main()

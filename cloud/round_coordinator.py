@@ -1,0 +1,323 @@
+"""The round state machine: open a round, collect updates, aggregate, publish, open the next.
+
+No sockets here: messages come in through ``on_message`` and go out through
+the ``publish(topic, payload, retain)`` callable the server passes in, so the
+whole machine runs in tests without a broker. Every state change is
+committed to the ``StateStore`` before anything is published.
+
+Closing rule: a round closes when it has ``min_sites`` accepted updates and
+either its deadline has passed or every enrolled site has answered. At the
+deadline with fewer than ``min_sites`` updates, the round is NOT aggregated
+on a thin quorum: its deadline moves ``round_timeout`` into the future, the
+retained ``rounds/current`` is re-published with ``extensions`` + 1 (so late
+or reconnecting sites see it), and a warning is logged. Updates already
+accepted stay counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from ftlct.cloud.settings import CloudSettings
+from ftlct.cloud.state_store import RoundRow, StateStore, weights_to_blob
+from ftlct.cloud.strategies import FederationState, Strategy
+from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, default_cluster
+from ftlct.cloud.twin_registry import TwinRegistry
+from ftlct.cloud.update_validation import Duplicate, Rejection, check_update
+from ftlct.export.model_dir import ModelDir
+from ftlct.protocol.errors import ProtocolError
+from ftlct.protocol.exchange import build_global_model, build_round, open_update
+from ftlct.protocol.identity import Identity
+from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
+from ftlct.protocol.topics import Topics, parse_topic
+
+log = logging.getLogger("ftlct.cloud.rounds")
+
+Publish = Callable[[str, bytes, bool], None]
+
+
+class CloudStateError(RuntimeError):
+    """The state directory cannot be used with these settings (other federation, other backbone)."""
+
+
+class RoundCoordinator:
+    def __init__(
+        self,
+        settings: CloudSettings,
+        store: StateStore,
+        strategy: Strategy,
+        identity: Identity,
+        publish: Publish,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        self.store = store
+        self.strategy = strategy
+        self.identity = identity
+        self.publish = publish
+        self.clock = clock
+        self.topics = Topics(settings.federation)
+        self.twins = TwinRegistry(store, settings.federation)
+
+    # ------------------------------------------------------------------ lifecycle
+    def initialise(self, model: ModelDir | None) -> None:
+        """First start: the model's head becomes global version 1. Later: check and resume."""
+        federation = self.store.meta("federation")
+        if federation is not None and federation != self.settings.federation:
+            raise CloudStateError(
+                f"{self.store.path} belongs to federation {federation!r}, not {self.settings.federation!r}"
+            )
+        if self.store.federation_state() is None:
+            if model is None:
+                raise CloudStateError("a new federation needs --model (the first global head)")
+            with self.store.transaction():
+                self.store.set_meta("federation", self.settings.federation)
+                self.store.set_meta("backbone_sha256", model.backbone_sha256)
+                self.store.set_meta("labels", ",".join(model.labels))
+                self.store.add_model(DEFAULT_CLUSTER, model.version, 0, None, model.head_weights())
+                self.store.save_federation(0, {DEFAULT_CLUSTER: model.version}, {}, {})
+            log.info(
+                "new federation %s from %s (version %s)",
+                self.settings.federation,
+                model.path,
+                model.version,
+            )
+        elif model is not None and model.backbone_sha256 != self.store.meta("backbone_sha256"):
+            raise CloudStateError(
+                f"{model.path} has another backbone than the federation in {self.store.path}"
+            )
+        self._open_next_round_if_due()
+
+    @property
+    def finished(self) -> bool:
+        limit = self.settings.rounds
+        return limit > 0 and self.store.rounds_completed() >= limit
+
+    def publish_all(self) -> None:
+        """(Re-)publish the retained state: every current global model and the round."""
+        for cluster, version in self.store.current_versions().items():
+            self._publish_model(cluster, version)
+        self._publish_round()
+
+    # ------------------------------------------------------------------ inputs
+    def on_message(self, topic: str, payload: bytes, retained: bool = False) -> str:
+        """Handle one MQTT message; returns what became of it (for logs and tests)."""
+        try:
+            ref = parse_topic(topic)
+        except ProtocolError as exc:
+            log.warning("ignored message on %s: %s", topic, exc)
+            return "ignored"
+        if ref.federation != self.settings.federation:
+            return "ignored"
+        if ref.kind == "update":
+            return self._on_update(ref.subject, payload)
+        if ref.kind == "twin_state":
+            return self.twins.on_state(ref.subject, payload, retained)
+        return "ignored"
+
+    def tick(self) -> None:
+        """Close the open round if it is ready; extend its deadline if it lacks a quorum."""
+        row = self.store.last_round()
+        if row is None or row.status != "open":
+            return
+        received = set(self.store.sites_of_round(row.round))
+        enrolled = set(self.store.enrolled_sites())
+        now = self.clock()
+        quorum = len(received) >= self.settings.min_sites
+        everyone = bool(enrolled) and enrolled <= received
+        if quorum and (everyone or now >= row.deadline):
+            self._aggregate(row)
+        elif now >= row.deadline:
+            deadline = now + self.settings.round_timeout
+            self.store.extend_round(row.round, deadline)
+            log.warning(
+                "round %d: %d of %d required updates at the deadline; extended by %.0f s",
+                row.round,
+                len(received),
+                self.settings.min_sites,
+                self.settings.round_timeout,
+            )
+            self._publish_round()
+
+    # ------------------------------------------------------------------ updates
+    def _on_update(self, topic_site: str, payload: bytes) -> str:
+        current = self.store.last_round()
+        round_no = current.round if current else None
+        try:
+            message = open_update(
+                payload,
+                self.store.public_key,
+                self.settings.federation,
+                max_bytes=self.settings.limits.max_update_bytes,
+                trust_on_first_use=self.settings.dev_trust_on_first_use,
+            )
+            if message.site != topic_site:
+                raise Rejection(
+                    "wrong_sender", f"update signed by {message.site} on {topic_site}'s topic"
+                )
+            norm = check_update(
+                message,
+                current,
+                self.store,
+                self._model_shapes(),
+                self.settings.limits.max_delta_norm,
+            )
+        except (ProtocolError, Rejection) as exc:
+            self.store.reject(round_no, topic_site, exc.reason, str(exc))
+            log.warning("rejected update on %s: %s: %s", topic_site, exc.reason, exc)
+            return f"rejected:{exc.reason}"
+        except Duplicate:
+            self.store.bump("updates_duplicate")
+            log.info("ignored resend of update %s from %s", message.update_id, topic_site)
+            return "duplicate"
+        if self.store.public_key(message.site) is None:
+            self.store.enroll(message.site, message.public_key, via="trust-on-first-use")
+            log.warning("DEV trust-on-first-use: enrolled %s from its first update", message.site)
+        with self.store.transaction():
+            self.store.add_update(current.round, message, norm)
+            self.store.touch_twin(message.site)
+        log.info(
+            "round %d: accepted update from %s (n=%d, |delta|=%.4g)",
+            current.round,
+            message.site,
+            message.n_samples,
+            norm,
+        )
+        self.tick()
+        return "accepted"
+
+    def _model_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        loaded = self.store.federation_state()
+        assert loaded is not None
+        state, _ = loaded
+        return {c: {k: tuple(v.shape) for k, v in w.items()} for c, w in state.models.items()}
+
+    # ------------------------------------------------------------------ rounds
+    def _open_next_round_if_due(self) -> None:
+        last = self.store.last_round()
+        if (last is not None and last.status == "open") or self.finished:
+            return
+        loaded = self.store.federation_state()
+        assert loaded is not None
+        state, versions = loaded
+        with self.store.transaction():
+            self.store.add_round(
+                self._next_round_row(last.round + 1 if last else 1, state, versions)
+            )
+
+    def _next_round_row(self, number: int, state: FederationState, versions: dict) -> RoundRow:
+        default = default_cluster(state)
+        sites = set(self.store.enrolled_sites()) | set(state.membership)
+        assignments = {}
+        for site in sorted(sites):
+            cluster = self.strategy.cluster_of(state, site)
+            if cluster != default:
+                assignments[site] = cluster
+        now = self.clock()
+        return RoundRow(
+            round=number,
+            status="open",
+            strategy=self.strategy.name,
+            opened_at=now,
+            deadline=now + self.settings.round_timeout,
+            extensions=0,
+            base_versions=dict(versions),
+            assignments=assignments,
+            default_cluster=default,
+            closed_at=None,
+            n_updates=None,
+        )
+
+    def _aggregate(self, row: RoundRow) -> None:
+        loaded = self.store.federation_state()
+        assert loaded is not None
+        state, versions = loaded
+        updates = self.store.updates_of_round(row.round)
+        touched = self.store.clusters_of_round(row.round)
+        new_state = self.strategy.aggregate(state, updates)
+        new_versions = {}
+        created = []
+        for cluster, weights in new_state.models.items():
+            if cluster in versions and cluster not in touched:
+                new_versions[cluster] = versions[cluster]
+                continue
+            digest = hashlib.sha256(weights_to_blob(weights)).hexdigest()[:8]
+            version = f"r{row.round}-{cluster}-{digest}"
+            new_versions[cluster] = version
+            created.append((cluster, version, weights, _parent_version(cluster, versions)))
+        with self.store.transaction():
+            for cluster, version, weights, base in created:
+                self.store.add_model(cluster, version, row.round, base, weights)
+            self.store.save_federation(
+                new_state.round, new_versions, new_state.membership, new_state.extra
+            )
+            self.store.close_round(row.round, len(updates))
+            if not self.finished:
+                self.store.add_round(self._next_round_row(row.round + 1, new_state, new_versions))
+        log.info(
+            "round %d aggregated with %s from %d sites: %s",
+            row.round,
+            self.strategy.name,
+            len(updates),
+            ", ".join(f"{c}={v}" for c, v in sorted(new_versions.items())),
+        )
+        for cluster, version, _, _ in created:
+            self._publish_model(cluster, version)
+        for dissolved in set(versions) - set(new_versions):
+            self.publish(self.topics.model(dissolved), b"", True)  # clears the retained model
+        self._publish_round()
+
+    # ------------------------------------------------------------------ publishing
+    def _publish_model(self, cluster: str, version: str) -> None:
+        round_no, base = self.store.model_row(cluster, version)
+        model = GlobalModel(
+            cluster=cluster,
+            version=version,
+            round=round_no,
+            labels=(self.store.meta("labels") or "").split(","),
+            backbone_sha256=self.store.meta("backbone_sha256") or "",
+            weights=self.store.model_weights(cluster, version),
+            base_version=base,
+        )
+        data = build_global_model(self.identity, self.settings.federation, model)
+        self.publish(self.topics.model(cluster), data, True)
+
+    def _publish_round(self) -> None:
+        row = self.store.last_round()
+        if row is None:
+            return
+        training = dict(self.settings.training)
+        training.setdefault("max_delta_norm", self.settings.limits.max_delta_norm)
+        announcement = RoundAnnouncement(
+            round=row.round,
+            strategy=row.strategy,
+            deadline=row.deadline,
+            opened_at=row.opened_at,
+            base_versions=row.base_versions
+            if row.status == "open"
+            else self.store.current_versions(),
+            default_cluster=row.default_cluster,
+            assignments=row.assignments,
+            min_sites=self.settings.min_sites,
+            training=training,
+            status="open" if row.status == "open" else "finished",
+            extensions=row.extensions,
+        )
+        self.publish(
+            self.topics.rounds_current,
+            build_round(self.identity, self.settings.federation, announcement),
+            True,
+        )
+
+
+def _parent_version(cluster: str, versions: dict[str, str]) -> str | None:
+    """The version a (possibly new, split-off) cluster's model was derived from."""
+    candidate = cluster
+    while candidate:
+        if candidate in versions:
+            return versions[candidate]
+        candidate = candidate.rpartition(".")[0]
+    return None

@@ -1,0 +1,65 @@
+"""``CloudSettings``: everything ``ftl-cloud serve`` reads, in one typed object.
+
+Defaults run with no file against ``mqtt://127.0.0.1:1883``. A TOML file
+(``--config``) may set any field; ``[mqtt]``, ``[limits]``, ``[training]``
+and ``[strategy_params]`` are tables. Environment variables ``FTL_CLOUD_*``
+override the file (``FTL_CLOUD_MQTT_PASSWORD_FILE``, ``FTL_CLOUD_MIN_SITES``...),
+flags override both. Credentials and certificate paths live only in
+``[mqtt]`` / the environment, never in flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftlct.protocol.mqtt_connection import MqttSettings
+from ftlct.protocol.settings import load_settings
+
+ENV_PREFIX = "FTL_CLOUD"
+
+
+def _default_training() -> dict:
+    # Announced to the sites in rounds/current; the agent interprets it.
+    return {"local_epochs": 1, "lr": 0.01, "batch_size": 32, "codec": "fp32"}
+
+
+@dataclass
+class LimitsSettings:
+    max_update_bytes: int = 16 * 1024 * 1024  # whole envelope, checked before parsing
+    max_delta_norm: float = 100.0  # L2 over all tensors of one update; also announced to sites
+
+
+@dataclass
+class CloudSettings:
+    broker: str = "mqtt://127.0.0.1:1883"
+    federation: str = "default"
+    strategy: str = "ftl"
+    strategy_params: dict = field(default_factory=dict)  # passed to make_strategy
+    min_sites: int = 2
+    round_timeout: float = 600.0  # seconds a round stays open (extended while below min_sites)
+    rounds: int = 0  # stop after this many completed rounds; 0: never
+    model: str = "models/default"
+    state_dir: str = "cloud-state"
+    client_id: str = ""  # default ftl-cloud-{federation}; must be stable for the persistent session
+    dev_trust_on_first_use: bool = False  # DEV ONLY: enrol unknown sites from their first update
+    tick_s: float = 0.5  # how often deadlines are checked
+    training: dict = field(default_factory=_default_training)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.client_id or f"ftl-cloud-{self.federation}"
+
+
+def load_cloud_settings(config=None, env=None, **flags) -> CloudSettings:
+    """Defaults <- TOML ``config`` <- ``FTL_CLOUD_*`` env <- ``flags`` (None = not given)."""
+    return load_settings(
+        CloudSettings, config, ENV_PREFIX, env if env is not None else os.environ, flags
+    )

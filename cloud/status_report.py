@@ -1,0 +1,103 @@
+"""``ftl-cloud status``: the fleet and the rounds, read from the state DB (works while serving)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ftlct.cloud.state_store import StateStore
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+def status_report(store: StateStore) -> dict:
+    """The ``--json`` object: DESIGN.md's keys first, then details."""
+    last = store.last_round()
+    loaded = store.federation_state()
+    membership = loaded[0].membership if loaded else {}
+    versions = store.current_versions()
+    enrolled = store.enrolled_sites()
+    twins = store.twins()
+    received = set(store.sites_of_round(last.round)) if last else set()
+    sites = {}
+    for site in sorted(set(enrolled) | set(twins)):
+        twin = twins.get(site)
+        sites[site] = {
+            "online": twin["online"] if twin else False,
+            "model_version": (twin["model_version"] or None) if twin else None,
+            "last_seen": iso(twin["last_seen"]) if twin else None,
+            "status": twin["status"] if twin else "unknown",
+            "enrolled": site in enrolled,
+            "cluster": membership.get(site) or (last.cluster_for(site) if last else None),
+            "updated_this_round": site in received and last is not None and last.status == "open",
+            "counts": twin["state"].get("counts", {}) if twin else {},
+        }
+    counters = store.counters()
+    clusters: dict[str, list[str]] = {cluster: [] for cluster in versions}
+    for site, cluster in sorted(membership.items()):
+        clusters.setdefault(cluster, []).append(site)
+    return {
+        "round": last.round if last else 0,
+        "rounds_completed": store.rounds_completed(),
+        "global_versions": versions,
+        "sites": sites,
+        "updates_rejected": store.rejection_counts(),
+        "federation": store.meta("federation"),
+        "round_status": ("open" if last.status == "open" else "finished") if last else "none",
+        "deadline": iso(last.deadline) if last and last.status == "open" else None,
+        "strategy": last.strategy if last else None,
+        "updates_this_round": sorted(received) if last and last.status == "open" else [],
+        "updates_duplicate": counters.get("updates_duplicate", 0),
+        "twin_rejected": {
+            k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("twin_rejected.")
+        },
+        "clusters": clusters,
+    }
+
+
+def status_table(report: dict) -> str:
+    """A human-readable summary of ``status_report``."""
+    lines = [
+        f"federation {report['federation']}  strategy {report['strategy']}  "
+        f"round {report['round']} ({report['round_status']}, deadline {report['deadline'] or '-'})  "
+        f"completed {report['rounds_completed']}",
+        "global versions: "
+        + (", ".join(f"{c}={v}" for c, v in sorted(report["global_versions"].items())) or "-"),
+        "updates this round: " + (", ".join(report["updates_this_round"]) or "-"),
+        "rejected: "
+        + (", ".join(f"{r}={n}" for r, n in sorted(report["updates_rejected"].items())) or "none")
+        + f"  duplicates ignored: {report['updates_duplicate']}",
+        "",
+    ]
+    header = (
+        "site",
+        "online",
+        "status",
+        "cluster",
+        "model version",
+        "last seen",
+        "stored",
+        "inferred",
+    )
+    rows = [header]
+    for site, info in report["sites"].items():
+        counts = info["counts"]
+        rows.append(
+            (
+                site + ("" if info["enrolled"] else " (not enrolled)"),
+                "yes" if info["online"] else "no",
+                info["status"],
+                info["cluster"] or "-",
+                info["model_version"] or "-",
+                info["last_seen"] or "-",
+                str(counts.get("instances_stored", "-")),
+                str(counts.get("series_inferred", "-")),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)

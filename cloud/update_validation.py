@@ -1,0 +1,98 @@
+"""Checks a signed, decoded update must pass before it counts for the open round.
+
+The wire layer (``protocol.exchange.open_update``) has already checked size,
+form, enrolment and signature. Here: the round's own rules. Each failure is a
+``Rejection`` with a stable reason, the key of ``updates_rejected`` in
+``ftl-cloud status --json``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ftlct.cloud.state_store import RoundRow, StateStore
+from ftlct.cloud.strategies.strategy_utils import l2_norm
+from ftlct.protocol.messages import UpdateMessage
+
+# every reason the cloud may count, wire-level ones included (for docs and tests)
+REASONS = (
+    "oversize",
+    "malformed",
+    "bad_dtype",
+    "wrong_kind",
+    "wrong_federation",
+    "unknown_site",
+    "bad_signature",
+    "wrong_sender",
+    "replay",
+    "wrong_round",
+    "wrong_cluster",
+    "wrong_base_version",
+    "already_submitted",
+    "shape_mismatch",
+    "non_finite",
+    "norm_bound",
+)
+
+
+class Rejection(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+class Duplicate(Exception):
+    """The very update already stored (same update_id): a resend, ignored."""
+
+
+def check_update(
+    message: UpdateMessage,
+    current: RoundRow | None,
+    store: StateStore,
+    model_shapes: dict[str, dict[str, tuple[int, ...]]],
+    max_delta_norm: float,
+) -> float:
+    """The update's L2 norm if it may count for ``current``; else ``Rejection`` / ``Duplicate``."""
+    known = store.find_update(message.update_id)
+    if known is not None:
+        # The same update again. While its round is open that is an agent's
+        # resend (lost PUBACK, reconnect): ignore it. Once the round is closed
+        # it can no longer count: a replay, rejected.
+        still_open = (
+            current is not None and current.status == "open" and current.round == known.round
+        )
+        if still_open and known.site == message.site:
+            raise Duplicate(message.update_id)
+        raise Rejection(
+            "replay", f"update {message.update_id} was already counted in round {known.round}"
+        )
+    if current is None or current.status != "open" or message.round != current.round:
+        open_round = current.round if current is not None and current.status == "open" else None
+        raise Rejection(
+            "wrong_round", f"update for round {message.round}, open round is {open_round}"
+        )
+    expected_cluster = current.cluster_for(message.site)
+    if message.cluster != expected_cluster:
+        raise Rejection(
+            "wrong_cluster", f"update for cluster {message.cluster}, site trains {expected_cluster}"
+        )
+    expected_base = current.base_versions.get(message.cluster)
+    if message.base_version != expected_base:
+        raise Rejection(
+            "wrong_base_version",
+            f"update from base {message.base_version}, round {current.round} uses {expected_base}",
+        )
+    if store.update_of(current.round, message.site) is not None:
+        raise Rejection(
+            "already_submitted", f"{message.site} already has an update in round {current.round}"
+        )
+    shapes = model_shapes[message.cluster]
+    got = {name: tuple(value.shape) for name, value in message.delta.items()}
+    if got != shapes:
+        raise Rejection("shape_mismatch", f"delta tensors {got} do not match the model {shapes}")
+    if not all(np.isfinite(value).all() for value in message.delta.values()):
+        raise Rejection("non_finite", "delta has NaN or infinite values")
+    norm = l2_norm(message.delta)
+    if norm > max_delta_norm:
+        raise Rejection("norm_bound", f"delta norm {norm:.4g} exceeds {max_delta_norm:.4g}")
+    return norm

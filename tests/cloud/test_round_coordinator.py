@@ -1,0 +1,332 @@
+"""The round state machine without a broker: a fake clock, published messages captured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ftlct.cloud.round_coordinator import CloudStateError, RoundCoordinator
+from ftlct.cloud.settings import CloudSettings, LimitsSettings
+from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.status_report import status_report
+from ftlct.cloud.strategies import make_strategy
+from ftlct.protocol import exchange
+from ftlct.protocol.envelope import seal
+from ftlct.protocol.identity import load_or_create_identity
+from ftlct.protocol.messages import tensors_to_body
+from ftlct.protocol.topics import Topics
+from tests.cloud.harness import FED, delta, make_tiny_model
+
+TOPICS = Topics(FED)
+
+
+class Rig:
+    """A coordinator over a state dir, with enrolled sites a, b, c and a hand-driven clock."""
+
+    def __init__(self, tmp_path, strategy="fedavg", **overrides):
+        self.tmp_path = tmp_path
+        self.now = 1000.0
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.settings = CloudSettings(
+            federation=FED,
+            strategy=strategy,
+            min_sites=overrides.pop("min_sites", 3),
+            round_timeout=100.0,
+            state_dir=str(tmp_path / "state"),
+            limits=LimitsSettings(max_update_bytes=200_000, max_delta_norm=20.0),
+            **overrides,
+        )
+        self.model = make_tiny_model(tmp_path / "model")
+        self.cloud = load_or_create_identity(tmp_path / "cloudkeys", "cloud")
+        self.sites = {
+            n: load_or_create_identity(tmp_path / "keys", n) for n in ("a", "b", "c", "d")
+        }
+        self.store = StateStore.open(self.settings.state_dir)
+        for name in ("a", "b", "c"):
+            self.store.enroll(name, self.sites[name].public_b64)
+        self.coordinator = self.restart(self.model)
+
+    def restart(self, model=None) -> RoundCoordinator:
+        coordinator = RoundCoordinator(
+            self.settings,
+            self.store,
+            make_strategy(self.settings.strategy),
+            self.cloud,
+            lambda topic, payload, retain: self.published.append((topic, payload, retain)),
+            clock=lambda: self.now,
+        )
+        coordinator.initialise(model)
+        self.coordinator = coordinator
+        return coordinator
+
+    def update(self, site, d, n=1, round_=1, base="v0", **kwargs) -> bytes:
+        return exchange.build_update(
+            self.sites[site],
+            FED,
+            round=round_,
+            base_version=base,
+            cluster="global",
+            n_samples=n,
+            delta=d,
+            **kwargs,
+        )
+
+    def send(self, site, payload) -> str:
+        return self.coordinator.on_message(TOPICS.updates(site), payload)
+
+    def last_model(self, cluster="global"):
+        payloads = [p for t, p, _ in self.published if t == TOPICS.model(cluster) and p]
+        return exchange.open_global_model(payloads[-1], self.cloud.public_b64, FED)
+
+    def last_round(self):
+        payloads = [p for t, p, _ in self.published if t == TOPICS.rounds_current]
+        return exchange.open_round(payloads[-1], self.cloud.public_b64, FED)
+
+    def status(self):
+        return status_report(self.store)
+
+
+def test_three_sites_aggregate_to_the_hand_computed_head(tmp_path):
+    rig = Rig(tmp_path)
+    rig.coordinator.publish_all()
+    assert rig.last_model().version == "v0" and rig.last_round().round == 1
+    assert rig.send("a", rig.update("a", delta(1.0, (1, -1)), n=1)) == "accepted"
+    assert rig.send("b", rig.update("b", delta(2.0, (0, 0)), n=1)) == "accepted"
+    assert rig.status()["rounds_completed"] == 0
+    assert rig.send("c", rig.update("c", delta(4.0, (-1, 1)), n=2)) == "accepted"
+    # (1*1 + 1*2 + 2*4) / 4 = 2.75; bias ((1+0-2)/4, (-1+0+2)/4) = (-0.25, 0.25)
+    model = rig.last_model()
+    np.testing.assert_allclose(model.weights["dense.0.weight"], np.full((2, 4), 2.75))
+    np.testing.assert_allclose(model.weights["dense.0.bias"], [-0.25, 0.25])
+    assert (
+        model.round == 1 and model.base_version == "v0" and model.version.startswith("r1-global-")
+    )
+    assert model.backbone_sha256 == rig.model.backbone_sha256 and model.labels == [
+        "normal",
+        "abnormal",
+    ]
+    announcement = rig.last_round()
+    assert announcement.round == 2 and announcement.base_versions == {"global": model.version}
+    status = rig.status()
+    assert status["round"] == 2 and status["rounds_completed"] == 1
+    assert status["global_versions"] == {"global": model.version}
+    assert all(retain for _, _, retain in rig.published)
+
+
+def _nan_update(rig):
+    payload = exchange.peek(rig.update("a", delta(1.0, (0, 0)))).payload
+    body = tensors_to_body(
+        {
+            "dense.0.weight": np.full((2, 4), np.nan, np.float32),
+            "dense.0.bias": np.zeros(2, np.float32),
+        }
+    )
+    return seal("site_update", FED, payload, rig.sites["a"], body)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda r: r.update("d", delta(1.0, (0, 0))), "unknown_site"),
+        (
+            lambda r: exchange.build_update(
+                r.sites["b"],
+                FED,
+                round=1,
+                base_version="v0",
+                cluster="global",
+                n_samples=1,
+                delta=delta(1.0, (0, 0)),
+            ),
+            "wrong_sender",
+        ),
+        (lambda r: r.update("a", delta(1.0, (0, 0)), round_=7), "wrong_round"),
+        (lambda r: r.update("a", delta(1.0, (0, 0)), base="v-old"), "wrong_base_version"),
+        (
+            lambda r: r.update(
+                "a",
+                {
+                    "dense.0.weight": np.zeros((2, 5), np.float32),
+                    "dense.0.bias": np.zeros(2, np.float32),
+                },
+            ),
+            "shape_mismatch",
+        ),
+        (
+            lambda r: r.update("a", {"dense.0.weight": np.zeros((2, 4), np.float32)}),
+            "shape_mismatch",
+        ),
+        (_nan_update, "non_finite"),
+        (lambda r: r.update("a", delta(8.0, (0, 0))), "norm_bound"),  # |delta| = sqrt(8*64) > 20
+        (
+            lambda r: r.update(
+                "a",
+                {
+                    "dense.0.weight": np.zeros((2, 30000), np.float32),
+                    "dense.0.bias": np.zeros(2, np.float32),
+                },
+            ),
+            "oversize",
+        ),
+        (lambda r: b"not an envelope at all", "malformed"),
+        (
+            lambda r: exchange.build_update(
+                r.sites["a"],
+                "otherfed",
+                round=1,
+                base_version="v0",
+                cluster="global",
+                n_samples=1,
+                delta=delta(1.0, (0, 0)),
+            ),
+            "wrong_federation",
+        ),
+    ],
+)
+def test_each_bad_update_is_rejected_counted_by_reason_and_not_fatal(tmp_path, make, reason):
+    rig = Rig(tmp_path)
+    assert rig.send("a", make(rig)) == f"rejected:{reason}"
+    assert rig.status()["updates_rejected"] == {reason: 1}
+    # the round goes on: good updates still count
+    for site in "abc":
+        assert rig.send(site, rig.update(site, delta(1.0, (0, 0)))) == "accepted"
+    assert rig.status()["rounds_completed"] == 1
+
+
+def test_bad_signature_is_rejected(tmp_path):
+    rig = Rig(tmp_path)
+    impostor = load_or_create_identity(tmp_path / "impostor", "a")  # a's name, another key
+    payload = exchange.build_update(
+        impostor,
+        FED,
+        round=1,
+        base_version="v0",
+        cluster="global",
+        n_samples=1,
+        delta=delta(1.0, (0, 0)),
+    )
+    assert rig.send("a", payload) == "rejected:bad_signature"
+    assert rig.status()["updates_rejected"] == {"bad_signature": 1}
+
+
+def test_resends_are_ignored_and_a_second_update_or_an_old_one_is_rejected(tmp_path):
+    rig = Rig(tmp_path)
+    first = rig.update("a", delta(1.0, (0, 0)))
+    assert rig.send("a", first) == "accepted"
+    assert rig.send("a", first) == "duplicate"  # the same bytes again: a resend
+    assert rig.send("a", rig.update("a", delta(2.0, (0, 0)))) == "rejected:already_submitted"
+    rig.send("b", rig.update("b", delta(1.0, (0, 0))))
+    rig.send("c", rig.update("c", delta(1.0, (0, 0))))
+    assert rig.status()["rounds_completed"] == 1
+    assert rig.send("a", first) == "rejected:replay"  # round 1's update offered in round 2
+    status = rig.status()
+    assert status["updates_rejected"] == {"already_submitted": 1, "replay": 1}
+    assert status["updates_duplicate"] == 1
+
+
+def test_deadline_without_quorum_extends_the_round(tmp_path):
+    rig = Rig(tmp_path, min_sites=2)
+    rig.send("a", rig.update("a", delta(1.0, (0, 0))))
+    rig.now += 101
+    rig.coordinator.tick()
+    announcement = rig.last_round()
+    assert announcement.round == 1 and announcement.extensions == 1
+    assert announcement.deadline == pytest.approx(rig.now + 100)
+    assert rig.status()["rounds_completed"] == 0
+    rig.send("b", rig.update("b", delta(3.0, (0, 0))))
+    assert (
+        rig.status()["rounds_completed"] == 0
+    )  # quorum, but c may still answer until the deadline
+    rig.now += 101
+    rig.coordinator.tick()
+    assert rig.status()["rounds_completed"] == 1
+    np.testing.assert_allclose(rig.last_model().weights["dense.0.weight"], np.full((2, 4), 2.0))
+
+
+def test_restart_mid_round_resumes_it_and_completes_it_once(tmp_path):
+    rig = Rig(tmp_path)
+    rig.send("a", rig.update("a", delta(1.0, (0, 0))))
+    rig.send("b", rig.update("b", delta(2.0, (0, 0))))
+    rig.store.close()  # the process dies: only the database survives
+    rig.store = StateStore.open(rig.settings.state_dir)
+    rig.restart(model=None)
+    rig.coordinator.publish_all()
+    assert rig.last_round().round == 1
+    assert rig.status()["updates_this_round"] == ["a", "b"]
+    rig.send("c", rig.update("c", delta(3.0, (0, 0))))
+    assert rig.store.count_models_of_round(1) == 1
+    np.testing.assert_allclose(rig.last_model().weights["dense.0.weight"], np.full((2, 4), 2.0))
+
+
+def test_rounds_limit_finishes_the_federation(tmp_path):
+    rig = Rig(tmp_path, rounds=1)
+    for site in "abc":
+        rig.send(site, rig.update(site, delta(1.0, (0, 0))))
+    assert rig.coordinator.finished
+    assert rig.last_round().status == "finished"
+    assert rig.status()["round_status"] == "finished"
+    assert (
+        rig.send("a", rig.update("a", delta(1.0, (0, 0)), round_=2, base=rig.last_model().version))
+        == "rejected:wrong_round"
+    )
+
+
+def test_enrolment_is_seen_without_restart(tmp_path):
+    rig = Rig(tmp_path)
+    assert rig.send("d", rig.update("d", delta(1.0, (0, 0)))) == "rejected:unknown_site"
+    other = StateStore.open(
+        rig.settings.state_dir
+    )  # what `ftl-cloud enroll` does, from another process
+    other.enroll("d", rig.sites["d"].public_b64)
+    other.close()
+    assert rig.send("d", rig.update("d", delta(1.0, (0, 0)))) == "accepted"
+
+
+def test_trust_on_first_use_only_with_the_dev_flag(tmp_path):
+    rig = Rig(tmp_path, dev_trust_on_first_use=True)
+    assert rig.send("d", rig.update("d", delta(1.0, (0, 0)))) == "accepted"
+    assert rig.store.public_key("d") == rig.sites["d"].public_b64
+
+
+def test_state_dir_of_another_federation_or_backbone_is_refused(tmp_path):
+    rig = Rig(tmp_path)
+    rig.settings.federation = "other"
+    with pytest.raises(CloudStateError, match="belongs to federation"):
+        rig.restart()
+    rig.settings.federation = FED
+    other_backbone = make_tiny_model(tmp_path / "m2")
+    (other_backbone.backbone_path).write_bytes(b"another backbone")
+    other_backbone.manifest["backbone"]["sha256"] = "0" * 64
+    with pytest.raises(CloudStateError, match="another backbone"):
+        rig.restart(other_backbone)
+
+
+def test_new_federation_needs_a_model(tmp_path):
+    rig = Rig(tmp_path)
+    rig.settings.state_dir = str(tmp_path / "fresh")
+    rig.store = StateStore.open(rig.settings.state_dir)
+    with pytest.raises(CloudStateError, match="needs --model"):
+        rig.restart(None)
+
+
+def test_twin_states_are_mirrored_and_bad_ones_refused(tmp_path):
+    from ftlct.protocol.twin_state import TwinState
+
+    rig = Rig(tmp_path)
+    state = exchange.build_twin_state(
+        rig.sites["a"], FED, TwinState(status="inferring", model_version="v0")
+    )
+    assert rig.coordinator.on_message(TOPICS.twin_state("a"), state) == "twin"
+    assert rig.coordinator.on_message(TOPICS.twin_state("b"), state) == "rejected:wrong_sender"
+    sneaky = seal("twin_state", FED, {"status": "idle", "patient_name": "DOE^JANE"}, rig.sites["b"])
+    assert rig.coordinator.on_message(TOPICS.twin_state("b"), sneaky) == "rejected:bad_twin_state"
+    will = exchange.build_offline_will(rig.sites["c"], FED)
+    assert rig.coordinator.on_message(TOPICS.twin_state("c"), will) == "twin"
+    sites = rig.status()["sites"]
+    assert (
+        sites["a"]["online"]
+        and sites["a"]["model_version"] == "v0"
+        and sites["a"]["status"] == "inferring"
+    )
+    assert sites["c"]["online"] is False and sites["b"]["last_seen"] is None
+    assert rig.status()["twin_rejected"] == {"wrong_sender": 1, "bad_twin_state": 1}
