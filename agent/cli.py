@@ -1,0 +1,219 @@
+"""``ftl-agent``: the edge agent beside a CT scanner (serve, status, results, infer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ftlct.protocol.cli import CliError, echo_json, main_for, new_app
+
+app = new_app("ftl-ct edge agent: DICOM node, ONNX inference, results back to the PACS.")
+
+CONFIG_HELP = "TOML settings file (flags override it, FTLCT_AGENT_* variables sit in between)."
+DATA_DIR_HELP = (
+    "Agent data directory (default: $XDG_DATA_HOME/ftl-agent or ~/.local/share/ftl-agent)."
+)
+
+
+def _settings(config: Path | None, overrides: dict):
+    from ftlct.agent.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(config, overrides=overrides)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _open_index(settings):
+    from ftlct.agent.store.database import Database
+    from ftlct.agent.store.layout import DataDir
+
+    data_dir = DataDir(settings.storage.data_dir)
+    if not data_dir.index.is_file():
+        raise CliError(f"no agent data in {data_dir.root} (run `ftl-agent serve` there first)")
+    return Database(data_dir.index, create=False)
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    ae_title: str = typer.Option(None, "--ae-title", help="Our AE title (default FTLCT)."),
+    host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", help="DICOM port (default 11112)."),
+    allow_ae: list[str] = typer.Option(
+        None, "--allow-ae", help="Accept associations only from this calling AE (repeatable)."
+    ),
+    model: Path = typer.Option(None, "--model", help="Model directory (default models/default)."),
+    broker: str = typer.Option(None, "--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT."),
+    site: str = typer.Option(None, "--site", help="This site's id in the federation."),
+    federation: str = typer.Option(None, "--federation", help="Federation name."),
+    cloud_key: str = typer.Option(
+        None, "--cloud-key", help="The cloud's public key that global models must be signed with."
+    ),
+    result_destination: str = typer.Option(
+        None, "--result-destination", help="AE@HOST:PORT to C-STORE the SR results to."
+    ),
+) -> None:
+    """Receive studies over DICOM, classify each series, send results back; until SIGTERM."""
+    from ftlct.agent.inference.engine import ModelError
+    from ftlct.agent.logs import configure_logging
+    from ftlct.agent.service import AgentService, optional_components
+
+    settings = _settings(
+        config,
+        {
+            "storage.data_dir": data_dir,
+            "dicom.ae_title": ae_title,
+            "dicom.host": host,
+            "dicom.port": port,
+            "dicom.allow_ae": allow_ae or None,
+            "inference.model_dir": model,
+            "federation.broker": broker,
+            "federation.site": site,
+            "federation.name": federation,
+            "federation.cloud_key": cloud_key,
+            "results.destination": result_destination,
+        },
+    )
+    configure_logging(settings.logging)
+    try:
+        service = AgentService(settings)
+    except ModelError as exc:
+        raise CliError(f"model: {exc} (build one with `make model` or pass --model)") from exc
+    except OSError as exc:
+        raise CliError(f"data dir {settings.storage.data_dir}: {exc.strerror or exc}") from exc
+    for component in optional_components(settings):
+        service.add_component(component)
+    try:
+        service.run_until_signal()
+    except OSError as exc:
+        where = f"{settings.dicom.host}:{settings.dicom.port}"
+        raise CliError(f"cannot serve on {where}: {exc.strerror or exc}") from exc
+
+
+@app.command()
+def status(
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Counts, model version, queue depths."""
+    from ftlct.agent.status import collect_status
+
+    db = _open_index(_settings(config, {"storage.data_dir": data_dir}))
+    try:
+        report = collect_status(db)
+    finally:
+        db.close()
+    if json_out:
+        echo_json(report)
+        return
+    for key in (
+        "instances_stored",
+        "series_complete",
+        "series_inferred",
+        "quarantined",
+        "labels",
+        "model_version",
+        "outbox",
+    ):
+        print(f"{key:<18} {report[key]}")
+    print("series             " + _pairs(report["series"]))
+    print("queues             " + _pairs(report["queues"]))
+    print("deliveries         " + _pairs(report["deliveries"]))
+
+
+def _pairs(values: dict) -> str:
+    return " ".join(f"{key}={value}" for key, value in values.items())
+
+
+@app.command()
+def results(
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One row per series: UIDs, instances, label, probabilities, model version, latency."""
+    from ftlct.agent.status import list_results
+
+    db = _open_index(_settings(config, {"storage.data_dir": data_dir}))
+    try:
+        rows = list_results(db)
+    finally:
+        db.close()
+    if json_out:
+        echo_json(rows)
+        return
+    table = [("SERIES", "N", "LABEL", "P", "MODEL", "LATENCY_S")]
+    for row in rows:
+        table.append(
+            (
+                _short_uid(row["series_uid"]),
+                str(row["n_instances"]),
+                row["label"],
+                f"{row['probabilities'][row['label']]:.3f}",
+                row["model_version"],
+                f"{row['latency_s']:.1f}",
+            )
+        )
+    _print_table(table)
+
+
+def _short_uid(uid: str, width: int = 28) -> str:
+    return uid if len(uid) <= width else "…" + uid[-(width - 1) :]
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@app.command()
+def infer(
+    paths: list[Path] = typer.Argument(..., help="DICOM files, pictures (PNG, JPG) or folders."),
+    model: Path = typer.Option(None, "--model", help="Model directory (default models/default)."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Classify files offline: DICOM grouped by series, each picture on its own."""
+    from ftlct.agent.inference.engine import ModelError, load_snapshot
+    from ftlct.agent.inference.offline import infer_paths
+
+    settings = _settings(config, {"inference.model_dir": model})
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise CliError(f"no such file or directory: {', '.join(missing)}")
+    try:
+        snapshot = load_snapshot(settings.inference.model_dir, settings.inference.threads)
+    except ModelError as exc:
+        raise CliError(f"model: {exc}") from exc
+    rows = infer_paths(list(paths), snapshot, settings.inference)
+    if json_out:
+        echo_json(rows)
+    else:
+        table = [("INPUT", "KIND", "FILES", "SLICES", "LABEL", "P")]
+        for row in rows:
+            label = row.get("label")
+            p = f"{row['probabilities'][label]:.3f}" if label else row.get("error", "")
+            table.append(
+                (
+                    row["input"],
+                    row.get("kind", "-"),
+                    str(row.get("n_files", 0)),
+                    str(row.get("n_slices", 0)),
+                    label or "-",
+                    p,
+                )
+            )
+        _print_table(table)
+    if not any(row.get("label") for row in rows):
+        raise CliError("no input could be classified")
+
+
+def main() -> None:
+    main_for(app, "ftl-agent")

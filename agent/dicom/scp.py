@@ -1,0 +1,202 @@
+"""Storage SCP + Verification: pynetdicom event handlers over ``InstanceStore``.
+
+The handler takes the dataset exactly as the peer encoded it
+(``event.encoded_dataset()``, no decoding), hands it to the store and maps the
+store's outcome to a C-STORE status. The status goes back only after the store
+returned, i.e. after the bytes and their index row are durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from ftlct.agent.dicom.status_codes import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_status
+from ftlct.agent.dicom.tls import server_ssl_context
+from ftlct.agent.events import INSTANCE_STORED, EventBus
+from ftlct.agent.logs import log_event
+from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.settings import DicomSettings, TlsSettings
+from ftlct.agent.store.disk import DiskGuard
+from ftlct.agent.store.instance_store import InstanceStore, Outcome
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ: rejected-transient, by the service user, no reason given (PS3.8 9.3.4).
+REJECT_TRANSIENT = (0x02, 0x01, 0x01)
+# After SIGTERM, associations with no C-STORE for this long are closed without waiting more.
+IDLE_GRACE_S = 1.0
+
+
+def storage_ae(settings: DicomSettings) -> AE:
+    """An AE accepting every storage SOP class in every transfer syntax, plus C-ECHO."""
+    ae = AE(ae_title=settings.ae_title)
+    for context in AllStoragePresentationContexts:
+        # Stored as received: there is no reason to refuse a compressed syntax.
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
+    ae.require_calling_aet = list(settings.allow_ae)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.acse_timeout = settings.acse_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    return ae
+
+
+class StorageScp:
+    def __init__(
+        self,
+        dicom: DicomSettings,
+        tls: TlsSettings,
+        store: InstanceStore,
+        guard: DiskGuard,
+        events: EventBus,
+        metrics: AgentMetrics,
+    ):
+        self.settings = dicom
+        self.tls = tls
+        self.store = store
+        self.guard = guard
+        self.events = events
+        self.metrics = metrics
+        self._server = None
+        self._in_flight = 0
+        self._last_store_done = time.monotonic()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        ae = storage_ae(self.settings)
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self._server = ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=server_ssl_context(self.tls),
+        )
+        log_event(
+            log,
+            "dicom_listening",
+            ae_title=self.settings.ae_title,
+            host=self.settings.host,
+            port=self.settings.port,
+            tls=self.tls.enabled,
+            allow_ae=",".join(self.settings.allow_ae) or "any",
+        )
+
+    def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Stop accepting, let in-flight stores finish, then close what is left."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()  # closes the listening socket; open associations carry on
+        timeout = self.settings.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        deadline = time.monotonic() + timeout
+        while server.active_associations and time.monotonic() < deadline:
+            with self._lock:
+                idle = self._in_flight == 0 and (
+                    time.monotonic() - self._last_store_done > IDLE_GRACE_S
+                )
+            if idle:
+                break
+            time.sleep(0.05)
+        remaining = server.active_associations
+        for assoc in remaining:
+            assoc.abort()
+        log_event(log, "dicom_stopped", aborted_associations=len(remaining))
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    # ------------------------------------------------------------------ handlers
+    def _on_requested(self, event) -> None:
+        # Refusing the whole association is kinder to a sender than failing every C-STORE.
+        if self.guard.below_watermark():
+            log_event(
+                log,
+                "association_refused",
+                logging.WARNING,
+                reason="disk below watermark",
+                calling_ae=event.assoc.requestor.ae_title,
+            )
+            event.assoc.acse.send_reject(*REJECT_TRANSIENT)
+
+    def _on_accepted(self, event) -> None:
+        self.metrics.associations.labels("accepted").inc()
+
+    def _on_rejected(self, event) -> None:
+        self.metrics.associations.labels("rejected").inc()
+
+    def _on_echo(self, event) -> int:
+        return 0x0000
+
+    def _on_store(self, event) -> int:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return self._store(event)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._last_store_done = time.monotonic()
+
+    def _store(self, event) -> int:
+        request = event.request
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        try:
+            data = event.encoded_dataset()
+            result = self.store.put(
+                data,
+                announced_sop_class=str(request.AffectedSOPClassUID or "") or None,
+                announced_sop_instance=str(request.AffectedSOPInstanceUID or "") or None,
+                calling_ae=calling_ae,
+            )
+        except (OSError, sqlite3.OperationalError) as exc:
+            log_event(log, "store_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+            self.metrics.instances_received.labels("error").inc()
+            return OUT_OF_RESOURCES
+        except Exception:
+            log.exception("store handler failed", extra={"event": "store_failed", "fields": {}})
+            self.metrics.instances_received.labels("error").inc()
+            return CANNOT_UNDERSTAND
+        status = store_status(result.outcome)
+        self.metrics.instances_received.labels(result.outcome.value).inc()
+        if result.ok:
+            if result.outcome is not Outcome.DUPLICATE:
+                self.metrics.bytes_received.inc(len(data))
+            self.events.emit(INSTANCE_STORED, result.instance)
+            log.debug(
+                "stored",
+                extra={
+                    "event": "instance_stored",
+                    "fields": {
+                        "sop_instance_uid": result.instance.sop_instance_uid,
+                        "outcome": result.outcome.value,
+                    },
+                },
+            )
+        else:
+            log_event(
+                log,
+                "instance_refused",
+                logging.WARNING,
+                status=f"0x{status:04X}",
+                outcome=result.outcome.value,
+                reason=result.reason,
+                calling_ae=calling_ae,
+                quarantine_id=result.quarantine_id,
+            )
+        return status

@@ -1,0 +1,1 @@
+"""Series inference: decode + preprocess (shared module), ONNX backbone, kept embeddings, head."""

@@ -1,0 +1,212 @@
+"""Deliver series results as DICOM SR to the configured destination, retrying until it works.
+
+A delivery row is written in the same transaction as its result (a result
+hook of the inference worker), so no result can lose its SR to a crash. This
+thread builds the SR file under ``reports/`` on the first attempt and C-STOREs
+it; failures back off exponentially and end as ``failed`` after
+``max_attempts``. Nothing here may stop the agent: every error is recorded on
+the delivery row and in the log.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+import threading
+import time
+
+import pydicom
+
+from ftlct.agent.dicom.destination import Destination
+from ftlct.agent.dicom.sender import SendError, send_file
+from ftlct.agent.events import RESULT_DELIVERED, EventBus
+from ftlct.agent.inference.results import ResultStore, SeriesResult
+from ftlct.agent.logs import log_event
+from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.reporting.sr import build_result_sr
+from ftlct.agent.settings import ResultsSettings
+from ftlct.agent.store.database import Database
+from ftlct.agent.store.instance_store import InstanceStore
+from ftlct.agent.store.layout import uid_key
+from ftlct.export.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+IDLE_WAIT_S = 0.5
+
+
+class DeliveryQueue:
+    def __init__(
+        self,
+        db: Database,
+        store: InstanceStore,
+        destination: Destination,
+        settings: ResultsSettings,
+        calling_ae: str,
+        events: EventBus,
+        metrics: AgentMetrics,
+        clock=time.time,
+    ):
+        self.db = db
+        self.store = store
+        self.results = ResultStore(db)
+        self.destination = destination
+        self.settings = settings
+        self.calling_ae = calling_ae
+        self.events = events
+        self.metrics = metrics
+        self.clock = clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ feeding
+    def result_hook(self, conn: sqlite3.Connection, result: SeriesResult) -> None:
+        """Queue the SR of ``result`` (runs inside the result's transaction)."""
+        conn.execute(
+            "INSERT INTO deliveries (result_id, series_uid, destination, state, created_at)"
+            " VALUES (?, ?, ?, 'pending', ?)",
+            (result.id, result.series_uid, str(self.destination), self.clock()),
+        )
+        self._wake.set()
+
+    def pending(self) -> int:
+        return int(self.db.scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sr-delivery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("delivery loop error", extra={"event": "delivery_error"})
+                worked = False
+            if not worked:
+                self._wake.wait(IDLE_WAIT_S)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Attempt the oldest due delivery; False if none is due."""
+        row = self.db.query_one(
+            "SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id LIMIT 1",
+            (self.clock(),),
+        )
+        if row is None:
+            return False
+        self._attempt(dict(row))
+        return True
+
+    # ------------------------------------------------------------------ one attempt
+    def _attempt(self, delivery: dict) -> None:
+        result = self.results.get(delivery["result_id"])
+        if result is None or self._superseded(result):
+            self._update(delivery, state="superseded")
+            return
+        if delivery["path"] is None:
+            try:
+                delivery["path"], delivery["sop_instance_uid"] = self._write_sr(result)
+            except Exception as exc:  # a source header highdicom rejects: retrying will not help
+                self._update(delivery, state="failed", last_error=f"cannot build SR: {exc}")
+                self.metrics.deliveries.labels("failed").inc()
+                log_event(
+                    log,
+                    "sr_failed",
+                    logging.ERROR,
+                    series_uid=result.series_uid,
+                    error=f"cannot build SR: {type(exc).__name__}: {exc}",
+                )
+                return
+            self._update(
+                delivery, path=delivery["path"], sop_instance_uid=delivery["sop_instance_uid"]
+            )
+        attempts = delivery["attempts"] + 1
+        try:
+            send_file(
+                self.store.data_dir.resolve(delivery["path"]), self.destination, self.calling_ae
+            )
+        except (SendError, OSError) as exc:
+            self._failed_attempt(delivery, attempts, str(exc))
+            return
+        self._update(
+            delivery, state="sent", attempts=attempts, sent_at=self.clock(), last_error=None
+        )
+        self.metrics.deliveries.labels("sent").inc()
+        log_event(
+            log,
+            "sr_delivered",
+            series_uid=result.series_uid,
+            destination=str(self.destination),
+            attempts=attempts,
+        )
+        self.events.emit(
+            RESULT_DELIVERED,
+            {
+                "series_uid": result.series_uid,
+                "destination": str(self.destination),
+                "sop_instance_uid": delivery["sop_instance_uid"],
+            },
+        )
+
+    def _failed_attempt(self, delivery: dict, attempts: int, error: str) -> None:
+        self.metrics.deliveries.labels("retry").inc()
+        if attempts >= self.settings.max_attempts:
+            self._update(delivery, state="failed", attempts=attempts, last_error=error)
+            self.metrics.deliveries.labels("failed").inc()
+            log_event(
+                log,
+                "sr_failed",
+                logging.ERROR,
+                series_uid=delivery["series_uid"],
+                attempts=attempts,
+                error=error,
+            )
+            return
+        delay = min(self.settings.retry_initial_s * 2 ** (attempts - 1), self.settings.retry_max_s)
+        self._update(
+            delivery, attempts=attempts, last_error=error, next_attempt_at=self.clock() + delay
+        )
+        log_event(
+            log,
+            "sr_retry",
+            logging.WARNING,
+            series_uid=delivery["series_uid"],
+            attempts=attempts,
+            retry_in_s=round(delay, 1),
+            error=error,
+        )
+
+    def _superseded(self, result: SeriesResult) -> bool:
+        row = self.db.query_one("SELECT superseded FROM results WHERE id = ?", (result.id,))
+        return bool(row["superseded"])
+
+    def _write_sr(self, result: SeriesResult) -> tuple[str, str]:
+        headers = [
+            pydicom.dcmread(self.store.path_of(instance), stop_before_pixels=True)
+            for instance in self.store.instances_of(result.series_uid)
+        ]
+        sr = build_result_sr(result, headers, manufacturer="ftl-ct")
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
+        relpath = f"reports/{uid_key(result.series_uid)}-{result.id}.dcm"
+        atomic_write_bytes(self.store.data_dir.root / relpath, buffer.getvalue())
+        return relpath, str(sr.SOPInstanceUID)
+
+    def _update(self, delivery: dict, **changes) -> None:
+        assignments = ", ".join(f"{key} = ?" for key in changes)
+        with self.db.transaction() as conn:
+            conn.execute(
+                f"UPDATE deliveries SET {assignments} WHERE id = ?",
+                (*changes.values(), delivery["id"]),
+            )
+        delivery.update(changes)

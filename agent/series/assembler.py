@@ -1,0 +1,91 @@
+"""Series assembly: a series is complete once no instance arrived for the quiet period.
+
+State lives in the ``series`` table (the store opens and re-opens series as
+instances land); this stage only closes them and queues a job in the same
+transaction, so a restart never loses a completion: series still ``open`` are
+judged against their persisted ``last_received_at`` on the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ftlct.agent.events import SERIES_COMPLETED, EventBus
+from ftlct.agent.logs import log_event
+from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.series.jobs import JobQueue
+from ftlct.agent.settings import SeriesSettings
+from ftlct.agent.store.database import Database
+
+log = logging.getLogger(__name__)
+
+
+class SeriesAssembler:
+    def __init__(
+        self,
+        db: Database,
+        jobs: JobQueue,
+        settings: SeriesSettings,
+        events: EventBus,
+        metrics: AgentMetrics,
+        clock=time.time,
+    ):
+        self.db = db
+        self.jobs = jobs
+        self.settings = settings
+        self.events = events
+        self.metrics = metrics
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_completed = None  # optional callable, e.g. to wake the inference worker
+
+    def tick(self) -> list[dict]:
+        """Close every series quiet for long enough and queue its inference; returns them."""
+        cutoff = self.clock() - self.settings.quiet_period_s
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT series_uid, generation, n_instances FROM series"
+                " WHERE state = 'open' AND last_received_at <= ?",
+                (cutoff,),
+            ).fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE series SET state = 'complete', completed_at = ? WHERE series_uid = ?",
+                    (self.clock(), row["series_uid"]),
+                )
+                self.jobs.enqueue(conn, row["series_uid"], row["generation"])
+        completed = [dict(row) for row in rows]
+        for series in completed:
+            self.metrics.series_completed.inc()
+            log_event(
+                log,
+                "series_completed",
+                series_uid=series["series_uid"],
+                n_instances=series["n_instances"],
+            )
+            self.events.emit(SERIES_COMPLETED, series)
+        if completed and self.on_completed is not None:
+            self.on_completed()
+        return completed
+
+    def open_count(self) -> int:
+        return int(self.db.scalar("SELECT COUNT(*) FROM series WHERE state = 'open'"))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="series-assembler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.poll_interval_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("series assembly failed", extra={"event": "assembler_error"})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,200 @@
+"""The serve process: one ``AgentService`` owns every stage and starts/stops them in order.
+
+    C-STORE -> StorageScp -> InstanceStore -> (series table) -> SeriesAssembler
+            -> JobQueue -> InferenceWorker (engine, embeddings) -> results
+            -> DeliveryQueue (SR to the PACS)
+
+Other parts plug in as *components* (issue 5: MQTT sync, local training, the
+scanner's digital twin). A component is any object with ``start(service)`` and
+``stop()``; it finds what it needs on the service:
+
+* ``service.events``: subscribe to ``instance_stored``, ``series_completed``,
+  ``result_ready``, ``result_delivered``, ``model_swapped`` (ftlct.agent.events);
+* ``service.status()``: the ``ftl-agent status`` object (counts, queues, model version);
+* ``service.engine.current`` / ``service.swap_model(dir)``: the model, and a hot swap;
+* ``service.data_dir``, ``service.db``, ``service.embeddings``: durable state;
+* ``service.metrics``: the Prometheus registry to add its own metrics to;
+* ``service.settings``: the whole typed settings object (its own section included).
+
+Components start after the pipeline and stop before it, in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Protocol
+
+from ftlct.agent.dicom.destination import parse_destination
+from ftlct.agent.dicom.scp import StorageScp
+from ftlct.agent.events import INSTANCE_STORED, MODEL_SWAPPED, EventBus
+from ftlct.agent.inference.embeddings import EmbeddingStore
+from ftlct.agent.inference.engine import InferenceEngine, ModelSnapshot
+from ftlct.agent.inference.worker import InferenceWorker
+from ftlct.agent.logs import log_event
+from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.reporting.delivery import DeliveryQueue
+from ftlct.agent.series.assembler import SeriesAssembler
+from ftlct.agent.series.jobs import JobQueue
+from ftlct.agent.settings import AgentSettings
+from ftlct.agent.status import collect_status
+from ftlct.agent.store.database import Database
+from ftlct.agent.store.disk import DiskGuard, FreeBytes, free_bytes_of
+from ftlct.agent.store.instance_store import InstanceStore
+from ftlct.agent.store.layout import DataDir
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    def start(self, service: AgentService) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def optional_components(settings: AgentSettings) -> list[Component]:
+    """Components the settings ask for. Issue 5 adds MQTT sync, training and the twin here."""
+    return []
+
+
+class AgentService:
+    def __init__(self, settings: AgentSettings, free_bytes: FreeBytes | None = None):
+        self.settings = settings
+        self.data_dir = DataDir(settings.storage.data_dir).create()
+        self.events = EventBus()
+        self.metrics = AgentMetrics()
+        # The model first: a bad --model must fail before anything listens.
+        self.engine = InferenceEngine.load(settings.inference.model_dir, settings.inference.threads)
+        self.db = Database(self.data_dir.index)
+        self.guard = DiskGuard(
+            free_bytes or free_bytes_of(self.data_dir.root), settings.storage.min_free_bytes
+        )
+        self.store = InstanceStore(self.data_dir, self.db, self.guard)
+        self.embeddings = EmbeddingStore(self.data_dir)
+        self.jobs = JobQueue(self.db)
+        self.assembler = SeriesAssembler(
+            self.db, self.jobs, settings.series, self.events, self.metrics
+        )
+        self.worker = InferenceWorker(
+            self.db,
+            self.store,
+            self.jobs,
+            self.embeddings,
+            self.engine,
+            settings.inference,
+            self.events,
+            self.metrics,
+        )
+        self.delivery: DeliveryQueue | None = None
+        if settings.results.destination:
+            self.delivery = DeliveryQueue(
+                self.db,
+                self.store,
+                parse_destination(settings.results.destination),
+                settings.results,
+                settings.dicom.ae_title,
+                self.events,
+                self.metrics,
+            )
+            self.worker.result_hooks.append(self.delivery.result_hook)
+        self.scp = StorageScp(
+            settings.dicom, settings.tls, self.store, self.guard, self.events, self.metrics
+        )
+        self.components: list[Component] = []
+        self._stopped = threading.Event()
+        self._wire()
+
+    def _wire(self) -> None:
+        self.events.subscribe(INSTANCE_STORED, self.worker.instance_arrived)
+        self.assembler.on_completed = self.worker.wake
+        self.engine.on_swap(self._model_swapped)
+        self.metrics.track_queue("open_series", self.assembler.open_count)
+        self.metrics.track_queue("inference", self.jobs.depth)
+        if self.delivery is not None:
+            self.metrics.track_queue("delivery", self.delivery.pending)
+
+    def add_component(self, component: Component) -> None:
+        """Plug in a component; call before ``start``."""
+        self.components.append(component)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        recovered = self.store.recover()
+        requeued = self.jobs.reset_interrupted()
+        self._record_model(self.engine.current)
+        self.assembler.tick()  # series whose quiet period passed while we were down
+        self.worker.start()
+        self.assembler.start()
+        if self.delivery is not None:
+            self.delivery.start()
+        if self.settings.metrics.port:
+            self.metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
+        self.scp.start()
+        for component in self.components:
+            component.start(self)
+        log_event(
+            log,
+            "agent_started",
+            data_dir=str(self.data_dir.root),
+            model_version=self.engine.current.version,
+            requeued_jobs=requeued,
+            **recovered,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting, finish in-flight stores, put running work back in its queue."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log_event(log, "agent_stopping")
+        for component in reversed(self.components):
+            try:
+                component.stop()
+            except Exception:
+                log.exception("component stop failed")
+        self.scp.stop()
+        self.assembler.stop()
+        self.worker.stop()
+        if self.delivery is not None:
+            self.delivery.stop()
+        self.metrics.stop()
+        self.embeddings.close()
+        self.db.close()
+        log_event(log, "agent_stopped")
+
+    def run_until_signal(self) -> None:
+        """``start``, wait for SIGTERM or SIGINT, then ``stop`` gracefully."""
+        stop = threading.Event()
+
+        def request_stop(signum, _frame) -> None:
+            log_event(log, "signal", name=signal.Signals(signum).name)
+            stop.set()
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    # ------------------------------------------------------------------ views and control
+    def status(self) -> dict:
+        return collect_status(self.db)
+
+    def swap_model(self, model_dir) -> ModelSnapshot:
+        """Hot-swap the model (e.g. a new global head); in-flight jobs finish on the old one."""
+        return self.engine.swap(model_dir)
+
+    def _model_swapped(self, old: ModelSnapshot, new: ModelSnapshot) -> None:
+        self._record_model(new)
+        log_event(log, "model_swapped", old_version=old.version, new_version=new.version)
+        self.events.emit(MODEL_SWAPPED, {"old_version": old.version, "new_version": new.version})
+
+    def _record_model(self, snapshot: ModelSnapshot) -> None:
+        self.db.set_meta("model_version", snapshot.version)
+        self.db.set_meta("backbone_sha256", snapshot.backbone_sha256)
+        self.metrics.set_model_version(snapshot.version)

@@ -1,0 +1,345 @@
+"""The agent's one typed settings object: defaults < TOML file < environment < CLI flags.
+
+Each section is a dataclass and one field of ``AgentSettings``; the TOML table,
+the environment variable and the dotted override key all follow from the names:
+
+    [dicom] port = 11112   <->   FTLCT_AGENT_DICOM_PORT=11112   <->   {"dicom.port": 11112}
+
+Adding a section (issue 5: ``[mqtt]``, ``[training]``, ``[twin]``) is one new
+dataclass and one new field below; loading, environment overrides, type
+coercion and unknown-key errors come for free. Nothing here reads settings
+from globals at run time: ``load_settings`` builds the object once and the
+caller passes it (or its sections) to the parts that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FTLCT_AGENT_"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+AGGREGATIONS = ("top_k_mean", "mean")
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value or name; the message names the setting."""
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/ftl-agent``, else ``~/.local/share/ftl-agent`` (independent of the cwd)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ftl-agent"
+
+
+def default_model_dir() -> Path:
+    """``models/default`` of the repository (``make install`` builds it)."""
+    return REPO_ROOT / "models" / "default"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``1048576``, ``"500MB"``, ``"2GiB"`` or ``"1.5G"``."""
+    if isinstance(value, bool):
+        raise SettingsError(f"not a size: {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _SIZE.match(str(value))
+    if not match:
+        raise SettingsError(f"not a size: {value!r} (examples: 1073741824, 500MB, 2GiB)")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    factor = _UNITS[unit[:1]]
+    if "i" in unit:
+        factor = {1: 1, 10**3: 2**10, 10**6: 2**20, 10**9: 2**30, 10**12: 2**40}[factor]
+    return int(number * factor)
+
+
+def _size_field(default: int) -> Any:
+    return field(default=default, metadata={"parse": parse_size})
+
+
+@dataclass
+class DicomSettings:
+    """The DICOM node as the PACS sees it."""
+
+    ae_title: str = "FTLCT"
+    # Loopback unless told otherwise: exposing a DICOM node is the operator's decision.
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allow_ae: list[str] = field(default_factory=list)  # empty: any calling AE title
+    max_associations: int = 10
+    max_pdu: int = 65536  # bytes we accept per P-DATA PDU; 0 = no limit
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight associations may finish
+
+
+@dataclass
+class TlsSettings:
+    """TLS for the DICOM listener; off unless ``cert`` and ``key`` are set."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None  # CA bundle that client certificates must chain to
+    require_client_cert: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass
+class StorageSettings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    # Below this much free space the agent refuses new data instead of half-writing it.
+    min_free_bytes: int = _size_field(512 * 2**20)
+
+
+@dataclass
+class SeriesSettings:
+    quiet_period_s: float = 5.0  # a series is complete after this long without a new instance
+    poll_interval_s: float = 0.25
+
+
+@dataclass
+class InferenceSettings:
+    model_dir: Path = field(default_factory=default_model_dir)
+    # onnxruntime intra-op threads (0: onnxruntime's choice). One ORT thread plus two
+    # decode threads keep a 2-core box busy without starving the DICOM receive path.
+    threads: int = 1
+    decode_threads: int = 2
+    batch_size: int = 16
+    aggregation: str = "top_k_mean"  # or "mean"; see ftlct.agent.inference.aggregation
+    top_k: int = 5
+    negative_label: str = "normal"  # the label that means "no finding"
+    eager: bool = True  # embed slices while the series is still arriving
+    max_attempts: int = 3  # per inference job, then the series is marked failed
+
+
+@dataclass
+class ResultsSettings:
+    """Where DICOM SR results go; nothing is sent unless ``destination`` is set."""
+
+    destination: str | None = None  # AE@HOST:PORT
+    retry_initial_s: float = 5.0
+    retry_max_s: float = 300.0
+    max_attempts: int = 20
+
+
+@dataclass
+class LoggingSettings:
+    level: str = "INFO"
+    json: bool = False  # one JSON object per line instead of "event key=value"
+
+
+@dataclass
+class MetricsSettings:
+    port: int = 0  # Prometheus /metrics; 0 = off
+    host: str = "127.0.0.1"
+
+
+@dataclass
+class FederationSettings:
+    """Who this site is in a federation. The MQTT transport itself arrives in issue 5."""
+
+    broker: str | None = None  # mqtt://HOST:PORT or mqtts://HOST:PORT
+    site: str | None = None
+    name: str | None = None  # the federation name (topics live under ftl/{name}/)
+    cloud_key: str | None = None  # public key that global models must be signed with
+
+
+@dataclass
+class AgentSettings:
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    series: SeriesSettings = field(default_factory=SeriesSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    results: ResultsSettings = field(default_factory=ResultsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
+
+    def validate(self) -> AgentSettings:
+        """Raise ``SettingsError`` naming the first bad setting; returns self."""
+        from ftlct.agent.dicom.destination import parse_destination
+
+        d = self.dicom
+        _check_ae_title("dicom.ae_title", d.ae_title)
+        for ae in d.allow_ae:
+            _check_ae_title("dicom.allow_ae", ae)
+        _check(0 < d.port < 65536, "dicom.port", f"must be 1..65535, got {d.port}")
+        _check(d.max_associations >= 1, "dicom.max_associations", "must be >= 1")
+        _check(d.max_pdu == 0 or d.max_pdu >= 4096, "dicom.max_pdu", "must be 0 or >= 4096")
+        t = self.tls
+        _check((t.cert is None) == (t.key is None), "tls", "cert and key go together")
+        _check(
+            not t.require_client_cert or (t.enabled and t.ca is not None),
+            "tls.require_client_cert",
+            "needs tls.cert, tls.key and tls.ca",
+        )
+        for name in ("cert", "key", "ca"):
+            path = getattr(t, name)
+            _check(path is None or path.is_file(), f"tls.{name}", f"no such file: {path}")
+        _check(self.storage.min_free_bytes >= 0, "storage.min_free_bytes", "must be >= 0")
+        _check(self.series.quiet_period_s >= 0, "series.quiet_period_s", "must be >= 0")
+        _check(self.series.poll_interval_s > 0, "series.poll_interval_s", "must be > 0")
+        i = self.inference
+        _check(i.aggregation in AGGREGATIONS, "inference.aggregation", f"one of {AGGREGATIONS}")
+        _check(i.top_k >= 1, "inference.top_k", "must be >= 1")
+        _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
+        _check(i.threads >= 0 and i.decode_threads >= 1, "inference.threads", "must be >= 0")
+        _check(i.max_attempts >= 1, "inference.max_attempts", "must be >= 1")
+        if self.results.destination:
+            try:
+                parse_destination(self.results.destination)
+            except ValueError as exc:
+                raise SettingsError(f"results.destination: {exc}") from exc
+        _check(0 <= self.metrics.port < 65536, "metrics.port", "must be 0..65535")
+        level = self.logging.level.upper()
+        _check(
+            level in ("DEBUG", "INFO", "WARNING", "ERROR"), "logging.level", f"unknown {level!r}"
+        )
+        broker = self.federation.broker
+        _check(
+            broker is None or broker.startswith(("mqtt://", "mqtts://")),
+            "federation.broker",
+            f"expected mqtt://HOST:PORT or mqtts://HOST:PORT, got {broker!r}",
+        )
+        return self
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise SettingsError(f"{name}: {message}")
+
+
+def _check_ae_title(name: str, value: str) -> None:
+    # PS3.5: AE titles are 1-16 characters of the default repertoire, no backslash.
+    ok = 0 < len(value.strip()) <= 16 and value.isascii() and "\\" not in value
+    _check(ok and value.isprintable(), name, f"not a valid AE title: {value!r}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_settings(
+    config: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentSettings:
+    """Defaults, then the TOML ``config``, then ``FTLCT_AGENT_*`` variables, then ``overrides``.
+
+    ``overrides`` maps dotted keys (``"dicom.port"``) to values; ``None`` values are
+    skipped so CLI flags that were not given do not override anything.
+    """
+    settings = AgentSettings()
+    if config is not None:
+        try:
+            data = tomllib.loads(Path(config).read_text())
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file not found: {config}") from exc
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{config}: {exc}") from exc
+        _apply_tables(settings, data, origin=str(config))
+    _apply_env(settings, os.environ if env is None else env)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(settings, key, value, origin="command line")
+    return settings.validate()
+
+
+def section_fields(settings: AgentSettings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+
+
+def _apply_tables(settings: AgentSettings, data: dict, origin: str) -> None:
+    sections = section_fields(settings)
+    for section, table in data.items():
+        if section not in sections:
+            raise SettingsError(f"{origin}: unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise SettingsError(f"{origin}: [{section}] must be a table")
+        for key, value in table.items():
+            _set(settings, f"{section}.{key}", value, origin)
+
+
+def _apply_env(settings: AgentSettings, env: Mapping[str, str]) -> None:
+    names = {}
+    for section, obj in section_fields(settings).items():
+        for f in dataclasses.fields(obj):
+            names[f"{ENV_PREFIX}{section}_{f.name}".upper()] = f"{section}.{f.name}"
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        if var not in names:
+            raise SettingsError(f"unknown environment setting {var}")
+        _set(settings, names[var], value, origin=var)
+
+
+def _set(settings: AgentSettings, dotted: str, value: Any, origin: str) -> None:
+    section, _, key = dotted.partition(".")
+    obj = section_fields(settings).get(section)
+    fields = {f.name: f for f in dataclasses.fields(obj)} if obj is not None else {}
+    if key not in fields:
+        raise SettingsError(f"{origin}: unknown setting {dotted}")
+    hints = typing.get_type_hints(type(obj))
+    try:
+        coerced = _coerce(value, hints[key], fields[key].metadata.get("parse"))
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{origin}: {dotted}: {exc}") from exc
+    setattr(obj, key, coerced)
+
+
+def _coerce(value: Any, hint: Any, parse=None) -> Any:
+    if parse is not None:
+        return parse(value)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return None
+        return _coerce(value, args[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a list, got {value!r}")
+        return [_coerce(v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is Path:
+        return Path(str(value)).expanduser()
+    if hint is str:
+        if not isinstance(value, str | int | float):
+            raise TypeError(f"expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported setting type {hint!r}")

@@ -1,0 +1,63 @@
+"""What ``ftl-agent status`` and ``ftl-agent results`` report, read from the data dir's index.
+
+Readers only: safe beside a running ``ftl-agent serve`` (SQLite WAL). The serve
+process uses the same functions for its own view (e.g. a digital twin).
+"""
+
+from __future__ import annotations
+
+from ftlct.agent.inference.results import ResultStore
+from ftlct.agent.store.database import Database
+
+
+def _count(db: Database, sql: str, params: tuple = ()) -> int:
+    return int(db.scalar(sql, params) or 0)
+
+
+def collect_status(db: Database) -> dict:
+    """The ``status --json`` object: DESIGN.md keys first, then queue depths and detail."""
+    series_by_state = {
+        row["state"]: row["n"]
+        for row in db.query("SELECT state, COUNT(*) AS n FROM series GROUP BY state")
+    }
+    deliveries = {
+        row["state"]: row["n"]
+        for row in db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+    }
+    jobs = {
+        row["state"]: row["n"]
+        for row in db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+    }
+    return {
+        "instances_stored": _count(db, "SELECT COUNT(*) FROM instances"),
+        # every series whose quiet period has passed, whatever came of it
+        "series_complete": sum(n for state, n in series_by_state.items() if state != "open"),
+        "series_inferred": _count(
+            db, "SELECT COUNT(DISTINCT series_uid) FROM results WHERE superseded = 0"
+        ),
+        "quarantined": _count(db, "SELECT COUNT(*) FROM quarantine"),
+        # labels and the update outbox arrive with local training (issue 5): their tables
+        # are counted when they exist.
+        "labels": _count(db, "SELECT COUNT(*) FROM labels") if db.has_table("labels") else 0,
+        "model_version": db.get_meta("model_version"),
+        "outbox": _count(db, "SELECT COUNT(*) FROM outbox") if db.has_table("outbox") else 0,
+        "bytes_stored": _count(db, "SELECT COALESCE(SUM(size), 0) FROM instances"),
+        "series": {
+            state: series_by_state.get(state, 0)
+            for state in ("open", "complete", "inferred", "failed", "skipped")
+        },
+        "queues": {
+            "open_series": series_by_state.get("open", 0),
+            "inference": jobs.get("pending", 0) + jobs.get("running", 0),
+            "delivery": deliveries.get("pending", 0),
+        },
+        "deliveries": {
+            state: deliveries.get(state, 0) for state in ("pending", "sent", "failed", "superseded")
+        },
+        "jobs_failed": jobs.get("failed", 0),
+    }
+
+
+def list_results(db: Database) -> list[dict]:
+    """The ``results --json`` list: the current result of every series, oldest first."""
+    return [result.to_json() for result in ResultStore(db).current()]

@@ -1,0 +1,186 @@
+"""The agent's SQLite databases (WAL): one connection per file and process, under a lock.
+
+Every stage keeps its durable state here, so a restart resumes where the
+process stopped: instances and series (store), inference jobs (series),
+results (inference), SR deliveries (reporting). Parts added later create
+their own tables with ``Database.ensure``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT,
+    transfer_syntax TEXT,
+    instance_number INTEGER,
+    number_of_frames INTEGER,
+    rows INTEGER,
+    columns INTEGER,
+    path TEXT NOT NULL,            -- relative to the data dir
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    calling_ae TEXT,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    modality TEXT,
+    state TEXT NOT NULL,           -- open, complete, inferred, failed, skipped
+    generation INTEGER NOT NULL,   -- +1 for every instance that changes the series
+    n_instances INTEGER NOT NULL,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    completed_at REAL,
+    reason TEXT                    -- why failed or skipped
+);
+CREATE INDEX IF NOT EXISTS series_state ON series (state, last_received_at);
+
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    path TEXT,                     -- relative to the data dir; NULL when it could not be kept
+    size INTEGER NOT NULL,
+    calling_ae TEXT,
+    sop_class_uid TEXT,            -- as the sender announced them
+    sop_instance_uid TEXT
+);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,           -- pending, running, done, failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before, id);
+
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    n_instances INTEGER NOT NULL,
+    n_slices INTEGER NOT NULL,
+    n_skipped INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    probabilities TEXT NOT NULL,   -- JSON label -> float
+    key_instances TEXT NOT NULL,   -- JSON list of SOP Instance UIDs that decided the result
+    aggregation TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    backbone_sha256 TEXT NOT NULL,
+    latency_s REAL NOT NULL,       -- last instance received -> result stored
+    inference_s REAL NOT NULL,     -- compute time of the job
+    created_at REAL NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS results_series ON results (series_uid, superseded);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    result_id INTEGER NOT NULL,
+    series_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,           -- pending, sent, failed
+    path TEXT,                     -- the SR file once built, relative to the data dir
+    sop_instance_uid TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_at);
+"""
+
+
+class Database:
+    """A thread-safe handle on ``index.sqlite``; writes go through ``transaction()``."""
+
+    def __init__(self, path: str | Path, create: bool = True, schema: str = SCHEMA):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"no agent index at {self.path}")
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 30000")
+        if create:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self.ensure(schema)
+        # FULL: a commit is on disk before we acknowledge the instance it records.
+        self._conn.execute("PRAGMA synchronous = FULL")
+
+    def attach(self, path: str | Path, alias: str) -> None:
+        """Make another database file's tables readable as ``alias.table`` on this handle."""
+        with self._lock:
+            self._conn.execute("ATTACH DATABASE ? AS " + alias, (str(path),))
+
+    def ensure(self, ddl: str) -> None:
+        """Create tables and indexes (idempotent ``CREATE ... IF NOT EXISTS`` script)."""
+        with self._lock:
+            self._conn.executescript(ddl)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; rolls back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchone()
+
+    def scalar(self, sql: str, params: tuple | dict = ()) -> Any:
+        row = self.query_one(sql, params)
+        return None if row is None else row[0]
+
+    def has_table(self, name: str) -> bool:
+        return bool(
+            self.scalar("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))
+        )
+
+    def get_meta(self, key: str) -> str | None:
+        return self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

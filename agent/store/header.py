@@ -1,0 +1,66 @@
+"""The few header fields the index keeps, read from the received bytes without pixel decoding."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+
+class HeaderError(ValueError):
+    """The bytes are not a DICOM dataset we can read."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_uid: str | None
+    series_uid: str | None
+    modality: str | None
+    transfer_syntax: str | None
+    instance_number: int | None
+    number_of_frames: int | None
+    rows: int | None
+    columns: int | None
+
+
+def _text(ds, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip().rstrip("\x00").strip()
+    return text or None
+
+
+def _int(ds, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None  # a malformed optional field must not refuse the instance
+
+
+def read_header(data: bytes) -> InstanceHeader:
+    """Parse a Part-10 byte stream up to the pixel data; ``HeaderError`` if it is not DICOM."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        return InstanceHeader(
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            sop_instance_uid=_text(ds, "SOPInstanceUID"),
+            study_uid=_text(ds, "StudyInstanceUID"),
+            series_uid=_text(ds, "SeriesInstanceUID"),
+            modality=_text(ds, "Modality"),
+            transfer_syntax=_text(meta, "TransferSyntaxUID") if meta is not None else None,
+            instance_number=_int(ds, "InstanceNumber"),
+            number_of_frames=_int(ds, "NumberOfFrames"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+        )
+    except InvalidDicomError as exc:
+        raise HeaderError(f"not DICOM: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise HeaderError(f"unreadable header: {type(exc).__name__}: {exc}") from exc
