@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from typing import Any
 
 from ftlct.agent.settings import LoggingSettings
@@ -68,3 +69,6 @@ def configure_logging(settings: LoggingSettings) -> None:
 
     _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom's warnings about odd values quote the values, which may be patient data.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom\.")

@@ -47,8 +47,10 @@ def read_header(data: bytes) -> InstanceHeader:
     """Parse a Part-10 byte stream up to the pixel data; ``HeaderError`` if it is not DICOM."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        for element in ds.iterall():  # convert every value: corrupt elements raise here
+            _ = element.value
         meta = getattr(ds, "file_meta", None)
-        return InstanceHeader(
+        header = InstanceHeader(
             sop_class_uid=_text(ds, "SOPClassUID"),
             sop_instance_uid=_text(ds, "SOPInstanceUID"),
             study_uid=_text(ds, "StudyInstanceUID"),
@@ -64,3 +66,14 @@ def read_header(data: bytes) -> InstanceHeader:
         raise HeaderError(f"not DICOM: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise HeaderError(f"unreadable header: {type(exc).__name__}: {exc}") from exc
+    identifying = (
+        header.sop_class_uid,
+        header.sop_instance_uid,
+        header.study_uid,
+        header.series_uid,
+    )
+    if not any(identifying):
+        # pydicom reads almost any bytes as *some* dataset; without one identifying UID
+        # it is not an instance we can make sense of.
+        raise HeaderError("no SOP, study or series UID found: not a DICOM instance")
+    return header

@@ -1,0 +1,172 @@
+"""The inference worker on a real model: results, kept embeddings, superseding, failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+
+from ftlct.agent.events import RESULT_READY, EventBus
+from ftlct.agent.inference.embeddings import EmbeddingStore, load_embeddings
+from ftlct.agent.inference.engine import InferenceEngine
+from ftlct.agent.inference.results import ResultStore
+from ftlct.agent.inference.worker import InferenceWorker
+from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.series.assembler import SeriesAssembler
+from ftlct.agent.series.jobs import JobQueue
+from ftlct.agent.settings import InferenceSettings, SeriesSettings
+from ftlct.agent.store.database import Database
+from ftlct.agent.store.disk import DiskGuard
+from ftlct.agent.store.instance_store import InstanceStore
+from ftlct.agent.store.layout import DataDir
+from tests.agent.dicom_files import PYDICOM_TEST_FILES, ct_instance, part10_bytes
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SERIES = "1.2.826.0.1.3680043.8.498.1"
+STUDY = "1.2.826.0.1.3680043.8.498.2"
+
+
+class Agent:
+    """The pipeline stages wired as the service wires them, driven by hand with a fake clock."""
+
+    def __init__(self, root, model_path, **inference):
+        self.now = 1_000_000.0
+        clock = lambda: self.now  # noqa: E731
+        self.data_dir = DataDir(root).create()
+        self.db = Database(self.data_dir.index)
+        self.store = InstanceStore(self.data_dir, self.db, DiskGuard(lambda: 10**15, 0), clock)
+        self.jobs = JobQueue(self.db, clock)
+        self.events = EventBus()
+        self.metrics = AgentMetrics()
+        self.assembler = SeriesAssembler(
+            self.db, self.jobs, SeriesSettings(quiet_period_s=5), self.events, self.metrics, clock
+        )
+        self.embeddings = EmbeddingStore(self.data_dir)
+        self.engine = InferenceEngine.load(model_path, threads=1)
+        settings = InferenceSettings(model_dir=model_path, batch_size=4, **inference)
+        self.worker = InferenceWorker(
+            self.db,
+            self.store,
+            self.jobs,
+            self.embeddings,
+            self.engine,
+            settings,
+            self.events,
+            self.metrics,
+            clock,
+        )
+        self.results = []
+        self.events.subscribe(RESULT_READY, self.results.append)
+
+    def put(self, ds):
+        result = self.store.put(part10_bytes(ds))
+        assert result.ok, result.reason
+        return result
+
+    def complete_and_run(self):
+        self.now += 6
+        self.assembler.tick()
+        return self.worker.run_once()
+
+    def slices_embedded(self) -> float:
+        return self.metrics.slices_embedded._value.get()
+
+    def close(self):
+        self.worker.embedder.close()
+        self.embeddings.close()
+        self.db.close()
+
+
+@pytest.fixture
+def agent(tmp_path, model_dir):
+    agent = Agent(tmp_path / "data", model_dir.path)
+    yield agent
+    agent.close()
+
+
+def test_a_completed_series_gets_a_result_and_its_embeddings_are_kept(agent, model_dir):
+    for n in range(3):
+        agent.put(ct_instance(SERIES, STUDY, instance_number=n + 1))
+    assert agent.complete_and_run()
+    (result,) = agent.results
+    assert (result.series_uid, result.study_uid, result.n_instances, result.n_slices) == (
+        SERIES,
+        STUDY,
+        3,
+        3,
+    )
+    assert set(result.probabilities) == {"normal", "abnormal"}
+    assert sum(result.probabilities.values()) == pytest.approx(1.0)
+    assert result.model_version == model_dir.version
+    assert result.latency_s == pytest.approx(6.0)
+    assert agent.db.scalar("SELECT state FROM series") == "inferred"
+    assert agent.db.scalar("SELECT state FROM jobs") == "done"
+
+    keys, vectors = load_embeddings(agent.data_dir.root, model_dir.backbone_sha256)
+    assert vectors.shape == (3, 1280) and vectors.dtype == np.float32
+    assert set(keys.series_uids) == {SERIES} and set(keys.study_uids) == {STUDY}
+    assert len(set(keys.sop_instance_uids)) == 3 and keys.frames == [0, 0, 0]
+    assert load_embeddings(agent.data_dir.root, "another-backbone")[1].shape[0] == 0
+    # the kept vectors are what the head saw: re-scoring them reproduces the result
+    probs = agent.engine.current.probabilities(vectors)
+    assert probs.mean(axis=0)[1] == pytest.approx(result.probabilities["abnormal"], abs=1e-5)
+
+
+def test_eager_embedding_leaves_the_job_only_the_head(agent):
+    for _ in range(4):
+        agent.worker.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
+    assert agent.worker.run_once()  # no job yet: an eager batch
+    assert agent.slices_embedded() == 4
+    assert agent.complete_and_run()
+    assert agent.slices_embedded() == 4  # nothing decoded again
+    assert agent.results[0].n_slices == 4
+
+
+def test_more_instances_for_an_inferred_series_supersede_its_result(agent):
+    agent.put(ct_instance(SERIES, STUDY))
+    agent.complete_and_run()
+    agent.put(ct_instance(SERIES, STUDY))  # the PACS resends, with one more slice
+    agent.complete_and_run()
+    current = ResultStore(agent.db).current()
+    assert [r.n_instances for r in current] == [2]
+    assert [r.n_instances for r in ResultStore(agent.db).history(SERIES)] == [1, 2]
+
+
+def test_a_series_without_images_is_skipped_with_a_reason(agent):
+    sr = pydicom.dcmread(PYDICOM_TEST_FILES / "test-SR.dcm")
+    agent.put(sr)
+    agent.complete_and_run()
+    assert agent.results == []
+    row = agent.db.query_one("SELECT state, reason FROM series")
+    assert row["state"] == "skipped"
+    assert "no usable image" in row["reason"] and "no pixel data" in row["reason"]
+
+
+def test_an_undecodable_slice_is_skipped_and_the_rest_inferred(agent):
+    for n in range(2):
+        agent.put(ct_instance(SERIES, STUDY, instance_number=n))
+    broken = agent.put(ct_instance(SERIES, STUDY, instance_number=9)).instance
+    path = agent.store.path_of({"path": broken.path})
+    path.write_bytes(path.read_bytes()[:-5000])  # pixel data cut short on disk
+    agent.complete_and_run()
+    (result,) = agent.results
+    assert (result.n_instances, result.n_slices, result.n_skipped) == (3, 2, 1)
+
+
+def test_a_failing_job_is_retried_then_marked_failed(agent):
+    def broken_hook(conn, result):
+        raise RuntimeError("downstream broke")
+
+    agent.worker.result_hooks.append(broken_hook)
+    agent.put(ct_instance(SERIES, STUDY))
+    agent.complete_and_run()
+    job = agent.db.query_one("SELECT * FROM jobs")
+    assert (job["state"], job["attempts"]) == ("pending", 1)
+    assert "downstream broke" in job["error"]
+    for _ in range(2):
+        agent.now += 60
+        agent.worker.run_once()
+    assert agent.db.scalar("SELECT state FROM jobs") == "failed"
+    assert agent.db.scalar("SELECT state FROM series") == "failed"
+    assert ResultStore(agent.db).current() == []  # the hook's failure rolled the result back
