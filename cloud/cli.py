@@ -127,7 +127,7 @@ def identity(
     state_dir: Path = typer.Option(None, "--state-dir", help=STATE_HELP),
 ) -> None:
     """Create the cloud's Ed25519 key pair if absent; print its public key (the agents' --cloud-key)."""
-    from ftlct.cloud.server import cloud_identity
+    from ftlct.cloud.cloud_identity import cloud_identity
     from ftlct.protocol.identity import IdentityError
 
     settings = _settings(config, state_dir=str(state_dir) if state_dir else None)

@@ -14,27 +14,22 @@ import logging
 import queue
 import signal
 import threading
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from ftlct.cloud.cloud_identity import cloud_identity
 from ftlct.cloud.round_coordinator import RoundCoordinator
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state_store import StateStore
 from ftlct.cloud.strategies import make_strategy
 from ftlct.export.model_dir import ModelDir
-from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.mqtt_connection import new_client, parse_broker_url, start
 from ftlct.protocol.topics import Topics
 
 log = logging.getLogger("ftlct.cloud.server")
 
-KEYS_DIR = "keys"
-CLOUD_IDENTITY = "cloud"
 PUBLISH_DRAIN_S = 10.0
-
-
-def cloud_identity(settings: CloudSettings):
-    return load_or_create_identity(settings.state_path / KEYS_DIR, CLOUD_IDENTITY)
 
 
 def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
@@ -103,8 +98,6 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
 
 def _model_if_needed(settings: CloudSettings, store: StateStore) -> ModelDir | None:
     """The ``--model`` directory: required for a new federation, checked if present later."""
-    from pathlib import Path
-
     if store.federation_state() is not None and not Path(settings.model, "manifest.json").is_file():
         return None
     return ModelDir.load(settings.model)

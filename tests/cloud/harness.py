@@ -86,22 +86,35 @@ class MqttPeer:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         self.connect_result = reason_code
         self._connected.set()
 
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        if not self._connected.is_set():  # dropped before any CONNACK (e.g. TLS refused)
+            self.connect_result = reason_code
+            self._connected.set()
+
     def _on_message(self, client, userdata, message):
         with self._lock:
             self.received.setdefault(message.topic, []).append(bytes(message.payload))
 
     def connect(self, timeout: float = 15.0) -> MqttPeer:
-        self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        """Connect and wait for the CONNACK; ``ConnectionRefusedError`` if the broker says no
+        or drops the connection first (the client then stops retrying)."""
+        try:
+            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        except OSError as exc:  # includes ssl.SSLError from the handshake
+            raise ConnectionRefusedError(f"connect failed: {exc}") from exc
         self.client.loop_start()
         if not self._connected.wait(timeout):
+            self.client.loop_stop()
             raise AssertionError("no CONNACK")
         if self.connect_result.is_failure:
+            self.client.loop_stop()
             raise ConnectionRefusedError(str(self.connect_result))
         return self
 

@@ -50,7 +50,7 @@ class Rig:
         coordinator = RoundCoordinator(
             self.settings,
             self.store,
-            make_strategy(self.settings.strategy),
+            make_strategy(self.settings.strategy, **self.settings.strategy_params),
             self.cloud,
             lambda topic, payload, retain: self.published.append((topic, payload, retain)),
             clock=lambda: self.now,
@@ -330,3 +330,44 @@ def test_twin_states_are_mirrored_and_bad_ones_refused(tmp_path):
     )
     assert sites["c"]["online"] is False and sites["b"]["last_seen"] is None
     assert rig.status()["twin_rejected"] == {"wrong_sender": 1, "bad_twin_state": 1}
+
+
+def test_cfl_split_gives_each_cluster_its_model_and_assignment(tmp_path):
+    rig = Rig(tmp_path, strategy="cfl", strategy_params={"eps1": 1.0, "eps2": 0.5})
+    rig.send("a", rig.update("a", delta(1.0, (0, 0))))
+    rig.send("b", rig.update("b", delta(1.0, (0, 0))))
+    rig.send("c", rig.update("c", delta(-1.0, (0, 0)), n=2))  # mean update 0: the sites disagree
+    announcement = rig.last_round()
+    assert announcement.round == 2 and sorted(announcement.base_versions) == [
+        "global.0",
+        "global.1",
+    ]
+    cluster_a, cluster_c = announcement.cluster_for("a"), announcement.cluster_for("c")
+    assert cluster_a == announcement.cluster_for("b") and cluster_a != cluster_c
+    np.testing.assert_allclose(rig.last_model(cluster_a).weights["dense.0.weight"], np.ones((2, 4)))
+    np.testing.assert_allclose(
+        rig.last_model(cluster_c).weights["dense.0.weight"], -np.ones((2, 4))
+    )
+    assert (TOPICS.model("global"), b"", True) in rig.published  # the dissolved cluster is cleared
+    base_c = announcement.base_versions[cluster_c]
+    wrong = exchange.build_update(
+        rig.sites["c"],
+        FED,
+        round=2,
+        base_version=base_c,
+        cluster=cluster_a,
+        n_samples=1,
+        delta=delta(1.0, (0, 0)),
+    )
+    assert rig.send("c", wrong) == "rejected:wrong_cluster"
+    right = exchange.build_update(
+        rig.sites["c"],
+        FED,
+        round=2,
+        base_version=base_c,
+        cluster=cluster_c,
+        n_samples=1,
+        delta=delta(1.0, (0, 0)),
+    )
+    assert rig.send("c", right) == "accepted"
+    assert rig.status()["clusters"] == {cluster_a: ["a", "b"], cluster_c: ["c"]}
