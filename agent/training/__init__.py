@@ -1,0 +1,1 @@
+"""Local training (torch): the trainer the agent and ``ftl-bench`` share, and numpy metrics."""
