@@ -93,15 +93,13 @@ class StoredUpdate:
 class StateStore:
     """Thin typed access to the database; each public write is one transaction."""
 
-    def __init__(self, path: Path, readonly: bool = False):
+    def __init__(self, path: Path):
         self.path = path
-        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-        self.db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
         self.db.execute("PRAGMA busy_timeout = 30000")
-        if not readonly:
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = FULL")
-            self.db.executescript(SCHEMA)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.executescript(SCHEMA)
 
     @classmethod
     def open(cls, state_dir: str | Path) -> StateStore:
@@ -110,9 +108,10 @@ class StateStore:
         return cls(state_dir / DB_NAME)
 
     @classmethod
-    def open_existing(cls, state_dir: str | Path, readonly: bool = False) -> StateStore | None:
+    def open_existing(cls, state_dir: str | Path) -> StateStore | None:
+        """The store in ``state_dir`` if one was ever created there (status must not create one)."""
         path = Path(state_dir) / DB_NAME
-        return cls(path, readonly) if path.is_file() else None
+        return cls(path) if path.is_file() else None
 
     def close(self) -> None:
         self.db.close()

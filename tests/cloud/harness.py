@@ -65,7 +65,7 @@ def delta(w: float, b: tuple[float, float]) -> dict[str, np.ndarray]:
     }
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -59,8 +59,9 @@ def test_sigkill_mid_round_then_restart_completes_the_round_exactly_once(setup, 
             lambda s: s.get("rounds_completed") == 1 and s, what="round 1 done"
         )
         # >= 1: besides a's resend, the broker may redeliver b if the kill beat b's PUBACK
-        assert status["round"] == 2 and status["updates_duplicate"] >= 1
-        assert status["updates_rejected"] == {}
+        diagnosis = f"{status}\n--- cloud log ---\n{cloud.log()[-4000:]}"
+        assert status["round"] == 2 and status["updates_duplicate"] >= 1, diagnosis
+        assert status["updates_rejected"] == {}, diagnosis
         cloud_key = _cloud_key(state)
         model = wait_until(
             lambda: (m := sites["a"].global_model(cloud_key)) and m.round == 1 and m,
@@ -72,7 +73,7 @@ def test_sigkill_mid_round_then_restart_completes_the_round_exactly_once(setup, 
         assert store.count_models_of_round(1) == 1
         assert store.last_round().round == 2 and store.rounds_completed() == 1
         store.close()
-        assert cloud.log().count("round 1 aggregated") == 1
+        assert cloud.log().count("round 1 aggregated") == 1, cloud.log()[-4000:]
     finally:
         cloud.stop()
 
