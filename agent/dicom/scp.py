@@ -13,9 +13,10 @@ import sqlite3
 import threading
 import time
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
+from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from ftlct.agent.dicom.status_codes import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_status
 from ftlct.agent.dicom.tls import server_ssl_context
 from ftlct.agent.events import INSTANCE_STORED, EventBus
@@ -36,10 +37,10 @@ IDLE_GRACE_S = 1.0
 def storage_ae(settings: DicomSettings) -> AE:
     """An AE accepting every storage SOP class in every transfer syntax, plus C-ECHO."""
     ae = AE(ae_title=settings.ae_title)
-    for context in AllStoragePresentationContexts:
+    for sop_class in STORAGE_SOP_CLASSES:
         # Stored as received: there is no reason to refuse a compressed syntax.
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:4])
     ae.require_calling_aet = list(settings.allow_ae)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu
@@ -125,14 +126,17 @@ class StorageScp:
     def _on_requested(self, event) -> None:
         # Refusing the whole association is kinder to a sender than failing every C-STORE.
         if self.guard.below_watermark():
+            calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
             log_event(
                 log,
                 "association_refused",
                 logging.WARNING,
                 reason="disk below watermark",
-                calling_ae=event.assoc.requestor.ae_title,
+                calling_ae=calling_ae,
             )
+            self.metrics.associations.labels("rejected").inc()
             event.assoc.acse.send_reject(*REJECT_TRANSIENT)
+            event.assoc.kill()  # as pynetdicom does after its own rejections: flushes the PDU
 
     def _on_accepted(self, event) -> None:
         self.metrics.associations.labels("accepted").inc()

@@ -24,7 +24,6 @@ from ftlct.agent.events import RESULT_DELIVERED, EventBus
 from ftlct.agent.inference.results import ResultStore, SeriesResult
 from ftlct.agent.logs import log_event
 from ftlct.agent.metrics import AgentMetrics
-from ftlct.agent.reporting.sr import build_result_sr
 from ftlct.agent.settings import ResultsSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_store import InstanceStore
@@ -191,6 +190,8 @@ class DeliveryQueue:
         return bool(row["superseded"])
 
     def _write_sr(self, result: SeriesResult) -> tuple[str, str]:
+        from ftlct.agent.reporting.sr import build_result_sr  # highdicom: only when sending
+
         headers = [
             pydicom.dcmread(self.store.path_of(instance), stop_before_pixels=True)
             for instance in self.store.instances_of(result.series_uid)

@@ -191,6 +191,19 @@ def echoscu(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
+@contextlib.contextmanager
+def raw_file_sending() -> Iterator[None]:
+    """Make ``send_c_store(path)`` send the file's bytes after its meta, unparsed and unchanged."""
+    from pynetdicom import _config
+
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = before
+
+
 def send_with_pynetdicom(
     paths: list[Path],
     port: int,
@@ -198,7 +211,7 @@ def send_with_pynetdicom(
     calling_ae: str = "TESTSCU",
     on_status: Callable[[Path, int | None], None] | None = None,
 ) -> dict[Path, int | None]:
-    """C-STORE each file as stored on disk (``send_c_store(path)``: no decode, no re-encode)."""
+    """C-STORE each file as stored on disk, over one association (bytes sent unchanged)."""
     import pydicom
     from pynetdicom import AE
 
@@ -215,7 +228,8 @@ def send_with_pynetdicom(
         raise ConnectionError(f"association with port {port} not established")
     try:
         for path in paths:
-            status = assoc.send_c_store(path)
+            with raw_file_sending():
+                status = assoc.send_c_store(path)
             code = int(status.Status) if status and "Status" in status else None
             statuses[path] = code
             if on_status is not None:
