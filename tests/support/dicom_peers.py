@@ -154,13 +154,14 @@ def running_agent(
     env: dict[str, str] | None = None,
     data_dir: Path | None = None,
     ae_title: str = "FTLCT",
+    port: int | None = None,
 ) -> Iterator[AgentProcess]:
     """``ftl-agent serve`` on a free loopback port with its own data dir under ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     agent = AgentProcess(
         data_dir=data_dir or workdir / "agent-data",
         model=model,
-        port=free_port(),
+        port=port or free_port(),
         args=list(args),
         env={"FTLCT_AGENT_SERIES_QUIET_PERIOD_S": "1", **(env or {})},
         log_path=workdir / "agent.log",
