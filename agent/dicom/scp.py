@@ -199,7 +199,13 @@ class StorageScp:
                 logging.WARNING,
                 status=f"0x{status:04X}",
                 outcome=result.outcome.value,
-                reason=result.reason,
+                # A parser's message may quote element values (patient data): it stays in the
+                # quarantine sidecar inside the data dir, not in the logs.
+                reason=(
+                    "unparsable dataset (details in quarantine)"
+                    if result.outcome is Outcome.UNREADABLE
+                    else result.reason
+                ),
                 calling_ae=calling_ae,
                 quarantine_id=result.quarantine_id,
             )

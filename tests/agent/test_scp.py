@@ -1,0 +1,117 @@
+"""The SCP handler layer in-process, against a pynetdicom SCU: statuses, limits, and clean logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from ftlct.agent.dicom.scp import StorageScp
+from ftlct.agent.events import INSTANCE_STORED, EventBus
+from ftlct.agent.logs import JsonFormatter
+from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.settings import DicomSettings, TlsSettings
+from ftlct.agent.store.database import Database
+from ftlct.agent.store.disk import DiskGuard
+from ftlct.agent.store.instance_store import InstanceStore
+from ftlct.agent.store.layout import DataDir
+from tests.agent.dicom_files import ct_instance, garbage_part10, part10_bytes
+from tests.support.dicom_peers import raw_file_sending
+from tests.support.ports import LOOPBACK, free_port
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture
+def scp(tmp_path):
+    data_dir = DataDir(tmp_path / "data").create()
+    db = Database(data_dir.index)
+    guard = DiskGuard(lambda: 10**15, 0)
+    store = InstanceStore(data_dir, db, guard)
+    events = EventBus()
+    stored = []
+    events.subscribe(INSTANCE_STORED, stored.append)
+    settings = DicomSettings(port=free_port(), max_associations=1, max_pdu=32768)
+    server = StorageScp(settings, TlsSettings(), store, guard, events, AgentMetrics())
+    server.start()
+    server.stored = stored
+    yield server
+    server.stop(drain_timeout_s=2)
+    db.close()
+
+
+def associate(scp, *contexts):
+    ae = AE(ae_title="SCU")
+    for context in contexts or (CTImageStorage,):
+        ae.add_requested_context(context)
+    return ae.associate(LOOPBACK, scp.settings.port, ae_title="FTLCT")
+
+
+def send_bytes(scp, tmp_path, data: bytes) -> int:
+    """C-STORE a Part-10 byte stream exactly as given (file meta decides the request)."""
+    path = tmp_path / "payload.dcm"
+    path.write_bytes(data)
+    assoc = associate(scp)
+    try:
+        with raw_file_sending():
+            return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+def test_success_only_for_stored_instances_and_the_right_failure_otherwise(scp, tmp_path):
+    ds = ct_instance()
+    assert send_bytes(scp, tmp_path, part10_bytes(ds)) == 0x0000
+    assert [i.sop_instance_uid for i in scp.stored] == [ds.SOPInstanceUID]
+    assert send_bytes(scp, tmp_path, part10_bytes(ds)) == 0x0000  # duplicate: idempotent
+    assert send_bytes(scp, tmp_path, garbage_part10(b"\x01\x02" * 200)) == 0xC000
+    other = ct_instance()
+    data = part10_bytes(other)
+    # announce another SOP Instance UID in the file meta than the dataset holds
+    wrong = data.replace(
+        other.SOPInstanceUID.encode(), b"1.2.3.4".ljust(len(other.SOPInstanceUID), b"5"), 1
+    )
+    assert send_bytes(scp, tmp_path, wrong) == 0xA900
+    assert scp.store.count() == 1
+    assert scp.store.quarantine.count() == 2
+
+
+def test_echo_pdu_limit_and_association_limit(scp):
+    first = associate(scp, Verification)
+    try:
+        assert first.is_established
+        assert int(first.send_c_echo().Status) == 0x0000
+        assert first.acceptor.maximum_length == 32768
+        second = associate(scp, Verification)
+        assert second.is_rejected  # max_associations = 1
+    finally:
+        first.release()
+
+
+def test_logs_carry_no_patient_data(scp, tmp_path):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        ds = ct_instance(patient_name="SMITH^JOHN", patient_id="MRN-99881")
+        ds.PatientBirthDate = "19450101"
+        assert send_bytes(scp, tmp_path, part10_bytes(ds)) == 0x0000
+        del ds.SeriesInstanceUID  # refused (and the refusal logged) with the same patient
+        assert send_bytes(scp, tmp_path, part10_bytes(ds)) == 0xA900
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    events = [line["event"] for line in lines]
+    assert "instance_stored" in events and "instance_refused" in events
+    for secret in ("SMITH", "JOHN", "MRN-99881", "19450101"):
+        assert secret not in text
