@@ -211,6 +211,7 @@ def send_with_pynetdicom(
     called_ae: str = "FTLCT",
     calling_ae: str = "TESTSCU",
     on_status: Callable[[Path, int | None], None] | None = None,
+    timeout_s: float = 10.0,
 ) -> dict[Path, int | None]:
     """C-STORE each file as stored on disk, over one association (bytes sent unchanged)."""
     import pydicom
@@ -222,6 +223,8 @@ def send_with_pynetdicom(
         meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
         contexts.setdefault(meta.MediaStorageSOPClassUID, set()).add(meta.TransferSyntaxUID)
     ae = AE(ae_title=calling_ae)
+    # A peer that dies mid-association is noticed by these timeouts (pynetdicom's are 30 s+).
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = timeout_s
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
     assoc = ae.associate(LOOPBACK, port, ae_title=called_ae)
