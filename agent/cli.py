@@ -25,14 +25,20 @@ def _settings(config: Path | None, overrides: dict):
         raise CliError(str(exc)) from exc
 
 
-def _open_index(settings):
+def _read_index(config: Path | None, data_dir: Path | None, reader):
+    """``reader(db)`` on the data dir's index (read-only use; fine beside a running serve)."""
     from ftlct.agent.store.database import Database
     from ftlct.agent.store.layout import DataDir
 
-    data_dir = DataDir(settings.storage.data_dir)
-    if not data_dir.index.is_file():
-        raise CliError(f"no agent data in {data_dir.root} (run `ftl-agent serve` there first)")
-    return Database(data_dir.index, create=False)
+    settings = _settings(config, {"storage.data_dir": data_dir})
+    layout = DataDir(settings.storage.data_dir)
+    if not layout.index.is_file():
+        raise CliError(f"no agent data in {layout.root} (run `ftl-agent serve` there first)")
+    db = Database(layout.index, create=False)
+    try:
+        return reader(db)
+    finally:
+        db.close()
 
 
 @app.command()
@@ -102,11 +108,7 @@ def status(
     """Counts, model version, queue depths."""
     from ftlct.agent.status import collect_status
 
-    db = _open_index(_settings(config, {"storage.data_dir": data_dir}))
-    try:
-        report = collect_status(db)
-    finally:
-        db.close()
+    report = _read_index(config, data_dir, collect_status)
     if json_out:
         echo_json(report)
         return
@@ -138,11 +140,7 @@ def results(
     """One row per series: UIDs, instances, label, probabilities, model version, latency."""
     from ftlct.agent.status import list_results
 
-    db = _open_index(_settings(config, {"storage.data_dir": data_dir}))
-    try:
-        rows = list_results(db)
-    finally:
-        db.close()
+    rows = _read_index(config, data_dir, list_results)
     if json_out:
         echo_json(rows)
         return

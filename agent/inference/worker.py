@@ -17,12 +17,12 @@ import contextlib
 import logging
 import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from ftlct.agent.background import BackgroundLoop
 from ftlct.agent.events import RESULT_READY, EventBus
 from ftlct.agent.inference.aggregation import aggregate
 from ftlct.agent.inference.embedder import Interrupted, SliceEmbedder
@@ -39,11 +39,12 @@ from ftlct.agent.store.instance_store import InstanceStore, StoredInstance
 log = logging.getLogger(__name__)
 
 ResultHook = Callable[[sqlite3.Connection, SeriesResult], None]
-IDLE_WAIT_S = 0.5
 EAGER_GATHER_S = 0.2  # wait this long for more arrivals so eager batches are full
 
 
-class InferenceWorker:
+class InferenceWorker(BackgroundLoop):
+    name = "inference"
+
     def __init__(
         self,
         db: Database,
@@ -56,6 +57,7 @@ class InferenceWorker:
         metrics: AgentMetrics,
         clock=time.time,
     ):
+        super().__init__()
         self.db = db
         self.store = store
         self.jobs = jobs
@@ -71,42 +73,17 @@ class InferenceWorker:
         )
         self.result_hooks: list[ResultHook] = []
         self._eager: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ feeding
-    def wake(self) -> None:
-        self._wake.set()
-
     def instance_arrived(self, instance: StoredInstance) -> None:
         """Event subscriber: queue a freshly stored instance for eager embedding."""
         if self.settings.eager:
             self._eager.put(instance.sop_instance_uid)
-            self._wake.set()
+            self.wake()
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+    def stop(self, timeout_s: float = 60.0) -> None:
+        super().stop(timeout_s)
         self.embedder.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:
-                log.exception("inference loop error", extra={"event": "inference_error"})
-                worked = False
-            if not worked:
-                self._wake.wait(IDLE_WAIT_S)
-                self._wake.clear()
 
     def run_once(self) -> bool:
         """Run one job if one is due, else one eager batch; False when there was nothing to do."""
@@ -159,7 +136,7 @@ class InferenceWorker:
             for i in instances
             if i["sop_instance_uid"] not in known and i["sop_instance_uid"] not in skipped
         ]
-        fresh = self.embedder.embed(snapshot, missing, self._stop.is_set)
+        fresh = self.embedder.embed(snapshot, missing, lambda: self.stopping)
         known.update(fresh.vectors)
         skipped.update(fresh.errors)
 
@@ -257,7 +234,7 @@ class InferenceWorker:
                 rows.append(dict(row))
         todo = self._not_embedded(rows, snapshot.backbone_sha256)
         with contextlib.suppress(Interrupted):  # the series job embeds what is missing
-            self.embedder.embed(snapshot, todo, self._stop.is_set)
+            self.embedder.embed(snapshot, todo, lambda: self.stopping)
         return True
 
     def _drain_eager(self) -> list[str]:

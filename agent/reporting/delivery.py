@@ -13,11 +13,11 @@ from __future__ import annotations
 import io
 import logging
 import sqlite3
-import threading
 import time
 
 import pydicom
 
+from ftlct.agent.background import BackgroundLoop
 from ftlct.agent.dicom.destination import Destination
 from ftlct.agent.dicom.sender import SendError, send_file
 from ftlct.agent.events import RESULT_DELIVERED, EventBus
@@ -31,10 +31,11 @@ from ftlct.agent.store.layout import uid_key
 from ftlct.export.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-IDLE_WAIT_S = 0.5
 
 
-class DeliveryQueue:
+class DeliveryQueue(BackgroundLoop):
+    name = "sr-delivery"
+
     def __init__(
         self,
         db: Database,
@@ -46,6 +47,7 @@ class DeliveryQueue:
         metrics: AgentMetrics,
         clock=time.time,
     ):
+        super().__init__()
         self.db = db
         self.store = store
         self.results = ResultStore(db)
@@ -55,9 +57,6 @@ class DeliveryQueue:
         self.events = events
         self.metrics = metrics
         self.clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ feeding
     def result_hook(self, conn: sqlite3.Connection, result: SeriesResult) -> None:
@@ -67,32 +66,10 @@ class DeliveryQueue:
             " VALUES (?, ?, ?, 'pending', ?)",
             (result.id, result.series_uid, str(self.destination), self.clock()),
         )
-        self._wake.set()
+        self.wake()
 
     def pending(self) -> int:
         return int(self.db.scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"))
-
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sr-delivery", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:
-                log.exception("delivery loop error", extra={"event": "delivery_error"})
-                worked = False
-            if not worked:
-                self._wake.wait(IDLE_WAIT_S)
-                self._wake.clear()
 
     def run_once(self) -> bool:
         """Attempt the oldest due delivery; False if none is due."""

@@ -9,9 +9,9 @@ judged against their persisted ``last_received_at`` on the next tick.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
+from ftlct.agent.background import BackgroundLoop
 from ftlct.agent.events import SERIES_COMPLETED, EventBus
 from ftlct.agent.logs import log_event
 from ftlct.agent.metrics import AgentMetrics
@@ -22,7 +22,9 @@ from ftlct.agent.store.database import Database
 log = logging.getLogger(__name__)
 
 
-class SeriesAssembler:
+class SeriesAssembler(BackgroundLoop):
+    name = "series-assembler"
+
     def __init__(
         self,
         db: Database,
@@ -32,14 +34,14 @@ class SeriesAssembler:
         metrics: AgentMetrics,
         clock=time.time,
     ):
+        super().__init__()
+        self.idle_wait_s = settings.poll_interval_s
         self.db = db
         self.jobs = jobs
         self.settings = settings
         self.events = events
         self.metrics = metrics
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.on_completed = None  # optional callable, e.g. to wake the inference worker
 
     def tick(self) -> list[dict]:
@@ -74,18 +76,6 @@ class SeriesAssembler:
     def open_count(self) -> int:
         return int(self.db.scalar("SELECT COUNT(*) FROM series WHERE state = 'open'"))
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="series-assembler", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.poll_interval_s):
-            try:
-                self.tick()
-            except Exception:
-                log.exception("series assembly failed", extra={"event": "assembler_error"})
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def run_once(self) -> bool:
+        self.tick()
+        return False  # poll again after the interval
