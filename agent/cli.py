@@ -94,9 +94,8 @@ def serve(
         service.add_component(component)
     try:
         service.run_until_signal()
-    except OSError as exc:
-        where = f"{settings.dicom.host}:{settings.dicom.port}"
-        raise CliError(f"cannot serve on {where}: {exc.strerror or exc}") from exc
+    except OSError as exc:  # a port in use, a certificate file that will not load...
+        raise CliError(f"cannot serve: {exc.strerror or exc}") from exc
 
 
 @app.command()

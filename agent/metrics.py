@@ -68,7 +68,10 @@ class AgentMetrics:
 
     def serve(self, host: str, port: int) -> None:
         """Start ``/metrics`` on ``host:port`` (a daemon thread)."""
-        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics on {host}:{port}: {exc.strerror or exc}") from exc
         log.info("metrics", extra={"event": "metrics_listening", "fields": {"port": port}})
 
     def stop(self) -> None:

@@ -81,12 +81,16 @@ class StorageScp:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        self._server = ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=server_ssl_context(self.tls),
-        )
+        where = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self._server = ae.start_server(
+                (self.settings.host, self.settings.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=server_ssl_context(self.tls),
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, f"DICOM on {where}: {exc.strerror or exc}") from exc
         log_event(
             log,
             "dicom_listening",

@@ -65,7 +65,9 @@ class EmbeddingKeys:
 
 class EmbeddingStore:
     def __init__(self, data_dir: DataDir, clock=time.time):
-        self.db = Database(data_dir.embeddings, schema=SCHEMA)
+        # The only writer of embeddings.sqlite: DEFERRED, so that reading the attached index
+        # never locks out the store's writes to it.
+        self.db = Database(data_dir.embeddings, schema=SCHEMA, begin="DEFERRED")
         # Read the index beside it so only the current copy of each instance counts.
         self.db.attach(data_dir.index, "idx")
         self.clock = clock

@@ -119,8 +119,14 @@ CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_a
 class Database:
     """A thread-safe handle on ``index.sqlite``; writes go through ``transaction()``."""
 
-    def __init__(self, path: str | Path, create: bool = True, schema: str = SCHEMA):
+    def __init__(
+        self, path: str | Path, create: bool = True, schema: str = SCHEMA, begin: str = "IMMEDIATE"
+    ):
         self.path = Path(path)
+        # IMMEDIATE takes the write lock up front (no upgrade deadlocks between writers);
+        # it also locks every ATTACHed file, so a handle that only reads its attachments
+        # uses DEFERRED to leave their writers alone.
+        self._begin = f"BEGIN {begin}"
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"no agent index at {self.path}")
         self._lock = threading.RLock()
@@ -147,9 +153,9 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; rolls back on any exception."""
+        """``BEGIN`` ... ``COMMIT`` under the lock; rolls back on any exception."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(self._begin)
             try:
                 yield self._conn
             except BaseException:

@@ -107,7 +107,7 @@ def test_serve_on_a_busy_port_is_a_one_line_error(tmp_path, model_path):
         )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]  # log lines first, then the error
-    assert last.startswith("ftl-agent: error: cannot serve on") and str(port) in last
+    assert last.startswith(f"ftl-agent: error: cannot serve: DICOM on {LOOPBACK}:{port}")
 
 
 @pytest.fixture

@@ -109,3 +109,17 @@ def test_a_failing_job_is_retried_then_marked_failed(agent):
     assert agent.db.scalar("SELECT state FROM jobs") == "failed"
     assert agent.db.scalar("SELECT state FROM series") == "failed"
     assert ResultStore(agent.db).current() == []  # the hook's failure rolled the result back
+
+
+def test_writing_embeddings_never_locks_the_store_out(agent):
+    """The embeddings handle reads the index through ATTACH; its writes must not lock it."""
+    stored = agent.put(ct_instance(SERIES, STUDY)).instance
+    row = agent.store.instances_of(SERIES)[0]
+    with agent.embeddings.db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO unembeddable (sop_instance_uid, instance_sha256, reason) VALUES (?, ?, ?)",
+            (row["sop_instance_uid"], row["sha256"], "held open"),
+        )
+        # a C-STORE arriving meanwhile commits at once
+        assert agent.put(ct_instance(SERIES, STUDY)).ok
+    assert stored.sop_instance_uid == row["sop_instance_uid"]
