@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,13 +72,31 @@ def group(files: list[Path]) -> tuple[list[InputGroup], list[dict]]:
     return list(groups.values()), errors
 
 
-def infer_group(snapshot: ModelSnapshot, item: InputGroup, settings: InferenceSettings) -> dict:
-    blocks, errors = [], []
-    for path in item.files:
-        try:
-            blocks.append(preprocess_file(path, snapshot.spec))
-        except Exception as exc:  # one bad slice must not sink the series
-            errors.append(f"{path.name}: {exc}")
+def _prepare(path: Path, snapshot: ModelSnapshot) -> np.ndarray | str:
+    try:
+        return preprocess_file(path, snapshot.spec)
+    except Exception as exc:  # one bad slice must not sink the series
+        return f"{path.name}: {exc}"
+
+
+def infer_group(
+    snapshot: ModelSnapshot, item: InputGroup, settings: InferenceSettings, pool: ThreadPoolExecutor
+) -> dict:
+    """Decode a chunk of files in ``pool`` while the backbone runs the previous one."""
+    errors: list[str] = []
+    embeddings: list[np.ndarray] = []
+    size = settings.batch_size
+    chunks = [item.files[i : i + size] for i in range(0, len(item.files), size)]
+    ahead = [pool.submit(_prepare, path, snapshot) for path in chunks[0]]
+    for index in range(len(chunks)):
+        current = ahead
+        if index + 1 < len(chunks):
+            ahead = [pool.submit(_prepare, path, snapshot) for path in chunks[index + 1]]
+        prepared = [future.result() for future in current]
+        errors += [p for p in prepared if isinstance(p, str)]
+        images = [p for p in prepared if not isinstance(p, str) and len(p)]
+        if images:
+            embeddings.append(snapshot.embed(np.concatenate(images)))
     row = {
         "input": str(
             item.files[0].parent if item.kind == "series" and len(item.files) > 1 else item.files[0]
@@ -90,8 +109,7 @@ def infer_group(snapshot: ModelSnapshot, item: InputGroup, settings: InferenceSe
         "model_version": snapshot.version,
         "errors": errors,
     }
-    images = np.concatenate(blocks) if blocks else None
-    if images is None or len(images) == 0:
+    if not embeddings:
         return {
             **row,
             "n_slices": 0,
@@ -99,12 +117,9 @@ def infer_group(snapshot: ModelSnapshot, item: InputGroup, settings: InferenceSe
             "probabilities": None,
             "error": "no usable image",
         }
-    size = settings.batch_size
-    embeddings = np.concatenate(
-        [snapshot.embed(images[i : i + size]) for i in range(0, len(images), size)]
-    )
+    vectors = np.concatenate(embeddings)
     score = aggregate(
-        snapshot.probabilities(embeddings),
+        snapshot.probabilities(vectors),
         snapshot.labels,
         settings.aggregation,
         settings.top_k,
@@ -112,7 +127,7 @@ def infer_group(snapshot: ModelSnapshot, item: InputGroup, settings: InferenceSe
     )
     return {
         **row,
-        "n_slices": len(images),
+        "n_slices": len(vectors),
         "label": score.label,
         "probabilities": score.probabilities,
         "aggregation": score.rule,
@@ -125,5 +140,6 @@ def infer_paths(
     """One row per series / picture, plus error rows for inputs that could not be used."""
     files, errors = expand(paths)
     groups, group_errors = group(files)
-    rows = [infer_group(snapshot, item, settings) for item in groups]
+    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
+        rows = [infer_group(snapshot, item, settings, pool) for item in groups]
     return rows + [{**e, "label": None, "probabilities": None} for e in errors + group_errors]

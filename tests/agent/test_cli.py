@@ -168,7 +168,8 @@ def test_status_reads_the_data_dir_from_the_environment(data_dir):
 
 
 def test_infer_groups_dicom_by_series_and_classifies_pictures(tmp_path, model_path):
-    write_series(tmp_path / "inputs" / "series", 3)
+    paths = write_series(tmp_path / "inputs" / "series", 4)
+    paths[-1].write_bytes(paths[-1].read_bytes()[:-6000])  # a slice whose pixels are cut short
     picture = tmp_path / "inputs" / "slice.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(
         picture
@@ -179,8 +180,9 @@ def test_infer_groups_dicom_by_series_and_classifies_pictures(tmp_path, model_pa
     rows = sorted(json.loads(result.stdout), key=lambda r: r["kind"])
     assert [(r["kind"], r["n_files"], r["n_slices"]) for r in rows] == [
         ("image", 1, 1),
-        ("series", 3, 3),
+        ("series", 4, 3),
     ]
+    assert len(rows[1]["errors"]) == 1 and paths[-1].name in rows[1]["errors"][0]
     for row in rows:
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert row["label"] in ("normal", "abnormal")
