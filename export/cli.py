@@ -38,21 +38,30 @@ def build(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Export the backbone to ONNX and write an untrained head for LABELS."""
-    from ftlct.export.build import build_model_dir
-    from ftlct.export.mobilenet_v2 import WeightsError
     from ftlct.export.preprocessing import PreprocessingError, PreprocessingSpec, parse_windows
-    from ftlct.export.weights import resolve_weights
 
+    # Arguments are checked before torch is imported: a typo answers at once.
     if head not in ("linear", "mlp"):
         raise CliError(f"--head must be linear or mlp, got {head!r}")
+    label_list = _labels(labels)
     try:
         spec = PreprocessingSpec(input_size=input_size)
         if windows:
             spec = PreprocessingSpec(input_size=input_size, windows=parse_windows(windows))
+    except PreprocessingError as exc:
+        raise CliError(str(exc)) from exc
+    if weights is not None and not weights.is_file():
+        raise CliError(f"weights file not found: {weights}")
+
+    from ftlct.export.build import build_model_dir
+    from ftlct.export.mobilenet_v2 import WeightsError
+    from ftlct.export.weights import resolve_weights
+
+    try:
         model = build_model_dir(
-            out, resolve_weights(weights), _labels(labels), input_size, head, spec, seed
+            out, resolve_weights(weights), label_list, input_size, head, spec, seed
         )
-    except (WeightsError, PreprocessingError) as exc:
+    except WeightsError as exc:
         raise CliError(str(exc)) from exc
     if json_out:
         echo_json(model.manifest)
