@@ -18,6 +18,7 @@ from ftlct.protocol.errors import ProtocolError
 STATUSES = ("idle", "receiving", "inferring", "training", "offline")
 _PLAIN_TEXT = re.compile(r"^[A-Za-z0-9 ._+:()/-]{0,64}$")
 _MODALITY = re.compile(r"^[A-Z]{2,4}$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9._+:()/-][A-Za-z0-9 ._+:()/-]{0,63}$")
 
 
 @dataclass
@@ -28,6 +29,8 @@ class TwinCounts:
     quarantined: int = 0
     labels: int = 0
     rounds_trained: int = 0
+    updates_sent: int = 0  # acknowledged by the broker
+    gate_refusals: int = 0  # global heads the local gate kept out of service
 
 
 @dataclass
@@ -46,9 +49,11 @@ class Latency:
 
 @dataclass
 class PrivacyBudget:
-    epsilon_spent: float = 0.0
+    epsilon_spent: float = 0.0  # in total, over every round (zCDP composition)
     epsilon_limit: float = 0.0  # 0: no differential privacy configured
     delta: float = 0.0
+    epsilon_last_round: float = 0.0
+    rounds: int = 0  # noised releases so far
 
 
 @dataclass
@@ -62,6 +67,10 @@ class ScannerProfile:
     median_slices_per_series: float = 0.0
     median_slice_thickness_mm: float = 0.0
     median_kvp: float = 0.0
+    # name -> number of series; device names and reconstruction kernels, plain text only
+    manufacturers: dict[str, int] = field(default_factory=dict, metadata={"keys": "plain"})
+    models: dict[str, int] = field(default_factory=dict, metadata={"keys": "plain"})
+    kernels: dict[str, int] = field(default_factory=dict, metadata={"keys": "plain"})
 
 
 @dataclass
@@ -106,13 +115,14 @@ def _parse(cls, data: object, where: str):
     unknown = sorted(set(data) - known)
     if unknown:
         raise ProtocolError("bad_twin_state", f"{where}: keys not in the twin schema: {unknown}")
+    keys = {f.name: f.metadata.get("keys") for f in fields(cls)}
     values = {}
     for name, value in data.items():
-        values[name] = _value(hints[name], value, f"{where}.{name}")
+        values[name] = _value(hints[name], value, f"{where}.{name}", keys[name])
     return cls(**values)
 
 
-def _value(kind, value, where: str):
+def _value(kind, value, where: str, keys: str | None = None):
     if is_dataclass(kind):
         return _parse(kind, value, where)
     if kind is bool or isinstance(value, bool):
@@ -129,11 +139,13 @@ def _value(kind, value, where: str):
         if not isinstance(value, str) or not _PLAIN_TEXT.match(value):
             raise ProtocolError("bad_twin_state", f"{where} must be plain text of <= 64 characters")
         return value
-    if typing.get_origin(kind) is dict:  # modalities: code -> count
+    if typing.get_origin(kind) is dict:  # modality code (or plain name) -> count
         if not isinstance(value, dict) or len(value) > 16:
             raise ProtocolError("bad_twin_state", f"{where} must be an object of <= 16 entries")
+        pattern = _PLAIN_KEY if keys == "plain" else _MODALITY
         for code, count in value.items():
-            if not _MODALITY.match(code) or not isinstance(count, int) or count < 0:
+            bad_count = not isinstance(count, int) or isinstance(count, bool) or count < 0
+            if not isinstance(code, str) or not pattern.match(code) or bad_count:
                 raise ProtocolError("bad_twin_state", f"{where}: {code!r} -> {count!r} not allowed")
         return dict(value)
     raise TypeError(f"twin schema type {kind} not handled")  # pragma: no cover

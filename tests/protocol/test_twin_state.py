@@ -44,3 +44,34 @@ def test_anything_outside_the_schema_is_refused(data):
 def test_a_partial_state_gets_defaults():
     state = validate_twin_state({"status": "training", "counts": {"labels": 4}})
     assert state.counts.labels == 4 and state.counts.instances_stored == 0
+
+
+def test_device_names_kernels_and_privacy_rounds_are_in_the_schema():
+    state = validate_twin_state(
+        {
+            "counts": {"gate_refusals": 1, "updates_sent": 3},
+            "privacy": {"epsilon_spent": 2.5, "epsilon_last_round": 1.2, "rounds": 2},
+            "scanner": {
+                "manufacturers": {"SIEMENS": 4, "GE MEDICAL SYSTEMS": 1},
+                "models": {"SOMATOM Definition AS+": 4},
+                "kernels": {"B30f": 3, "H30s/Hr40": 2},
+            },
+        }
+    )
+    assert state.scanner.kernels["H30s/Hr40"] == 2 and state.privacy.rounds == 2
+
+
+@pytest.mark.parametrize(
+    "scanner",
+    [
+        {"kernels": {"DOE^JOHN": 1}},
+        {"manufacturers": {"": 1}},
+        {"models": {"x" * 65: 1}},
+        {"kernels": {"B30f": -1}},
+        {"kernels": {"B30f": True}},
+        {"modalities": {"Siemens": 1}},  # modality codes keep their own pattern
+    ],
+)
+def test_named_counts_refuse_anything_but_plain_names_and_counts(scanner):
+    with pytest.raises(ProtocolError):
+        validate_twin_state({"scanner": scanner})
