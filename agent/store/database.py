@@ -113,6 +113,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sent_at REAL
 );
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_at);
+
+-- The device that made each series (last instance wins), for the scanner profile of the twin.
+CREATE TABLE IF NOT EXISTS series_devices (
+    series_uid TEXT PRIMARY KEY,
+    manufacturer TEXT,
+    model_name TEXT,
+    kernel TEXT,
+    kvp REAL,
+    slice_thickness_mm REAL
+);
 """
 
 

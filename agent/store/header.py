@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import pydicom
@@ -25,6 +26,12 @@ class InstanceHeader:
     number_of_frames: int | None
     rows: int | None
     columns: int | None
+    # Device fields for the scanner's twin (aggregated per series; never patient data).
+    manufacturer: str | None = None
+    model_name: str | None = None
+    kernel: str | None = None
+    kvp: float | None = None
+    slice_thickness_mm: float | None = None
 
 
 def _text(ds, keyword: str) -> str | None:
@@ -41,6 +48,26 @@ def _int(ds, keyword: str) -> int | None:
         return None if value is None or value == "" else int(value)
     except (TypeError, ValueError):
         return None  # a malformed optional field must not refuse the instance
+
+
+def _float(ds, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        number = None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _joined(ds, keyword: str) -> str | None:
+    """A possibly multi-valued text element as one string (ConvolutionKernel may be e.g. 2)."""
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    if isinstance(value, str | bytes):
+        return _text(ds, keyword)
+    parts = [str(v).strip() for v in value if str(v).strip()]
+    return "/".join(parts) or None
 
 
 def read_header(data: bytes) -> InstanceHeader:
@@ -61,6 +88,11 @@ def read_header(data: bytes) -> InstanceHeader:
             number_of_frames=_int(ds, "NumberOfFrames"),
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
+            manufacturer=_text(ds, "Manufacturer"),
+            model_name=_text(ds, "ManufacturerModelName"),
+            kernel=_joined(ds, "ConvolutionKernel"),
+            kvp=_float(ds, "KVP"),
+            slice_thickness_mm=_float(ds, "SliceThickness"),
         )
     except InvalidDicomError as exc:
         raise HeaderError(f"not DICOM: {exc}") from exc

@@ -191,6 +191,18 @@ class InstanceStore:
                 now,
             ),
         )
+        conn.execute(
+            "INSERT OR REPLACE INTO series_devices (series_uid, manufacturer, model_name, kernel,"
+            " kvp, slice_thickness_mm) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                header.series_uid,
+                header.manufacturer,
+                header.model_name,
+                header.kernel,
+                header.kvp,
+                header.slice_thickness_mm,
+            ),
+        )
         moved = existing is not None and existing["series_uid"] != header.series_uid
         if moved:
             _touch_series(conn, existing["series_uid"], None, None, -1, now)

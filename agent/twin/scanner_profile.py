@@ -1,0 +1,79 @@
+"""The scanner profile of the twin, aggregated over series from indexed header fields.
+
+Only device-level values (manufacturer, model, reconstruction kernel, kVp,
+slice thickness) and counts per series ever leave this module; no UID, date
+or patient field is read. Names are folded to the twin schema's plain
+character set and the 16 most frequent are kept.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections import Counter
+
+from ftlct.agent.store.database import Database
+from ftlct.protocol.twin_state import ScannerProfile
+
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 ._+:()/-]+")
+MAX_NAMES = 16
+DAY_S = 86400.0
+WINDOW_DAYS = 7.0
+
+
+def plain(text: str | None) -> str:
+    """A header value in the twin's plain character set (<= 64 characters); '' if nothing is left."""
+    cleaned = _NOT_PLAIN.sub("_", (text or "").strip()).strip(" _")[:64].strip()
+    return cleaned
+
+
+def _top(counter: Counter) -> dict[str, int]:
+    return dict(counter.most_common(MAX_NAMES))
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def scanner_profile(db: Database, now: float | None = None) -> ScannerProfile:
+    now = time.time() if now is None else now
+    rows = db.query(
+        "SELECT s.modality, s.n_instances, s.first_received_at, d.manufacturer, d.model_name,"
+        " d.kernel, d.kvp, d.slice_thickness_mm FROM series s"
+        " LEFT JOIN series_devices d ON d.series_uid = s.series_uid"
+    )
+    manufacturers, models, kernels, modalities = Counter(), Counter(), Counter(), Counter()
+    kvps, thicknesses, slices = [], [], []
+    recent = 0
+    for row in rows:
+        if name := plain(row["manufacturer"]):
+            manufacturers[name] += 1
+        if name := plain(row["model_name"]):
+            models[name] += 1
+        if name := plain(row["kernel"]):
+            kernels[name] += 1
+        modality = (row["modality"] or "").strip().upper()
+        if re.fullmatch(r"[A-Z]{2,4}", modality):
+            modalities[modality] += 1
+        if row["kvp"] is not None and row["kvp"] > 0:
+            kvps.append(row["kvp"])
+        if row["slice_thickness_mm"] is not None and row["slice_thickness_mm"] > 0:
+            thicknesses.append(row["slice_thickness_mm"])
+        slices.append(row["n_instances"])
+        if now - row["first_received_at"] <= WINDOW_DAYS * DAY_S:
+            recent += 1
+    first = min((row["first_received_at"] for row in rows), default=now)
+    days = min(WINDOW_DAYS, max((now - first) / DAY_S, 1.0))
+    return ScannerProfile(
+        manufacturer=manufacturers.most_common(1)[0][0] if manufacturers else "",
+        model_name=models.most_common(1)[0][0] if models else "",
+        modalities=_top(modalities),
+        series_per_day=round(recent / days, 3),
+        median_slices_per_series=_median(slices),
+        median_slice_thickness_mm=_median(thicknesses),
+        median_kvp=_median(kvps),
+        manufacturers=_top(manufacturers),
+        models=_top(models),
+        kernels=_top(kernels),
+    )
