@@ -1,4 +1,5 @@
-"""``ftl-agent``: the edge agent beside a CT scanner (serve, status, results, infer)."""
+"""``ftl-agent``: the edge agent beside a CT scanner (serve, status, results, infer, label,
+train, identity)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,24 @@ def status(
     print("series             " + _pairs(report["series"]))
     print("queues             " + _pairs(report["queues"]))
     print("deliveries         " + _pairs(report["deliveries"]))
+    fed = report["federation"]
+    if fed["site"]:
+        print(
+            f"federation         site={fed['site']} federation={fed['federation']} "
+            f"connected={fed['connected']} round={fed['last_round']} ({fed['round_status']})"
+        )
+        print(
+            f"updates            made={fed['updates_made']} acknowledged={fed['updates_acknowledged']}"
+            f" gate_refusals={fed['gate_refusals']} models_refused={fed['models_refused']}"
+        )
+        if fed["training_waiting_for"]:
+            print(f"training           {fed['training_waiting_for']}")
+        privacy = fed["privacy"]
+        if privacy["enabled"]:
+            print(
+                f"privacy            epsilon={privacy['epsilon_spent']:.3f} of "
+                f"{privacy['epsilon_limit']:g} (delta={privacy['delta']:g}, {privacy['rounds']} rounds)"
+            )
 
 
 def _pairs(values: dict) -> str:
@@ -168,6 +187,129 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+label_app = new_app("Confirmed labels for local training (keyed by Study/Series/SOP Instance UID).")
+app.add_typer(label_app, name="label")
+PENDING_HELP = "Keep labels for UIDs not received yet; they count once their images arrive."
+
+
+def _label_rows(config, data_dir, rows, where, source, allow_pending) -> None:
+    import json
+
+    from ftlct.agent.labels.label_store import LabelError, LabelStore
+    from ftlct.export.model_dir import ModelDir, ModelDirError
+
+    settings = _settings(config, {"storage.data_dir": data_dir})
+
+    def store(db):
+        known = db.get_meta("model_labels")
+        if known:
+            allowed = json.loads(known)
+        else:  # an index from before labels existed: the configured model says
+            try:
+                allowed = ModelDir.load(settings.inference.model_dir).labels
+            except ModelDirError as exc:
+                raise CliError(f"cannot tell the model's labels: {exc}") from exc
+        try:
+            return LabelStore(db).set_many(rows, allowed, source, allow_pending, where)
+        except LabelError as exc:
+            raise CliError(str(exc)) from exc
+
+    summary = _read_index(config, data_dir, store)
+    pending = f"; {summary.pending} pending until their images arrive" if summary.pending else ""
+    print(f"labels: {summary.text()}{pending}")
+
+
+@label_app.command("import")
+def label_import(
+    csv_file: Path = typer.Argument(..., help="CSV with the header 'uid,label'."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    allow_pending: bool = typer.Option(False, "--allow-pending", help=PENDING_HELP),
+) -> None:
+    """Import labels from a CSV (all rows or none); importing the same file again changes nothing."""
+    from ftlct.agent.labels.label_csv import read_label_csv
+    from ftlct.agent.labels.label_store import LabelError
+
+    try:
+        rows, where = read_label_csv(csv_file)
+    except LabelError as exc:
+        raise CliError(str(exc)) from exc
+    _label_rows(config, data_dir, rows, where, csv_file.name, allow_pending)
+
+
+@label_app.command("set")
+def label_set(
+    uid: str = typer.Argument(..., help="A StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID."),
+    label: str = typer.Argument(..., help="One of the model's labels."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    allow_pending: bool = typer.Option(False, "--allow-pending", help=PENDING_HELP),
+) -> None:
+    """Set (or correct) the label of one study, series or instance."""
+    _label_rows(
+        config, data_dir, [(uid.strip(), label.strip())], ["argument"], "set", allow_pending
+    )
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    site: str = typer.Option(
+        None, "--site", help="This site's id (default: as serve recorded it)."
+    ),
+    federation: str = typer.Option(
+        None, "--federation", help="Federation name (default: recorded)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One local round now, from the last round announcement received; the delta goes to the
+    outbox (serve publishes it when connected)."""
+    from ftlct.agent.training.local_round import run_local_round
+
+    settings = _settings(
+        config,
+        {"storage.data_dir": data_dir, "federation.site": site, "federation.name": federation},
+    )
+    outcome = run_local_round(settings, settings.storage.data_dir)
+    if json_out:
+        echo_json(outcome.to_json())
+    if not outcome.trained:
+        raise CliError(f"training {outcome.outcome}: {outcome.reason}")
+    if not json_out:
+        metrics = outcome.metrics
+        scores = " ".join(
+            f"{key}={metrics[key]:.3f}"
+            for key in ("train_loss", "val_f1", "global_val_f1")
+            if key in metrics
+        )
+        print(
+            f"round {outcome.round}: update {outcome.update_id} in the outbox "
+            f"(n_samples={outcome.n_samples} {scores})".rstrip()
+        )
+
+
+@app.command()
+def identity(
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    site: str = typer.Option(None, "--site", help="This site's id in the federation."),
+) -> None:
+    """Create the site's Ed25519 key pair if absent; print "SITE PUBLIC_KEY" (for ftl-cloud enroll)."""
+    from ftlct.agent.sync.site_identity import site_identity
+    from ftlct.protocol.identity import IdentityError
+
+    settings = _settings(config, {"storage.data_dir": data_dir, "federation.site": site})
+    name = settings.federation.site
+    if not name:
+        raise CliError("no site id: pass --site or set [federation] site")
+    try:
+        key = site_identity(settings.storage.data_dir, name)
+    except (IdentityError, OSError) as exc:
+        raise CliError(f"site key: {exc}") from exc
+    print(f"{name} {key.public_b64}")
 
 
 @app.command()

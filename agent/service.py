@@ -4,8 +4,9 @@
             -> JobQueue -> InferenceWorker (engine, embeddings) -> results
             -> DeliveryQueue (SR to the PACS)
 
-Other parts plug in as *components* (issue 5: MQTT sync, local training, the
-scanner's digital twin). A component is any object with ``start(service)`` and
+Other parts plug in as *components* (``ftlct.agent.sync.FederationSync``: MQTT,
+rounds, global models, local training, the outbox; ``ftlct.agent.twin.TwinPublisher``:
+the scanner's digital twin). A component is any object with ``start(service)`` and
 ``stop()``; it finds what it needs on the service:
 
 * ``service.events``: subscribe to ``instance_stored``, ``series_completed``,
@@ -21,6 +22,7 @@ Components start after the pipeline and stop before it, in reverse order.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -43,6 +45,7 @@ from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard, FreeBytes, free_bytes_of
 from ftlct.agent.store.instance_store import InstanceStore
 from ftlct.agent.store.layout import DataDir
+from ftlct.agent.sync.model_install import choose_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,19 @@ class Component(Protocol):
 
 
 def optional_components(settings: AgentSettings) -> list[Component]:
-    """Components the settings ask for. Issue 5 adds MQTT sync, training and the twin here."""
-    return []
+    """Components the settings ask for: with ``--broker``, federation sync (rounds, models,
+    training, the outbox) and then the scanner's twin, which publishes over sync's connection."""
+    components: list[Component] = []
+    if settings.federation.broker:
+        from ftlct.agent.sync.federation_sync import FederationSync
+
+        sync = FederationSync(settings)
+        components.append(sync)
+        if settings.twin.enabled:
+            from ftlct.agent.twin.twin_publisher import TwinPublisher
+
+            components.append(TwinPublisher(settings, sync))
+    return components
 
 
 class AgentService:
@@ -65,7 +79,9 @@ class AgentService:
         self.events = EventBus()
         self.metrics = AgentMetrics()
         # The model first: a bad --model must fail before anything listens.
-        self.engine = InferenceEngine.load(settings.inference.model_dir, settings.inference.threads)
+        # A global head installed by the federation sync wins over --model if it fits it.
+        model_dir = choose_model_dir(settings.inference.model_dir, self.data_dir.root)
+        self.engine = InferenceEngine.load(model_dir, settings.inference.threads)
         self.db = Database(self.data_dir.index)
         self.guard = DiskGuard(
             free_bytes or free_bytes_of(self.data_dir.root), settings.storage.min_free_bytes
@@ -197,4 +213,5 @@ class AgentService:
     def _record_model(self, snapshot: ModelSnapshot) -> None:
         self.db.set_meta("model_version", snapshot.version)
         self.db.set_meta("backbone_sha256", snapshot.backbone_sha256)
+        self.db.set_meta("model_labels", json.dumps(snapshot.labels))  # `label` checks against it
         self.metrics.set_model_version(snapshot.version)

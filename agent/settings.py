@@ -5,8 +5,8 @@ the environment variable and the dotted override key all follow from the names:
 
     [dicom] port = 11112   <->   FTLCT_AGENT_DICOM_PORT=11112   <->   {"dicom.port": 11112}
 
-Adding a section (issue 5: ``[mqtt]``, ``[training]``, ``[twin]``) is one new
-dataclass and one new field below; loading, environment overrides, type
+Adding a section (as ``[mqtt]``, ``[training]``, ``[privacy]``, ``[twin]`` were) is one
+new dataclass and one new field below; loading, environment overrides, type
 coercion and unknown-key errors come for free. Nothing here reads settings
 from globals at run time: ``load_settings`` builds the object once and the
 caller passes it (or its sections) to the parts that need them.
@@ -25,9 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftlct.protocol.codecs import CODECS
+from ftlct.protocol.mqtt_connection import MqttSettings
+
 ENV_PREFIX = "FTLCT_AGENT_"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AGGREGATIONS = ("top_k_mean", "mean")
+# The trainer's choices (ftlct.agent.training.local_training imports torch, so not from there).
+OPTIMIZERS = ("adamw", "adam", "sgd")
+CLASS_WEIGHTING = ("balanced", "none")
 
 
 class SettingsError(ValueError):
@@ -152,12 +158,60 @@ class MetricsSettings:
 
 @dataclass
 class FederationSettings:
-    """Who this site is in a federation. The MQTT transport itself arrives in issue 5."""
+    """Who this site is in a federation; ``[mqtt]`` holds how to reach the broker."""
 
     broker: str | None = None  # mqtt://HOST:PORT or mqtts://HOST:PORT
     site: str | None = None
     name: str | None = None  # the federation name (topics live under ftl/{name}/)
     cloud_key: str | None = None  # public key that global models must be signed with
+
+
+@dataclass
+class TrainingSettings:
+    """Local fine-tuning of the head for federation rounds (``ftlct.agent.training``)."""
+
+    auto: bool = True  # train as soon as a round is open and the labels allow it
+    min_samples: int = 20  # labelled slice embeddings needed to take part in a round
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw, adam or sgd
+    class_weighting: str = "balanced"  # or "none"
+    fedprox_mu: float = 0.0
+    seed: int = 0
+    # Held out by series (the same series every round) for local metrics and the gate.
+    val_fraction: float = 0.2
+    codec: str = "fp16"  # fp32, fp16 or int8 (protocol codecs)
+    # The round's announced recipe (local_epochs, lr, batch_size, codec, fedprox_mu) wins
+    # over the values above; false keeps the local ones.
+    follow_round: bool = True
+    threads: int = 1  # torch threads in the training process (a core stays with DICOM)
+    check_interval_s: float = 5.0  # how often serve re-checks whether it can train
+    # Gate on a new global head: refuse it when it drops local macro-F1 by more than this.
+    gate: bool = True
+    gate_max_f1_drop: float = 0.05
+    gate_min_samples: int = 10  # held-out slices needed before the gate judges at all
+
+
+@dataclass
+class PrivacySettings:
+    """Differential privacy on the delta: L2 clip + Gaussian noise, zCDP accounting."""
+
+    enabled: bool = False
+    clip_norm: float = 1.0  # L2 bound on the whole delta (the sensitivity)
+    noise_multiplier: float = 1.0  # noise std = noise_multiplier * clip_norm
+    delta: float = 1e-5
+    epsilon_limit: float = 10.0  # no more rounds once the total would pass it; 0 = no limit
+
+
+@dataclass
+class TwinSettings:
+    """The scanner's digital twin on ``twins/{site}/state``."""
+
+    enabled: bool = True
+    period_s: float = 60.0  # re-published at least this often
+    debounce_s: float = 2.0  # at most one update per this many seconds on changes
 
 
 @dataclass
@@ -171,6 +225,10 @@ class AgentSettings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    twin: TwinSettings = field(default_factory=TwinSettings)
 
     def validate(self) -> AgentSettings:
         """Raise ``SettingsError`` naming the first bad setting; returns self."""
@@ -218,7 +276,50 @@ class AgentSettings:
             "federation.broker",
             f"expected mqtt://HOST:PORT or mqtts://HOST:PORT, got {broker!r}",
         )
+        self._validate_federation()
         return self
+
+    def _validate_federation(self) -> None:
+        from ftlct.protocol.topics import check_name
+
+        f = self.federation
+        for key in ("site", "name"):
+            value = getattr(f, key)
+            if value is not None:
+                try:
+                    check_name(key, value)
+                except ValueError as exc:
+                    raise SettingsError(f"federation.{key}: {exc}") from exc
+        if f.broker:
+            missing = [k for k in ("site", "name", "cloud_key") if not getattr(f, k)]
+            _check(
+                not missing,
+                "federation.broker",
+                f"needs federation.{', federation.'.join(missing)}",
+            )
+        t = self.training
+        _check(t.min_samples >= 1, "training.min_samples", "must be >= 1")
+        _check(
+            t.epochs >= 0 and t.batch_size >= 1, "training.epochs", "epochs >= 0, batch_size >= 1"
+        )
+        _check(t.lr > 0, "training.lr", "must be > 0")
+        _check(t.optimizer in OPTIMIZERS, "training.optimizer", f"one of {OPTIMIZERS}")
+        _check(
+            t.class_weighting in CLASS_WEIGHTING,
+            "training.class_weighting",
+            f"one of {CLASS_WEIGHTING}",
+        )
+        _check(0 <= t.val_fraction < 1, "training.val_fraction", "must be in [0, 1)")
+        _check(t.fedprox_mu >= 0, "training.fedprox_mu", "must be >= 0")
+        _check(t.codec in CODECS, "training.codec", f"one of {CODECS}")
+        _check(t.gate_max_f1_drop >= 0, "training.gate_max_f1_drop", "must be >= 0")
+        _check(t.check_interval_s > 0, "training.check_interval_s", "must be > 0")
+        p = self.privacy
+        _check(p.clip_norm > 0, "privacy.clip_norm", "must be > 0")
+        _check(p.noise_multiplier > 0, "privacy.noise_multiplier", "must be > 0")
+        _check(0 < p.delta < 1, "privacy.delta", "must be in (0, 1)")
+        _check(p.epsilon_limit >= 0, "privacy.epsilon_limit", "must be >= 0 (0: no limit)")
+        _check(self.twin.period_s > 0 and self.twin.debounce_s >= 0, "twin.period_s", "must be > 0")
 
 
 def _check(ok: bool, name: str, message: str) -> None:

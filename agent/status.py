@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ftlct.agent.inference.results import ResultStore
 from ftlct.agent.store.database import Database
+from ftlct.agent.sync.sync_status import federation_status
 
 
 def _count(db: Database, sql: str, params: tuple = ()) -> int:
@@ -36,8 +37,7 @@ def collect_status(db: Database) -> dict:
             db, "SELECT COUNT(DISTINCT series_uid) FROM results WHERE superseded = 0"
         ),
         "quarantined": _count(db, "SELECT COUNT(*) FROM quarantine"),
-        # labels and the update outbox arrive with local training (issue 5): their tables
-        # are counted when they exist.
+        # labels and the update outbox exist once labels were set or federation ran
         "labels": _count(db, "SELECT COUNT(*) FROM labels") if db.has_table("labels") else 0,
         "model_version": db.get_meta("model_version"),
         "outbox": _count(db, "SELECT COUNT(*) FROM outbox") if db.has_table("outbox") else 0,
@@ -55,6 +55,10 @@ def collect_status(db: Database) -> dict:
             state: deliveries.get(state, 0) for state in ("pending", "sent", "failed", "superseded")
         },
         "jobs_failed": jobs.get("failed", 0),
+        "labels_pending": _count(db, "SELECT COUNT(*) FROM labels WHERE level = 'pending'")
+        if db.has_table("labels")
+        else 0,
+        "federation": federation_status(db),
     }
 
 

@@ -1,0 +1,1 @@
+"""The agent's side of the federation: MQTT link, rounds, global models, the update outbox."""
