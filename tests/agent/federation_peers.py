@@ -1,0 +1,105 @@
+"""Real peers for federation tests: CLIs as subprocesses, agents wired to a broker and a cloud."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url
+from tests.support.dicom_peers import storescu
+from tests.support.ports import LOOPBACK
+
+FED = "ctfed"
+
+# Fast settings for tests: short quiet period, frequent training checks, quick reconnects.
+AGENT_ENV = {
+    "FTLCT_AGENT_SERIES_QUIET_PERIOD_S": "1",
+    "FTLCT_AGENT_TRAINING_MIN_SAMPLES": "6",
+    "FTLCT_AGENT_TRAINING_CHECK_INTERVAL_S": "1",
+    "FTLCT_AGENT_MQTT_RECONNECT_MAX_S": "2",
+    "FTLCT_AGENT_TWIN_DEBOUNCE_S": "0.5",
+}
+
+
+def agent_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ftlct.agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def cloud_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ftlct.cloud", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def agent_status(data_dir: Path) -> dict:
+    result = agent_cli("status", "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def cloud_status(state_dir: Path) -> dict:
+    result = cloud_cli("status", "--state-dir", str(state_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def enroll(data_dir: Path, site: str, state_dir: Path) -> str:
+    """``ftl-agent identity`` then ``ftl-cloud enroll``, as a hospital IT team would."""
+    printed = agent_cli("identity", "--data-dir", str(data_dir), "--site", site)
+    assert printed.returncode == 0, printed.stderr
+    name, key = printed.stdout.strip().split(" ")
+    assert name == site and len(printed.stdout.strip().splitlines()) == 1
+    enrolled = cloud_cli("enroll", site, key, "--state-dir", str(state_dir))
+    assert enrolled.returncode == 0, enrolled.stderr
+    return key
+
+
+def federation_args(broker_url: str, site: str, cloud_key: str) -> list[str]:
+    return ["--broker", broker_url, "--site", site, "--federation", FED, "--cloud-key", cloud_key]
+
+
+def send(agent, paths: list[Path]) -> None:
+    result = storescu("-aec", agent.ae_title, LOOPBACK, str(agent.port), *map(str, paths))
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+class Recorder:
+    """A subscriber on ``#`` that keeps every payload the broker carries (retained ones too)."""
+
+    def __init__(self, broker_url: str, client_id: str = "recorder"):
+        self.client = new_client(client_id, parse_broker_url(broker_url), MqttSettings())
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("#", qos=1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        broker = parse_broker_url(broker_url)
+        self.client.connect_async(broker.host, broker.port, keepalive=30)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.loop_start()
+        if not self._subscribed.wait(15):
+            raise AssertionError("recorder did not subscribe")
+
+    def _on_message(self, client, userdata, message):
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+
+    def payloads(self, topic: str | None = None) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if topic is None or t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

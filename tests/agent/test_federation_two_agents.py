@@ -1,0 +1,169 @@
+"""The must-show federation: real mosquitto, ``ftl-cloud serve`` and two ``ftl-agent serve``.
+
+Studies go in with dcmtk's storescu, labels through ``ftl-agent label import``,
+the agents train on their own and two FTL rounds complete. Every MQTT payload
+is recorded on the way, to prove no patient field or study UID ever left an agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from ftlct.protocol.exchange import open_twin_state
+from tests.agent.federation_peers import (
+    AGENT_ENV,
+    FED,
+    Recorder,
+    agent_cli,
+    agent_status,
+    cloud_cli,
+    cloud_status,
+    enroll,
+    federation_args,
+    send,
+)
+from tests.agent.synthetic_ct import PHI, labels_csv, write_series, write_study_set
+from tests.cloud.harness import CloudProcess
+from tests.support.dicom_peers import running_agent, wait_for
+from tests.support.mosquitto import running_mosquitto
+
+SITES = ("site-a", "site-b")
+ROUNDS = 2
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, model_dir):
+    root = tmp_path_factory.mktemp("federation")
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(running_mosquitto(root / "broker"))
+        recorder = Recorder(broker.url)
+        stack.callback(recorder.close)
+        state = root / "cloud-state"
+        cloud_key = cloud_cli("identity", "--state-dir", str(state)).stdout.strip()
+        agents, studies = {}, {}
+        for index, site in enumerate(SITES):
+            data_dir = root / site / "agent-data"
+            enroll(data_dir, site, state)
+            agents[site] = stack.enter_context(
+                running_agent(
+                    root / site,
+                    model_dir.path,
+                    *federation_args(broker.url, site, cloud_key),
+                    env=AGENT_ENV,
+                    data_dir=data_dir,
+                )
+            )
+            studies[site] = write_study_set(root / site / "studies", per_class=3, seed=index + 1)
+        cloud = CloudProcess(
+            state,
+            [
+                "--broker", broker.url, "--federation", FED, "--model", str(model_dir.path),
+                "--strategy", "ftl", "--min-sites", "2", "--round-timeout", "120",
+                "--rounds", str(ROUNDS),
+            ],
+        ).start()  # fmt: skip
+        stack.callback(cloud.stop)
+        for site in SITES:
+            send(agents[site], [p for s in studies[site] for p in s.paths])
+        for site in SITES:
+            wait_for(lambda s=site: len(agents[s].results()) == 6, timeout=120)
+            imported = agent_cli(
+                "label", "import", str(labels_csv(root / site / "labels.csv", studies[site])),
+                "--data-dir", str(agents[site].data_dir),
+            )  # fmt: skip
+            assert imported.returncode == 0, imported.stderr
+            assert imported.stdout.startswith("labels: 6 new"), imported.stdout
+        assert cloud.process.wait(timeout=240) == 0, cloud.log()[-3000:]
+        final = cloud_status(state)
+        newest = final["global_versions"]["global"]
+        for site in SITES:
+            wait_for(lambda s=site: agent_status(agents[s].data_dir)["model_version"] == newest, 60)
+        # a study after the swap is classified by the newest global head
+        after = {}
+        for index, site in enumerate(SITES):
+            series = write_series(root / site / "after", "abnormal", 3, seed=90 + index)
+            send(agents[site], series.paths)
+            after[site] = series
+        for site in SITES:
+            wait_for(
+                lambda s=site: any(
+                    r["series_uid"] == after[s].series_uid for r in agents[s].results()
+                ),
+                timeout=60,
+            )
+        yield {
+            "root": root,
+            "agents": agents,
+            "cloud": final,
+            "cloud_key": cloud_key,
+            "newest": newest,
+            "after": after,
+            "studies": studies,
+            "recorder": recorder,
+            "broker": broker,
+        }
+
+
+def test_two_rounds_complete_and_both_agents_serve_the_newest_global_head(federation):
+    cloud, newest = federation["cloud"], federation["newest"]
+    assert cloud["rounds_completed"] == ROUNDS and cloud["updates_rejected"] == {}
+    assert newest.startswith(f"r{ROUNDS}-global-")
+    for site, agent in federation["agents"].items():
+        status = agent_status(agent.data_dir)
+        assert status["model_version"] == newest
+        assert status["labels"] == 6 and status["outbox"] == 0
+        fed = status["federation"]
+        assert fed["connected"] and fed["site"] == site
+        assert fed["updates_made"] == ROUNDS == fed["updates_acknowledged"]
+        assert fed["global_versions"]["global"] == newest
+        assert fed["last_training"]["outcome"] == "trained"
+        rows = {r["series_uid"]: r for r in agent.results()}
+        assert rows[federation["after"][site].series_uid]["model_version"] == newest
+        assert cloud["sites"][site]["online"]  # the cloud's view when it finished its rounds
+
+
+def test_the_twins_describe_the_scanners_from_aggregates(federation):
+    recorder, key_of = federation["recorder"], {}
+    for site in SITES:
+        pub = (federation["agents"][site].data_dir / "keys" / f"{site}.ed25519.pub").read_text()
+        key_of[site] = pub.strip()
+    for site in SITES:
+        topic = f"ftl/{FED}/twins/{site}/state"
+
+        def latest(topic=topic):
+            twin = open_twin_state(recorder.payloads(topic)[-1], key_of.get, FED).state
+            return twin if twin.counts.series_inferred == 7 else None
+
+        twin = wait_for(latest, timeout=30)
+        assert twin.status in ("idle", "receiving", "inferring")
+        assert twin.model_version == federation["newest"]
+        assert twin.counts.rounds_trained == ROUNDS == twin.counts.updates_sent
+        assert twin.counts.instances_stored == 21 and twin.counts.labels == 6
+        assert twin.scanner.manufacturers == {"ACME Medical": 7}
+        assert twin.scanner.kernels == {"B30f": 7} and twin.scanner.median_kvp == 120.0
+        assert twin.latency.p95_s >= twin.latency.p50_s > 0
+
+
+def test_no_patient_field_or_study_uid_is_in_any_mqtt_payload(federation):
+    recorder = federation["recorder"]
+    payloads = recorder.payloads()
+    topics = {t.split("/")[2] for t, _, _ in recorder.messages}
+    assert {"updates", "twins", "model", "rounds"} <= topics  # every kind of message was seen
+    secrets = [value.encode() for value in PHI.values()]
+    secrets += [b"QUENTIN", b"1947"]  # parts of the name and the birth date
+    for site_studies in [*federation["studies"].values(), list(federation["after"].values())]:
+        for series in site_studies:
+            secrets += [series.study_uid.encode(), series.series_uid.encode()]
+            secrets += [uid.encode() for uid in series.sop_uids]
+    for payload in payloads:
+        for secret in secrets:
+            assert secret not in payload
+
+
+def test_serve_never_loads_torch(federation):
+    for agent in federation["agents"].values():
+        maps = Path(f"/proc/{agent.process.pid}/maps").read_text()
+        assert "libtorch" not in maps and agent.alive()
