@@ -123,7 +123,7 @@ def test_identity_prints_one_line_and_keeps_the_key(tmp_path, capsys):
 
 def test_train_without_a_round_or_labels_says_why(site, capsys):
     layout, _ = site
-    code, out, err = cli(
+    code, _, err = cli(
         capsys, "train", "--data-dir", str(layout.root), "--site", "s1", "--federation", "f"
     )
     assert code == 1 and "training skipped: no round announced yet" in err
