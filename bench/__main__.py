@@ -1,0 +1,3 @@
+from ftlct.bench.cli import main
+
+main()

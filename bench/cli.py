@@ -1,0 +1,187 @@
+"""``ftl-bench``: the federation experiment (FTL vs FedAvg vs CFL) and model-level benchmarks."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from ftlct.protocol.cli import CliError, echo_json, main_for, new_app
+
+app = new_app("Experiments and benchmarks: FTL vs FedAvg vs CFL on CT data, model performance.")
+
+
+def _command_line() -> str:
+    return "ftl-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from ftlct.export.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+def federation(
+    data: Path = typer.Option(
+        ..., "--data", help="Folder: one sub-folder per class, optional manifest.csv."
+    ),
+    sites: int = typer.Option(None, "--sites", help="Number of simulated sites (default 6)."),
+    rounds: int = typer.Option(None, "--rounds", help="Federated rounds (default 30)."),
+    methods: str = typer.Option(
+        None,
+        "--methods",
+        help="Comma-separated: ftl,fedavg,cfl,central,local (central always runs).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder: results.json, report.md, *.png."),
+    seed: int = typer.Option(
+        None, "--seed", help="Seed of split, partition and training (default 0)."
+    ),
+    alpha: float = typer.Option(
+        None, "--alpha", help="Dirichlet label-skew concentration (default 0.5)."
+    ),
+    test_fraction: float = typer.Option(None, "--test-fraction", help="Test split (default 0.2)."),
+    input_size: int = typer.Option(
+        None, "--input-size", help="Input size for every method (default 224)."
+    ),
+    scanners: str = typer.Option(
+        None, "--scanners", help="Scanner profiles: realistic, harsh or none."
+    ),
+    transport: str = typer.Option(
+        None, "--transport", help="inproc, or mqtt (real mosquitto + ftl-cloud serve)."
+    ),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="Cache for views and models (default OUT/cache)."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", help="torch/onnxruntime threads (default: library's)."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="TOML settings ([ftl], [network], [cfl] tables)."
+    ),
+    levers: Path = typer.Option(
+        None,
+        "--levers",
+        help="levers.json to include in report.md (default OUT/levers.json if present).",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
+) -> None:
+    """Run FTL, FedAvg and CFL (plus central and local references) on one non-IID split."""
+    from ftlct.bench.dataset import DatasetError
+    from ftlct.bench.experiment import LeakError, run_experiment
+    from ftlct.bench.progress import RichReporter
+    from ftlct.bench.report import write_report
+    from ftlct.bench.settings import load_bench_settings
+    from ftlct.bench.splits import SplitError
+    from ftlct.export.mobilenet_v2 import WeightsError
+    from ftlct.export.preprocessing import PreprocessingError
+    from ftlct.protocol.settings import SettingsError
+
+    try:
+        settings = load_bench_settings(
+            config,
+            data=str(data),
+            out=str(out),
+            sites=sites,
+            rounds=rounds,
+            methods=methods,
+            seed=seed,
+            alpha=alpha,
+            test_fraction=test_fraction,
+            input_size=input_size,
+            scanners=scanners,
+            transport=transport,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            threads=threads,
+        )
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    reporter = RichReporter(quiet=json_out)
+    try:
+        with reporter:
+            experiment = run_experiment(settings, reporter)
+    except (DatasetError, SplitError, WeightsError, PreprocessingError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    except LeakError as exc:
+        raise CliError(f"test split leaked into training: {exc}") from exc
+    results = experiment.results
+    _write_json(out / "results.json", results)
+    _write_json(out / "split.json", experiment.split)
+    levers_path = levers or (out / "levers.json")
+    lever_data = json.loads(levers_path.read_text()) if levers_path.is_file() else None
+    report = write_report(results, out, _command_line(), lever_data)
+    if json_out:
+        echo_json(results)
+        return
+    for name, m in results["methods"].items():
+        print(
+            f"{name:8s} acc {m['accuracy']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  "
+            f"F1 {m['f1']:.3f}  converged {m['convergence_time_s'] or 0:.1f} s"
+        )
+    print(f"wrote {out / 'results.json'} and {report}")
+
+
+@app.command()
+def levers(
+    data: Path = typer.Option(
+        ..., "--data", help="Folder: one sub-folder per class, optional manifest.csv."
+    ),
+    out: Path = typer.Option(..., "--out", help="Writes levers.json and levers.md here."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split the levers are scored on."),
+    rounds: int = typer.Option(30, "--rounds", help="Federated rounds per lever."),
+    only: str = typer.Option(None, "--only", help="Comma-separated lever names (default: all)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache (default OUT/cache)."),
+    threads: int = typer.Option(0, "--threads", help="torch/onnxruntime threads."),
+) -> None:
+    """Score each FTL lever (central and federated F1) against the default configuration."""
+    from ftlct.bench.levers import LEVERS, levers_markdown, run_levers
+    from ftlct.bench.progress import RichReporter
+
+    names = [n.strip() for n in only.split(",")] if only else None
+    unknown = sorted(set(names or []) - {lever.name for lever in LEVERS})
+    if unknown:
+        raise CliError(
+            f"unknown levers {unknown}; known: {', '.join(lever.name for lever in LEVERS)}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with RichReporter() as reporter:
+        document = run_levers(
+            data, out, seed, rounds, names, cache_dir, threads, reporter, _command_line()
+        )
+    _write_json(out / "levers.json", document)
+    (out / "levers.md").write_text(levers_markdown(document) + "\n")
+    print(levers_markdown(document))
+
+
+@app.command()
+def perf(
+    out: Path = typer.Option(..., "--out", help="Writes perf.json and perf.md here."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer repetitions (a smoke run)."),
+    threads: str = typer.Option("1,2", "--threads", help="Thread counts to measure."),
+    json_out: bool = typer.Option(False, "--json", help="Print perf.json to stdout."),
+) -> None:
+    """Model-level benchmarks: backbone throughput, preprocessing, head swap, int8, torch vs ORT."""
+    from ftlct.bench.perf import perf_markdown, run_perf
+
+    try:
+        thread_counts = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError as exc:
+        raise CliError(f"--threads takes comma-separated integers, got {threads!r}") from exc
+    if not thread_counts or min(thread_counts) < 1:
+        raise CliError("--threads needs positive integers")
+    out.mkdir(parents=True, exist_ok=True)
+    document = run_perf(out, quick=quick, thread_counts=thread_counts)
+    _write_json(out / "perf.json", document)
+    (out / "perf.md").write_text(perf_markdown(document) + "\n")
+    if json_out:
+        echo_json(document)
+    else:
+        print(perf_markdown(document))
+
+
+def main() -> None:
+    main_for(app, "ftl-bench")

@@ -1,0 +1,368 @@
+"""``ftl-bench federation``: FTL vs FedAvg vs CFL (and the central/local references) on one split.
+
+Every method sees the same partition, the same scanner profiles, the same
+preprocessing (input size, windows) and the same seed:
+
+- ``ftl``: frozen ImageNet MobileNetV2 (``backbone.onnx`` of a model directory
+  built by ``ftl-export``'s ``build_model_dir``), embeddings from onnxruntime
+  as the agent computes them, head trained with the agent's ``train_head``,
+  aggregated by the cloud's ``ftl`` strategy. With ``ftl.trainable =
+  last-block`` the last backbone block is federated too; the cloud's ``ftl``
+  strategy refuses non-head tensors by design, so that variant aggregates
+  with ``fedavg`` (the same arithmetic) and says so in the results.
+- ``fedavg`` / ``cfl``: the whole ``SmallCnn`` from random init, the cloud's
+  ``fedavg`` / ``cfl`` strategies over the same updates.
+- ``central``: the FTL model trained on the pooled training views.
+- ``local``: the FTL model trained by each site alone, metrics averaged over sites.
+
+The test images never reach a site's training set: ``check_no_leak`` verifies
+it on the arrays actually handed to the learners, before any training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ftlct.agent.training.local_training import ArrayDataset
+from ftlct.bench.augment import acquisition_jitter, flip_and_shift
+from ftlct.bench.dataset import LabelledImages, load_dataset
+from ftlct.bench.federation import MethodRun, SiteData, run_federated, run_independent
+from ftlct.bench.learners import HeadLearner, LastBlockLearner, Learner, NetworkLearner, warm_up
+from ftlct.bench.scanners import AugmentedScanner, ScannerProfile, site_profiles
+from ftlct.bench.settings import BenchSettings
+from ftlct.bench.splits import Partition, make_partition
+from ftlct.bench.views import ViewStore
+from ftlct.export.model_dir import ModelDir
+from ftlct.export.preprocessing import PreprocessingSpec, parse_windows
+
+
+class LeakError(AssertionError):
+    """A test image (or its group) reached a site's training data."""
+
+
+@dataclass
+class Plan:
+    """Everything fixed before training: data, split, scanners, model."""
+
+    dataset: LabelledImages
+    partition: Partition
+    profiles: tuple[ScannerProfile | AugmentedScanner, ...]  # sites first, then jittered views
+    model: ModelDir
+    store: ViewStore
+    site_names: list[str]
+    jitter_views: int = 0
+
+    def jitter_profile(self, site: int, draw: int) -> int:
+        """Index in ``profiles`` of site ``site``'s jittered view number ``draw``."""
+        return len(self.site_names) + site * self.jitter_views + draw
+
+
+class Reporter:
+    """Progress callbacks (the CLI shows rich bars; tests pass nothing)."""
+
+    def stage(self, name: str, total: int) -> Callable[[], None]:
+        return lambda: None
+
+    def note(self, text: str) -> None:
+        """A one-line status message."""
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def preprocessing_spec(settings: BenchSettings) -> PreprocessingSpec:
+    spec = PreprocessingSpec(input_size=settings.input_size)
+    kwargs = {}
+    if settings.windows:
+        kwargs["windows"] = parse_windows(settings.windows)
+    if settings.grey_windows:
+        kwargs["grey_windows"] = parse_windows(settings.grey_windows)
+    if kwargs:
+        spec = PreprocessingSpec(input_size=settings.input_size, **kwargs)
+    return spec
+
+
+def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) -> ModelDir:
+    """The FTL model directory (ImageNet backbone, untrained head), built once per configuration."""
+    from ftlct.export.build import build_model_dir
+    from ftlct.export.weights import resolve_weights
+
+    weights = resolve_weights(None)
+    spec = preprocessing_spec(settings)
+    key = hashlib.sha256(
+        json.dumps(
+            [str(weights), list(classes), spec.to_json(), settings.ftl.head, settings.seed]
+        ).encode()
+    ).hexdigest()[:12]
+    path = cache / f"model-{key}"
+    if (path / "manifest.json").is_file():
+        model = ModelDir.load(path)
+        if not model.problems():
+            return model
+    return build_model_dir(
+        path, weights, list(classes), settings.input_size, settings.ftl.head, spec, settings.seed
+    )
+
+
+def make_plan(settings: BenchSettings, reporter: Reporter) -> Plan:
+    dataset = load_dataset(settings.data)
+    partition = make_partition(
+        dataset.labels,
+        dataset.groups,
+        settings.sites,
+        settings.alpha,
+        settings.test_fraction,
+        settings.seed,
+    )
+    check_no_leak(dataset, partition)
+    cache = Path(settings.cache_dir or Path(settings.out) / "cache")
+    cache.mkdir(parents=True, exist_ok=True)
+    reporter.note("building the model directory (ImageNet MobileNetV2 -> ONNX)")
+    model = model_dir(settings, dataset.classes, cache)
+    scanners = site_profiles(settings.sites, settings.scanners)
+    k = settings.ftl.jitter_views
+    profiles = scanners + tuple(AugmentedScanner(p, draw) for p in scanners for draw in range(k))
+    store = ViewStore(cache, dataset, model, profiles, settings.threads)
+    names = [f"site-{i}" for i in range(settings.sites)]
+    return Plan(dataset, partition, profiles, model, store, names, k)
+
+
+def check_no_leak(dataset: LabelledImages, partition: Partition) -> None:
+    """No test index, file or group in any site's training set."""
+    test = set(partition.test.tolist())
+    test_files = {dataset.paths[i] for i in test}
+    test_groups = {dataset.groups[i] for i in test}
+    for site, indices in enumerate(partition.sites):
+        shared = test & set(indices.tolist())
+        files = test_files & {dataset.paths[i] for i in indices}
+        groups = test_groups & {dataset.groups[i] for i in indices}
+        if shared or files or groups:
+            raise LeakError(
+                f"site {site} trains on {len(shared)} test images, {len(files)} test files, "
+                f"{len(groups)} test groups"
+            )
+    seen: set[int] = set()
+    for indices in partition.sites:
+        overlap = seen & set(indices.tolist())
+        if overlap:
+            raise LeakError(f"{len(overlap)} images are on two sites")
+        seen |= set(indices.tolist())
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _learner(method: str, settings: BenchSettings, plan: Plan) -> Learner:
+    n_classes = len(plan.dataset.classes)
+    if method in ("fedavg", "cfl"):
+        augment = flip_and_shift
+        if settings.network.jitter:
+            spec = plan.model.preprocessing
+            augment = acquisition_jitter(spec.mean, spec.std, then=flip_and_shift)
+        config = settings.network.config(settings.val_fraction, settings.seed, augment)
+        return NetworkLearner(config, n_classes, settings.seed)
+    config = settings.ftl.config(settings.val_fraction, settings.seed)
+    head = plan.model.head_weights()
+    if settings.ftl.trainable == "last-block":
+        from safetensors.numpy import load_file
+
+        backbone = load_file(str(plan.model.path / "backbone.safetensors"))
+        frozen = {k: v for k, v in backbone.items() if k.startswith("features.18.")}
+        return LastBlockLearner(config, n_classes, head, frozen)
+    return HeadLearner(config, n_classes, head)
+
+
+def _sites(plan: Plan, kind: str) -> list[SiteData]:
+    """Each site's training arrays (its views, plus jittered ones for FTL) and its test views."""
+    labels = plan.dataset.labels
+    jitter = plan.jitter_views if kind != "input" else 0
+    sites = []
+    for s, name in enumerate(plan.site_names):
+        rows = plan.partition.sites[s]
+        profiles = [s] + [plan.jitter_profile(s, k) for k in range(jitter)]
+        inputs = np.concatenate([plan.store.get(kind, p, rows) for p in profiles])
+        all_rows = np.tile(rows, len(profiles))
+        sites.append(
+            SiteData(
+                name,
+                ArrayDataset(inputs, labels[all_rows]),
+                plan.store.get(kind, s, plan.partition.test),
+                train_rows=all_rows,
+            )
+        )
+    return sites
+
+
+def _extraction_seconds(plan: Plan, kind: str) -> list[float]:
+    """Per site: the onnxruntime time its own training views took (0 for raw inputs)."""
+    if kind == "input":
+        return [0.0] * len(plan.site_names)
+    return [
+        sum(
+            plan.store.seconds(kind, p, rows)
+            for p in [s] + [plan.jitter_profile(s, k) for k in range(plan.jitter_views)]
+        )
+        for s, rows in enumerate(plan.partition.sites)
+    ]
+
+
+def _transport(method: str, settings: BenchSettings, plan: Plan, reporter: Reporter):
+    from ftlct.cloud.strategies import make_strategy
+
+    strategy_name = {"ftl": "ftl", "fedavg": "fedavg", "cfl": "cfl"}[method]
+    if method == "ftl" and settings.ftl.trainable == "last-block":
+        strategy_name = "fedavg"  # the cloud's ftl strategy accepts dense.* only
+    params = settings.cfl.params() if method == "cfl" else {}
+    if settings.transport == "mqtt":
+        from ftlct.bench.mqtt_transport import MqttTransport
+
+        return MqttTransport(strategy_name, params, settings, plan, reporter)
+    from ftlct.bench.inproc_transport import InProcessTransport
+
+    return InProcessTransport(make_strategy(strategy_name, **params))
+
+
+def run_method(method: str, settings: BenchSettings, plan: Plan, reporter: Reporter) -> MethodRun:
+    learner = _learner(method, settings, plan)
+    sites = _sites(plan, learner.kind)
+    check_arrays_disjoint(plan, sites)
+    labels = plan.dataset.labels[plan.partition.test]
+    extraction = _extraction_seconds(plan, learner.kind)
+    n_models = 1 if method == "central" else len(sites)
+    tick = reporter.stage(method, settings.rounds * n_models)
+    if method in ("ftl", "fedavg", "cfl"):
+        run = run_federated(
+            method,
+            learner,
+            _transport(method, settings, plan, reporter),
+            sites,
+            labels,
+            settings.rounds,
+            settings.seed,
+            start_s=max(extraction),
+            tick=tick,
+        )
+        run.extra["strategy_used"] = run.extra.get("strategy")
+        return run
+    if method == "central":
+        pooled = ArrayDataset(
+            np.concatenate([s.train.inputs for s in sites]),
+            np.concatenate([s.train.labels for s in sites]),
+        )
+        return run_independent(
+            method,
+            learner,
+            [pooled],
+            sites,
+            [0] * len(sites),
+            labels,
+            settings.rounds,
+            settings.seed,
+            average_sites=False,
+            start_s=sum(extraction),
+            tick=tick,
+        )
+    return run_independent(
+        method,
+        learner,
+        [s.train for s in sites],
+        sites,
+        list(range(len(sites))),
+        labels,
+        settings.rounds,
+        settings.seed,
+        average_sites=True,
+        start_s=max(extraction),
+        tick=tick,
+    )
+
+
+def check_arrays_disjoint(plan: Plan, sites: list[SiteData]) -> None:
+    """The rows behind the arrays handed to the learners share no image or group with the test split."""
+    test_groups = {plan.dataset.groups[i] for i in plan.partition.test}
+    for site in sites:
+        rows = site.train_rows
+        if rows is None or len(rows) != len(site.train):
+            raise LeakError(f"{site.name}: training arrays do not say which images they hold")
+        if np.intersect1d(rows, plan.partition.test).size:
+            raise LeakError(f"{site.name}: training rows include test images")
+        if test_groups & {plan.dataset.groups[i] for i in rows}:
+            raise LeakError(f"{site.name}: training rows share a group with the test split")
+
+
+def view_kinds(settings: BenchSettings) -> list[str]:
+    methods = settings.method_list()
+    kinds = []
+    if any(m in methods for m in ("ftl", "central", "local")):
+        kinds.append("prefix" if settings.ftl.trainable == "last-block" else "embedding")
+    if any(m in methods for m in ("fedavg", "cfl")):
+        kinds.append("input")
+    return kinds
+
+
+def prepare_views(settings: BenchSettings, plan: Plan, reporter: Reporter) -> None:
+    """Each site's training images and every test image, through each site's scanner, once."""
+    wanted = {
+        s: np.union1d(plan.partition.sites[s], plan.partition.test) for s in range(settings.sites)
+    }
+    kinds = view_kinds(settings)
+    _ensure(plan, kinds, wanted, reporter, "views")
+    feature_kinds = [k for k in kinds if k != "input"]
+    if plan.jitter_views and feature_kinds:
+        jittered = {
+            plan.jitter_profile(s, k): plan.partition.sites[s]
+            for s in range(settings.sites)
+            for k in range(plan.jitter_views)
+        }
+        _ensure(plan, feature_kinds, jittered, reporter, "jittered views")
+
+
+def _ensure(plan: Plan, kinds: list[str], wanted: dict, reporter: Reporter, stage: str) -> None:
+    if not plan.store.missing(kinds, wanted):
+        return
+    tick = reporter.stage(stage, sum(len(v) for v in wanted.values()))
+
+    def advance(count: int) -> None:
+        for _ in range(count):
+            tick()
+
+    plan.store.ensure(kinds, wanted, advance)
+
+
+@dataclass
+class Experiment:
+    results: dict  # results.json
+    split: dict  # split.json: test files and each site's training files
+
+
+def run_experiment(settings: BenchSettings, reporter: Reporter | None = None) -> Experiment:
+    """Run every requested method; returns the documents the CLI writes."""
+    from ftlct.bench.results import results_document, split_document
+
+    reporter = reporter or Reporter()
+    settings.check()
+    started = time.perf_counter()
+    _set_threads(settings.threads)
+    plan = make_plan(settings, reporter)
+    prepare_views(settings, plan, reporter)
+    warm_up(len(plan.dataset.classes))
+    runs: dict[str, MethodRun] = {}
+    for method in settings.method_list():
+        reporter.note(f"{method}: {settings.rounds} rounds")
+        runs[method] = run_method(method, settings, plan, reporter)
+    results = results_document(settings, plan, runs, time.perf_counter() - started)
+    return Experiment(results, split_document(plan))
+
+
+def _set_threads(threads: int) -> None:
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)

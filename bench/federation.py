@@ -1,0 +1,265 @@
+"""The round loop: sites train with a learner, a transport aggregates with the cloud's strategy.
+
+Time is the wall time a real federation would see: sites train in parallel,
+so a round costs its slowest site plus the aggregation (with the MQTT
+transport: plus the real broker round trip). Sites are simulated one after
+the other in this process, so each site's training is timed on its own.
+Scoring the test views after each round is not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ftlct.agent.training.local_training import ArrayDataset, Weights
+from ftlct.agent.training.metrics import ClassificationMetrics, from_confusion
+from ftlct.bench.learners import Learner, round_seed
+from ftlct.cloud.strategies import SiteUpdate
+from ftlct.protocol.exchange import build_update
+from ftlct.protocol.identity import Identity, public_b64_of
+
+Tick = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class SiteData:
+    name: str
+    train: ArrayDataset  # the site's own images, through its scanner
+    test: np.ndarray  # the global test images, through this site's scanner
+    train_rows: np.ndarray | None = None  # dataset indices behind ``train`` (for leak checks)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    f1: float
+    accuracy: float
+    elapsed_s: float
+    clusters: int = 1
+
+    def to_json(self) -> dict:
+        return {
+            "round": self.round,
+            "f1": self.f1,
+            "accuracy": self.accuracy,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "clusters": self.clusters,
+        }
+
+
+@dataclass
+class MethodRun:
+    name: str
+    history: list[RoundRecord]
+    final: ClassificationMetrics
+    per_site: list[ClassificationMetrics]
+    bytes_up_per_round: int | None
+    start_s: float = 0.0  # feature extraction before round 1 (FTL embeddings)
+    extra: dict = field(default_factory=dict)
+
+
+class Transport:
+    """Moves updates to the aggregator and global models back (in process or over MQTT)."""
+
+    def start(self, initial: Weights) -> None:
+        raise NotImplementedError
+
+    def models_for(self, sites: Sequence[str]) -> dict[str, tuple[str, Weights]]:
+        """site -> (cluster, global weights of that cluster)."""
+        raise NotImplementedError
+
+    def exchange(self, round_: int, updates: list[SiteUpdate], metrics: dict[str, dict]) -> None:
+        """Deliver one round's updates; returns once the next global models are known."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        """Release what ``start`` acquired."""
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_sites(
+    predict: Callable[[int], np.ndarray],
+    sites: Sequence[SiteData],
+    labels: np.ndarray,
+    n_classes: int,
+) -> tuple[ClassificationMetrics, list[ClassificationMetrics]]:
+    """Pooled metrics over every (site, test image) pair, and each site's own."""
+    per_site = []
+    total = np.zeros((n_classes, n_classes), dtype=np.int64)
+    for index in range(len(sites)):
+        predicted = predict(index)
+        matrix = np.bincount(labels * n_classes + predicted, minlength=n_classes**2).reshape(
+            n_classes, n_classes
+        )
+        per_site.append(from_confusion(matrix))
+        total += matrix
+    return from_confusion(total), per_site
+
+
+def mean_metrics(per_site: list[ClassificationMetrics]) -> ClassificationMetrics:
+    """Site-averaged accuracy/precision/recall/F1 with the summed confusion matrix."""
+    return ClassificationMetrics(
+        accuracy=float(np.mean([m.accuracy for m in per_site])),
+        precision=float(np.mean([m.precision for m in per_site])),
+        recall=float(np.mean([m.recall for m in per_site])),
+        f1=float(np.mean([m.f1 for m in per_site])),
+        confusion_matrix=sum(m.confusion_matrix for m in per_site),
+        per_class_f1=tuple(np.mean([m.per_class_f1 for m in per_site], axis=0).tolist()),
+    )
+
+
+# --------------------------------------------------------------------------- payload size
+
+
+class EnvelopeMeter:
+    """Bytes of the real signed ``site_update`` envelope (protocol.exchange) for a delta."""
+
+    def __init__(self, federation: str = "bench", codec: str = "fp32"):
+        private = Ed25519PrivateKey.generate()
+        self.identity = Identity("site-0", private, public_b64_of(private))
+        self.federation = federation
+        self.codec = codec
+
+    def size(self, update: SiteUpdate, round_: int, metrics: dict[str, float]) -> int:
+        return len(
+            build_update(
+                self.identity,
+                self.federation,
+                round=round_,
+                base_version=f"r{round_ - 1}",
+                cluster=update.cluster,
+                n_samples=update.n_samples,
+                delta=update.delta,
+                metrics=wire_metrics(metrics),
+                codec=self.codec,
+            )
+        )
+
+
+def wire_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The finite local metrics, as the protocol accepts them."""
+    return {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+
+
+# --------------------------------------------------------------------------- the loops
+
+
+def _score_models(learner: Learner, models: dict, sites: Sequence[SiteData], labels: np.ndarray):
+    """Each site's current model (its cluster's) on that site's test views."""
+    return score_sites(
+        lambda i: learner.predict(models[sites[i].name][1], sites[i].test),
+        sites,
+        labels,
+        learner.n_classes,
+    )
+
+
+def run_federated(
+    name: str,
+    learner: Learner,
+    transport: Transport,
+    sites: Sequence[SiteData],
+    test_labels: np.ndarray,
+    rounds: int,
+    seed: int,
+    start_s: float = 0.0,
+    tick: Tick | None = None,
+) -> MethodRun:
+    """``rounds`` rounds of: every site trains from its cluster's model, the transport aggregates."""
+    names = [s.name for s in sites]
+    meter = EnvelopeMeter()
+    history: list[RoundRecord] = []
+    sizes: list[int] = []
+    elapsed = start_s
+    transport.start(learner.initial())
+    try:
+        for round_ in range(1, rounds + 1):
+            models = transport.models_for(names)
+            updates, metrics, seconds = [], {}, []
+            for index, site in enumerate(sites):
+                cluster, weights = models[site.name]
+                started = time.perf_counter()
+                result = learner.train(weights, site.train, round_seed(seed, round_, index))
+                seconds.append(time.perf_counter() - started)
+                delta = {k: result.state[k] - np.asarray(weights[k], np.float32) for k in weights}
+                update = SiteUpdate(site.name, delta, result.n_samples, cluster)
+                updates.append(update)
+                metrics[site.name] = result.metrics
+                if round_ == 1:
+                    sizes.append(meter.size(update, round_, result.metrics))
+                if tick:
+                    tick()
+            started = time.perf_counter()
+            transport.exchange(round_, updates, metrics)
+            elapsed += max(seconds) + (time.perf_counter() - started)
+            models = transport.models_for(names)
+            pooled, _ = _score_models(learner, models, sites, test_labels)
+            clusters = len({cluster for cluster, _ in models.values()})
+            history.append(RoundRecord(round_, pooled.f1, pooled.accuracy, elapsed, clusters))
+        final, per_site = _score_models(learner, transport.models_for(names), sites, test_labels)
+        extra = transport.describe()
+    finally:
+        transport.close()
+    return MethodRun(
+        name, history, final, per_site, int(np.mean(sizes)) if sizes else None, start_s, extra
+    )
+
+
+def run_independent(
+    name: str,
+    learner: Learner,
+    train_sets: Sequence[ArrayDataset],
+    eval_sites: Sequence[SiteData],
+    model_of_site: Sequence[int],
+    test_labels: np.ndarray,
+    rounds: int,
+    seed: int,
+    average_sites: bool,
+    start_s: float = 0.0,
+    tick: Tick | None = None,
+) -> MethodRun:
+    """Models that never aggregate: ``local`` (one per site) and ``central`` (one, pooled data).
+
+    Round r trains every model for the same local epochs from its own round r-1
+    weights; ``model_of_site[i]`` says which model scores site i's test views.
+    ``average_sites`` reports the mean of the sites' metrics (``local``)
+    instead of the pooled ones.
+    """
+    weights = [learner.initial() for _ in train_sets]
+    history: list[RoundRecord] = []
+    elapsed = start_s
+
+    def scored():
+        pooled, per_site = score_sites(
+            lambda i: learner.predict(weights[model_of_site[i]], eval_sites[i].test),
+            eval_sites,
+            test_labels,
+            learner.n_classes,
+        )
+        return (mean_metrics(per_site) if average_sites else pooled), per_site
+
+    for round_ in range(1, rounds + 1):
+        seconds = []
+        for index, data in enumerate(train_sets):
+            started = time.perf_counter()
+            weights[index] = learner.train(
+                weights[index], data, round_seed(seed, round_, index)
+            ).state
+            seconds.append(time.perf_counter() - started)
+            if tick:
+                tick()
+        elapsed += max(seconds)
+        metrics, _ = scored()
+        history.append(RoundRecord(round_, metrics.f1, metrics.accuracy, elapsed, len(train_sets)))
+    final, per_site = scored()
+    return MethodRun(name, history, final, per_site, None, start_s)

@@ -1,0 +1,159 @@
+"""``BenchSettings``: everything ``ftl-bench federation`` reads, in one typed object.
+
+Defaults <- ``--config`` TOML (tables ``[ftl]``, ``[network]``, ``[cfl]``) <-
+``FTL_BENCH_*`` environment <- flags, as every ftl-ct program does
+(``ftlct.protocol.settings``). The defaults are the run the README reports.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from ftlct.agent.training.local_training import LocalTrainConfig
+from ftlct.protocol.settings import load_settings
+
+ENV_PREFIX = "FTL_BENCH"
+FEDERATED = ("ftl", "fedavg", "cfl")
+REFERENCES = ("central", "local")
+METHODS = FEDERATED + REFERENCES
+TRANSPORTS = ("inproc", "mqtt")
+
+
+@dataclass
+class TrainSettings:
+    """One method family's local training (mapped onto ``LocalTrainConfig``)."""
+
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    class_weighting: str = "balanced"
+    fedprox_mu: float = 0.0
+    head_dropout: float = 0.0
+
+    def config(self, val_fraction: float, seed: int, augment=None) -> LocalTrainConfig:
+        return LocalTrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
+            class_weighting=self.class_weighting,
+            fedprox_mu=self.fedprox_mu,
+            seed=seed,
+            val_fraction=val_fraction,
+            head_dropout=self.head_dropout,
+            augment=augment,
+        )
+
+
+@dataclass
+class FtlSettings(TrainSettings):
+    head: str = "linear"  # linear | mlp
+    trainable: str = "head"  # head | last-block (features.18 federated with the head)
+    # extra training views per image, each the site's scanner plus a random
+    # acquisition change (scanners.JITTER_RANGES), embedded once like the others
+    jitter_views: int = 0
+
+
+@dataclass
+class NetworkSettings(TrainSettings):
+    """Whole-network baselines; they always flip and shift (bench/augment.py)."""
+
+    epochs: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    jitter: bool = False  # random acquisition changes per batch, the ranges FTL jitters over
+
+
+@dataclass
+class CflSettings:
+    """Passed to ``make_strategy("cfl", ...)``; see ``cloud/strategies/cfl.py``."""
+
+    eps1: float = 0.4
+    eps2: float = 1.6
+    split_check_after: int = -1  # -1: never waive eps1
+    max_cross_similarity: float = 0.0
+    min_cluster_size: int = 1
+
+    def params(self) -> dict:
+        params = asdict(self)
+        if params["split_check_after"] < 0:
+            params["split_check_after"] = None
+        return params
+
+
+@dataclass
+class BenchSettings:
+    data: str = ""
+    out: str = "out/experiment"
+    sites: int = 6
+    rounds: int = 30
+    methods: str = ",".join(METHODS)
+    seed: int = 0
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+    input_size: int = 224
+    grey_windows: str = ""  # name:center:width,... for 8-bit images; empty: identity grey
+    windows: str = (
+        ""  # CT windows for HU images; empty: the model default (soft tissue, lung, bone)
+    )
+    scanners: str = "realistic"  # realistic | harsh | none (every site the reference scanner)
+    val_fraction: float = 0.0  # local validation split (the agent's gating); 0: train on all
+    transport: str = "inproc"
+    broker: str = ""  # mqtt transport: use this broker instead of starting mosquitto
+    cache_dir: str = ""  # default: OUT/cache
+    threads: int = 0  # torch and onnxruntime threads; 0: library default
+    ftl: FtlSettings = field(default_factory=FtlSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    cfl: CflSettings = field(default_factory=CflSettings)
+
+    def method_list(self) -> list[str]:
+        """Requested methods in canonical order; ``central`` is always run (it sets the target)."""
+        asked = [m.strip() for m in self.methods.split(",") if m.strip()]
+        unknown = [m for m in asked if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+        if not asked:
+            raise ValueError("no methods given")
+        return [m for m in METHODS if m in asked or m == "central"]
+
+    def check(self) -> None:
+        self.method_list()
+        if self.sites < 1 or self.rounds < 1:
+            raise ValueError("--sites and --rounds must be >= 1")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+        if self.ftl.head not in ("linear", "mlp"):
+            raise ValueError(f"ftl.head must be linear or mlp, got {self.ftl.head!r}")
+        if self.ftl.trainable not in ("head", "last-block"):
+            raise ValueError(
+                f"ftl.trainable must be head or last-block, got {self.ftl.trainable!r}"
+            )
+        if self.scanners not in ("realistic", "harsh", "none"):
+            raise ValueError(f"--scanners must be realistic, harsh or none, got {self.scanners!r}")
+        if self.ftl.jitter_views < 0:
+            raise ValueError("ftl.jitter_views must be >= 0")
+        if not 32 <= self.input_size <= 1024:
+            raise ValueError(f"--input-size must be in [32, 1024], got {self.input_size}")
+        # LocalTrainConfig checks the training values
+        self.ftl.config(self.val_fraction, self.seed)
+        self.network.config(self.val_fraction, self.seed)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def load_bench_settings(config=None, env=None, **flags) -> BenchSettings:
+    settings = load_settings(
+        BenchSettings, config, ENV_PREFIX, env if env is not None else os.environ, flags
+    )
+    try:
+        settings.check()
+    except ValueError as exc:
+        from ftlct.protocol.settings import SettingsError
+
+        raise SettingsError(str(exc)) from exc
+    return settings
