@@ -2,8 +2,8 @@
 
 Defaults run with no file against ``mqtt://127.0.0.1:1883``. A TOML file
 (``--config``) may set any field; ``[mqtt]``, ``[limits]``, ``[training]``
-and ``[strategy_params]`` are tables. Environment variables ``FTL_CLOUD_*``
-override the file (``FTL_CLOUD_MQTT_PASSWORD_FILE``, ``FTL_CLOUD_MIN_SITES``...),
+and ``[strategy_params]`` are tables. Environment variables ``FTLCT_CLOUD_*``
+override the file (``FTLCT_CLOUD_MQTT_PASSWORD_FILE``, ``FTLCT_CLOUD_MIN_SITES``...),
 flags override both. Credentials and certificate paths live only in
 ``[mqtt]`` / the environment, never in flags.
 """
@@ -17,12 +17,14 @@ from pathlib import Path
 from ftlct.protocol.mqtt_connection import MqttSettings
 from ftlct.protocol.settings import load_settings
 
-ENV_PREFIX = "FTL_CLOUD"
+ENV_PREFIX = "FTLCT_CLOUD"
 
 
 def _default_training() -> dict:
-    # Announced to the sites in rounds/current; the agent interprets it.
-    return {"local_epochs": 1, "lr": 0.01, "batch_size": 32, "codec": "fp32"}
+    # Announced to the sites in rounds/current; the agent interprets it. A head trains on
+    # cached embeddings in seconds, so a round affords many local epochs: with 1 epoch at
+    # lr 0.01 the sites' heads stayed at chance on covid-ct, 20 at 1e-3 learn (make demo).
+    return {"local_epochs": 20, "lr": 1e-3, "batch_size": 32, "codec": "fp32"}
 
 
 @dataclass
@@ -59,7 +61,7 @@ class CloudSettings:
 
 
 def load_cloud_settings(config=None, env=None, **flags) -> CloudSettings:
-    """Defaults <- TOML ``config`` <- ``FTL_CLOUD_*`` env <- ``flags`` (None = not given)."""
+    """Defaults <- TOML ``config`` <- ``FTLCT_CLOUD_*`` env <- ``flags`` (None = not given)."""
     return load_settings(
         CloudSettings, config, ENV_PREFIX, env if env is not None else os.environ, flags
     )

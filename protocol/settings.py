@@ -2,7 +2,7 @@
 
 Precedence, lowest first: dataclass defaults -> ``--config`` TOML file ->
 environment (``{PREFIX}_{FIELD}``, ``{PREFIX}_{TABLE}_{FIELD}`` for nested
-tables, e.g. ``FTL_CLOUD_MQTT_PASSWORD``) -> command-line flags. Unknown TOML
+tables, e.g. ``FTLCT_CLOUD_MQTT_PASSWORD``) -> command-line flags. Unknown TOML
 keys are errors, so a typo does not silently fall back to a default.
 """
 

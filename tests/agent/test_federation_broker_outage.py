@@ -57,7 +57,7 @@ def test_outboxes_deliver_after_a_30_s_broker_outage_and_each_site_counts_once(t
                 "--broker", broker.url, "--federation", FED, "--model", str(model_dir.path),
                 "--strategy", "ftl", "--min-sites", "2", "--round-timeout", "300", "--rounds", "1",
             ],
-            env={"FTL_CLOUD_MQTT_RECONNECT_MAX_S": "2"},
+            env={"FTLCT_CLOUD_MQTT_RECONNECT_MAX_S": "2"},
         ).start()  # fmt: skip
         stack.callback(cloud.stop)
         for site in SITES:

@@ -182,7 +182,7 @@ class CloudProcess:
     def __init__(self, state_dir: Path, args: list[str], env: dict[str, str] | None = None):
         self.state_dir = state_dir
         self.args = args
-        self.env = {**os.environ, "FTL_CLOUD_TICK_S": "0.1", **(env or {})}
+        self.env = {**os.environ, "FTLCT_CLOUD_TICK_S": "0.1", **(env or {})}
         self.log_path = state_dir.parent / f"{state_dir.name}-cloud.log"
         self.process: subprocess.Popen | None = None
 

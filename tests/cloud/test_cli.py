@@ -63,8 +63,8 @@ def test_unknown_config_keys_and_bad_env_values_are_reported(tmp_path):
     config = tmp_path / "cloud.toml"
     config.write_text("min_sites = 2\nround_timout = 5\n")
     _one_line_error(_run("serve", "--config", str(config)), "unknown setting 'round_timout'")
-    env = {**os.environ, "FTL_CLOUD_MIN_SITES": "many"}
-    _one_line_error(_run("serve", env=env), "FTL_CLOUD_MIN_SITES")
+    env = {**os.environ, "FTLCT_CLOUD_MIN_SITES": "many"}
+    _one_line_error(_run("serve", env=env), "FTLCT_CLOUD_MIN_SITES")
 
 
 def test_new_federation_without_a_model_is_a_one_line_error(tmp_path):

@@ -24,9 +24,9 @@ def test_toml_then_env_then_flags(tmp_path):
         "[training]\nlr = 0.05\n"
     )
     env = {
-        "FTL_CLOUD_MIN_SITES": "5",
-        "FTL_CLOUD_MQTT_PASSWORD": "s3cret",
-        "FTL_CLOUD_DEV_TRUST_ON_FIRST_USE": "yes",
+        "FTLCT_CLOUD_MIN_SITES": "5",
+        "FTLCT_CLOUD_MQTT_PASSWORD": "s3cret",
+        "FTLCT_CLOUD_DEV_TRUST_ON_FIRST_USE": "yes",
     }
     settings = load_cloud_settings(config, env=env, min_sites=None, round_timeout=12.5)
     assert settings.federation == "ct"
@@ -39,7 +39,7 @@ def test_toml_then_env_then_flags(tmp_path):
 
 def test_password_file_is_read_at_connect(tmp_path):
     (tmp_path / "pw").write_text("from-file\n")
-    settings = load_cloud_settings(None, env={"FTL_CLOUD_MQTT_PASSWORD_FILE": str(tmp_path / "pw")})
+    settings = load_cloud_settings(None, env={"FTLCT_CLOUD_MQTT_PASSWORD_FILE": str(tmp_path / "pw")})
     assert settings.mqtt.resolved_password() == "from-file"
 
 
@@ -51,8 +51,8 @@ def test_password_file_is_read_at_connect(tmp_path):
         ("min_sites = 'two'\n", {}, "min_sites"),
         ("min_sites = 1.5\n", {}, "min_sites"),
         ("mqtt = 3\n", {}, "[mqtt] must be a table"),
-        ("", {"FTL_CLOUD_ROUND_TIMEOUT": "soon"}, "FTL_CLOUD_ROUND_TIMEOUT"),
-        ("", {"FTL_CLOUD_DEV_TRUST_ON_FIRST_USE": "maybe"}, "not a boolean"),
+        ("", {"FTLCT_CLOUD_ROUND_TIMEOUT": "soon"}, "FTLCT_CLOUD_ROUND_TIMEOUT"),
+        ("", {"FTLCT_CLOUD_DEV_TRUST_ON_FIRST_USE": "maybe"}, "not a boolean"),
         ("not toml at all = = =", {}, "cloud.toml"),
     ],
 )
