@@ -59,5 +59,11 @@ def test_orthanc_sends_a_study_and_receives_the_sr_result(tmp_path, model_path, 
             }
             assert texts["Algorithm Version"] == result["model_version"]
             assert texts["Impression"].startswith(result["label"])
-            deliveries = agent.status()["deliveries"]
-            assert (deliveries["sent"], deliveries["pending"], deliveries["failed"]) == (1, 0, 0)
+
+            # Orthanc can hold the SR a moment before the agent has recorded its C-STORE reply.
+            def delivery_counts():
+                deliveries = agent.status()["deliveries"]
+                counts = (deliveries["sent"], deliveries["pending"], deliveries["failed"])
+                return counts if counts != (0, 1, 0) else None
+
+            assert wait_for(delivery_counts, timeout=30, interval=0.2) == (1, 0, 0)
