@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 MODEL   := models/default
 PYTEST_ARGS ?=
 
-.PHONY: install model test test-fast lint format demo bench experiment clean
+.PHONY: install model test test-fast lint format demo system-deps bench experiment clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,7 +41,15 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 demo: install
+	@test -x /usr/sbin/mosquitto || { [ "$$(id -u)" = 0 ] && $(MAKE) --no-print-directory system-deps; } \
+		|| { echo "make demo needs the Debian package mosquitto: sudo make system-deps"; exit 1; }
 	$(VENV)/bin/python -m ftlct.bench.demo
+
+# The real peers the suite and the demo talk to (root: apt-get).
+system-deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		mosquitto mosquitto-clients dcmtk orthanc
 
 clean:
 	rm -rf $(VENV) models .cache build *.egg-info .pytest_cache .ruff_cache
