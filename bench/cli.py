@@ -53,6 +53,11 @@ def federation(
     transport: str = typer.Option(
         None, "--transport", help="inproc, or mqtt (real mosquitto + ftl-cloud serve)."
     ),
+    broker: str = typer.Option(
+        None,
+        "--broker",
+        help="mqtt transport: mqtt://HOST:PORT of a running broker (default: start one).",
+    ),
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="Cache for views and models (default OUT/cache)."
     ),
@@ -72,6 +77,7 @@ def federation(
     """Run FTL, FedAvg and CFL (plus central and local references) on one non-IID split."""
     from ftlct.bench.dataset import DatasetError
     from ftlct.bench.experiment import LeakError, run_experiment
+    from ftlct.bench.mqtt_transport import TransportError
     from ftlct.bench.progress import RichReporter
     from ftlct.bench.report import write_report
     from ftlct.bench.settings import load_bench_settings
@@ -94,6 +100,7 @@ def federation(
             input_size=input_size,
             scanners=scanners,
             transport=transport,
+            broker=broker,
             cache_dir=str(cache_dir) if cache_dir else None,
             threads=threads,
         )
@@ -108,6 +115,8 @@ def federation(
         raise CliError(str(exc)) from exc
     except LeakError as exc:
         raise CliError(f"test split leaked into training: {exc}") from exc
+    except TransportError as exc:
+        raise CliError(f"mqtt transport: {exc}") from exc
     results = experiment.results
     _write_json(out / "results.json", results)
     _write_json(out / "split.json", experiment.split)

@@ -214,13 +214,14 @@ def _extraction_seconds(plan: Plan, kind: str) -> list[float]:
 
 
 def _transport(method: str, settings: BenchSettings, plan: Plan, reporter: Reporter):
+    """The cloud's strategy for ``method``: over MQTT when asked and the weights are a head."""
     from ftlct.cloud.strategies import make_strategy
 
-    strategy_name = {"ftl": "ftl", "fedavg": "fedavg", "cfl": "cfl"}[method]
+    strategy_name = method
     if method == "ftl" and settings.ftl.trainable == "last-block":
         strategy_name = "fedavg"  # the cloud's ftl strategy accepts dense.* only
     params = settings.cfl.params() if method == "cfl" else {}
-    if settings.transport == "mqtt":
+    if settings.transport == "mqtt" and method == "ftl" and settings.ftl.trainable == "head":
         from ftlct.bench.mqtt_transport import MqttTransport
 
         return MqttTransport(strategy_name, params, settings, plan, reporter)
@@ -249,7 +250,8 @@ def run_method(method: str, settings: BenchSettings, plan: Plan, reporter: Repor
             start_s=max(extraction),
             tick=tick,
         )
-        run.extra["strategy_used"] = run.extra.get("strategy")
+        if "transport" not in run.extra:
+            run.extra["transport"] = "in process (the cloud's strategy called directly)"
         return run
     if method == "central":
         pooled = ArrayDataset(

@@ -104,6 +104,7 @@ class BenchSettings:
     val_fraction: float = 0.0  # local validation split (the agent's gating); 0: train on all
     transport: str = "inproc"
     broker: str = ""  # mqtt transport: use this broker instead of starting mosquitto
+    mqtt_timeout_s: float = 300.0  # mqtt transport: longest wait for the cloud's next round
     cache_dir: str = ""  # default: OUT/cache
     threads: int = 0  # torch and onnxruntime threads; 0: library default
     ftl: FtlSettings = field(default_factory=FtlSettings)
