@@ -33,6 +33,7 @@ from ftlct.export.weights import REPO_ROOT
 
 COVID_CT = REPO_ROOT.parent / "shared" / "data" / "covid-ct"
 LABELS = ["normal", "abnormal"]
+STALL_S = 300.0  # a round that long without progress means a site cannot train: say why
 
 
 def _say(start: float, text: str) -> None:
@@ -64,6 +65,14 @@ def _score(agent, studies) -> dict:
         "macro_f1": macro_f1(truth, predicted, len(LABELS)),
         "versions": versions,
     }
+
+
+def _training_notes(fed: LocalFederation) -> str:
+    notes = []
+    for site, agent in fed.agents.items():
+        last = agent.status().get("federation", {}).get("last_training") or {}
+        notes.append(f"{site}: {last.get('outcome', 'no training yet')} {last.get('reason') or ''}")
+    return "; ".join(n.strip() for n in notes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,13 +118,17 @@ def run(args: argparse.Namespace) -> int:
             )
 
         _say(start, f"cloud runs {args.rounds} FTL rounds (agents train on their own embeddings)")
-        seen = 0
+        seen, progress_at = 0, time.monotonic()
         while fed.cloud.alive():
             fed.check_alive()
             done = fed.cloud_status().get("rounds_completed", 0)
             if done != seen:
-                seen = done
+                seen, progress_at = done, time.monotonic()
                 _say(start, f"  round {done} aggregated")
+            if time.monotonic() - progress_at > STALL_S:
+                raise FederationError(
+                    f"no round completed in {STALL_S:.0f}s; {_training_notes(fed)}"
+                )
             time.sleep(1)
         if fed.cloud.popen.returncode != 0:
             raise FederationError(f"cloud exited {fed.cloud.popen.returncode}:\n{fed.cloud.tail()}")
