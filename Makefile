@@ -45,6 +45,19 @@ demo: install
 		|| { echo "make demo needs the Debian package mosquitto: sudo make system-deps"; exit 1; }
 	$(VENV)/bin/python -m ftlct.bench.demo
 
+# FTL vs FedAvg vs CFL on real non-IID CT data (README: Experiment); ~10 min on 2 cores.
+EXPERIMENT_OUT ?= out/experiment
+experiment: install
+	$(VENV)/bin/ftl-bench federation --data ../shared/data/covid-ct --sites 6 --rounds 20 \
+		--methods ftl,fedavg,cfl,central,local --seed 0 --out $(EXPERIMENT_OUT)
+
+# Model-level performance (throughput, preprocessing, head swap, int8, torch vs ORT), then
+# every benchmark of the suite (pytest -m perf).
+BENCH_OUT ?= out/bench
+bench: install
+	$(VENV)/bin/ftl-bench perf --out $(BENCH_OUT)
+	$(VENV)/bin/pytest -m perf $(PYTEST_ARGS)
+
 # The real peers the suite and the demo talk to (root: apt-get).
 system-deps:
 	apt-get update -q
