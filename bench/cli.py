@@ -30,7 +30,7 @@ def federation(
         ..., "--data", help="Folder: one sub-folder per class, optional manifest.csv."
     ),
     sites: int = typer.Option(None, "--sites", help="Number of simulated sites (default 6)."),
-    rounds: int = typer.Option(None, "--rounds", help="Federated rounds (default 30)."),
+    rounds: int = typer.Option(None, "--rounds", help="Federated rounds (default 20)."),
     methods: str = typer.Option(
         None,
         "--methods",
@@ -141,7 +141,7 @@ def levers(
     ),
     out: Path = typer.Option(..., "--out", help="Writes levers.json and levers.md here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split the levers are scored on."),
-    rounds: int = typer.Option(30, "--rounds", help="Federated rounds per lever."),
+    rounds: int = typer.Option(20, "--rounds", help="Federated rounds per lever."),
     only: str = typer.Option(None, "--only", help="Comma-separated lever names (default: all)."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache (default OUT/cache)."),
     threads: int = typer.Option(0, "--threads", help="torch/onnxruntime threads."),

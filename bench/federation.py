@@ -41,15 +41,20 @@ class RoundRecord:
     accuracy: float
     elapsed_s: float
     clusters: int = 1
+    update_norms: tuple[float, ...] = ()  # L2 norm of each site's delta this round
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "round": self.round,
             "f1": self.f1,
             "accuracy": self.accuracy,
             "elapsed_s": round(self.elapsed_s, 3),
             "clusters": self.clusters,
         }
+        if self.update_norms:
+            data["update_norm_mean"] = round(float(np.mean(self.update_norms)), 6)
+            data["update_norm_max"] = round(float(np.max(self.update_norms)), 6)
+        return data
 
 
 @dataclass
@@ -205,7 +210,15 @@ def run_federated(
             models = transport.models_for(names)
             pooled, _ = _score_models(learner, models, sites, test_labels)
             clusters = len({cluster for cluster, _ in models.values()})
-            history.append(RoundRecord(round_, pooled.f1, pooled.accuracy, elapsed, clusters))
+            norms = tuple(
+                float(
+                    np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in u.delta.values()))
+                )
+                for u in updates
+            )
+            history.append(
+                RoundRecord(round_, pooled.f1, pooled.accuracy, elapsed, clusters, norms)
+            )
         final, per_site = _score_models(learner, transport.models_for(names), sites, test_labels)
         extra = transport.describe()
     finally:

@@ -54,7 +54,7 @@ def test_mqtt_rounds_match_the_in_process_rounds(image_folder, imagenet_weights,
 def test_unreachable_broker_is_a_one_line_error(
     image_folder, imagenet_weights, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setenv("FTL_BENCH_MQTT_TIMEOUT_S", "3")
+    monkeypatch.setenv("FTLCT_BENCH_MQTT_TIMEOUT_S", "3")
     dead = f"mqtt://127.0.0.1:{free_port()}"
     argv = args(
         image_folder, tmp_path / "out", tmp_path / "cache", "--transport", "mqtt", "--broker", dead
