@@ -14,12 +14,8 @@ caller passes it (or its sections) to the parts that need them.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +23,15 @@ from typing import Any
 
 from ftlct.protocol.codecs import CODECS
 from ftlct.protocol.mqtt_connection import MqttSettings
+from ftlct.protocol.settings import SettingsError
+from ftlct.protocol.settings import load_settings as load_typed_settings
 
-ENV_PREFIX = "FTLCT_AGENT_"
+ENV_PREFIX = "FTLCT_AGENT"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AGGREGATIONS = ("top_k_mean", "mean")
 # The trainer's choices (ftlct.agent.training.local_training imports torch, so not from there).
 OPTIMIZERS = ("adamw", "adam", "sgd")
 CLASS_WEIGHTING = ("balanced", "none")
-
-
-class SettingsError(ValueError):
-    """A setting with a bad value or name; the message names the setting."""
 
 
 def default_data_dir() -> Path:
@@ -344,103 +338,7 @@ def load_settings(
     """Defaults, then the TOML ``config``, then ``FTLCT_AGENT_*`` variables, then ``overrides``.
 
     ``overrides`` maps dotted keys (``"dicom.port"``) to values; ``None`` values are
-    skipped so CLI flags that were not given do not override anything.
+    skipped so CLI flags that were not given do not override anything. The loading
+    itself is the one every ftl-ct program uses (``ftlct.protocol.settings``).
     """
-    settings = AgentSettings()
-    if config is not None:
-        try:
-            data = tomllib.loads(Path(config).read_text())
-        except FileNotFoundError as exc:
-            raise SettingsError(f"config file not found: {config}") from exc
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"{config}: {exc}") from exc
-        _apply_tables(settings, data, origin=str(config))
-    _apply_env(settings, os.environ if env is None else env)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set(settings, key, value, origin="command line")
-    return settings.validate()
-
-
-def section_fields(settings: AgentSettings) -> dict[str, Any]:
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-
-
-def _apply_tables(settings: AgentSettings, data: dict, origin: str) -> None:
-    sections = section_fields(settings)
-    for section, table in data.items():
-        if section not in sections:
-            raise SettingsError(f"{origin}: unknown section [{section}]")
-        if not isinstance(table, dict):
-            raise SettingsError(f"{origin}: [{section}] must be a table")
-        for key, value in table.items():
-            _set(settings, f"{section}.{key}", value, origin)
-
-
-def _apply_env(settings: AgentSettings, env: Mapping[str, str]) -> None:
-    names = {}
-    for section, obj in section_fields(settings).items():
-        for f in dataclasses.fields(obj):
-            names[f"{ENV_PREFIX}{section}_{f.name}".upper()] = f"{section}.{f.name}"
-    for var, value in env.items():
-        if not var.startswith(ENV_PREFIX):
-            continue
-        if var not in names:
-            raise SettingsError(f"unknown environment setting {var}")
-        _set(settings, names[var], value, origin=var)
-
-
-def _set(settings: AgentSettings, dotted: str, value: Any, origin: str) -> None:
-    section, _, key = dotted.partition(".")
-    obj = section_fields(settings).get(section)
-    fields = {f.name: f for f in dataclasses.fields(obj)} if obj is not None else {}
-    if key not in fields:
-        raise SettingsError(f"{origin}: unknown setting {dotted}")
-    hints = typing.get_type_hints(type(obj))
-    try:
-        coerced = _coerce(value, hints[key], fields[key].metadata.get("parse"))
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{origin}: {dotted}: {exc}") from exc
-    setattr(obj, key, coerced)
-
-
-def _coerce(value: Any, hint: Any, parse=None) -> Any:
-    if parse is not None:
-        return parse(value)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip() == ""):
-            return None
-        return _coerce(value, args[0])
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise TypeError(f"expected a list, got {value!r}")
-        return [_coerce(v, item) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise TypeError(f"expected an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool):
-            raise TypeError(f"expected a number, got {value!r}")
-        return float(value)
-    if hint is Path:
-        return Path(str(value)).expanduser()
-    if hint is str:
-        if not isinstance(value, str | int | float):
-            raise TypeError(f"expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported setting type {hint!r}")
+    return load_typed_settings(AgentSettings, config, ENV_PREFIX, env, overrides).validate()

@@ -116,23 +116,25 @@ def test_sizes():
 
 
 def test_a_new_section_is_one_dataclass_and_one_field(tmp_path):
-    """How issue 5 adds [mqtt]/[training]/[twin]: the loader needs no other change."""
+    """How issue 5 added [mqtt]/[training]/[twin]: the loader needs no other change."""
     from dataclasses import dataclass, field, make_dataclass
 
+    from ftlct.agent.settings import ENV_PREFIX
+    from ftlct.protocol.settings import load_settings as load_typed_settings
+
     @dataclass
-    class TwinSettings:
+    class ExtraSettings:
         interval_s: float = 30.0
         enabled: bool = True
 
     Extended = make_dataclass(
         "Extended",
-        [("twin", TwinSettings, field(default_factory=TwinSettings))],
+        [("extra", ExtraSettings, field(default_factory=ExtraSettings))],
         bases=(AgentSettings,),
     )
-    from ftlct.agent import settings as module
-
-    settings = Extended()
-    module._apply_env(settings, {"FTLCT_AGENT_TWIN_INTERVAL_S": "5"})
-    module._apply_tables(settings, {"twin": {"enabled": False}}, origin="test")
-    assert settings.twin.interval_s == 5.0
-    assert settings.twin.enabled is False
+    config = tmp_path / "agent.toml"
+    config.write_text("[extra]\nenabled = false\n")
+    env = {"FTLCT_AGENT_EXTRA_INTERVAL_S": "5"}
+    settings = load_typed_settings(Extended, config, ENV_PREFIX, env)
+    assert settings.extra.interval_s == 5.0
+    assert settings.extra.enabled is False
