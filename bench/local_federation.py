@@ -103,6 +103,15 @@ class Process:
             self.popen.wait(timeout=5)
 
 
+def _die_with_parent() -> None:
+    """In the child: take SIGTERM when the demo dies, even by SIGKILL (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
@@ -112,6 +121,7 @@ def _spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = N
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        preexec_fn=_die_with_parent,  # no orphans if the demo is killed
     )
     handle.close()
     return Process(name, popen, log)
