@@ -11,7 +11,10 @@ from ftlct.protocol.cli import CliError, echo_json, main_for, new_app
 app = new_app("The ftl-ct cloud aggregator: federated rounds over MQTT, enrolment, fleet status.")
 
 CONFIG_HELP = "TOML settings file (see README: Cloud and protocol). Env: FTLCT_CLOUD_*."
-STATE_HELP = "State directory (SQLite state and the cloud's keys). Default: settings' state_dir."
+STATE_HELP = (
+    "State directory (SQLite state and the cloud's keys). "
+    "Default: $XDG_DATA_HOME/ftl-cloud or ~/.local/share/ftl-cloud."
+)
 
 
 def _settings(config: Path | None, **flags):

@@ -27,6 +27,12 @@ def _default_training() -> dict:
     return {"local_epochs": 20, "lr": 1e-3, "batch_size": 32, "codec": "fp32"}
 
 
+def default_state_dir() -> Path:
+    """``$XDG_DATA_HOME/ftl-cloud``, else ``~/.local/share/ftl-cloud`` (not the cwd)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ftl-cloud"
+
+
 @dataclass
 class LimitsSettings:
     max_update_bytes: int = 16 * 1024 * 1024  # whole envelope, checked before parsing
@@ -43,7 +49,7 @@ class CloudSettings:
     round_timeout: float = 600.0  # seconds a round stays open (extended while below min_sites)
     rounds: int = 0  # stop after this many completed rounds; 0: never
     model: str = "models/default"
-    state_dir: str = "cloud-state"
+    state_dir: str = field(default_factory=lambda: str(default_state_dir()))
     client_id: str = ""  # default ftl-cloud-{federation}; must be stable for the persistent session
     dev_trust_on_first_use: bool = False  # DEV ONLY: enrol unknown sites from their first update
     tick_s: float = 0.5  # how often deadlines are checked
