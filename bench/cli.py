@@ -118,11 +118,12 @@ def federation(
     except TransportError as exc:
         raise CliError(f"mqtt transport: {exc}") from exc
     results = experiment.results
+    results["command"] = _command_line()
     _write_json(out / "results.json", results)
     _write_json(out / "split.json", experiment.split)
     levers_path = levers or (out / "levers.json")
     lever_data = json.loads(levers_path.read_text()) if levers_path.is_file() else None
-    report = write_report(results, out, _command_line(), lever_data)
+    report = write_report(results, out, results["command"], lever_data)
     if json_out:
         echo_json(results)
         return
@@ -132,6 +133,29 @@ def federation(
             f"F1 {m['f1']:.3f}  converged {m['convergence_time_s'] or 0:.1f} s"
         )
     print(f"wrote {out / 'results.json'} and {report}")
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(..., "--out", help="A federation output folder (has results.json)."),
+    levers: Path = typer.Option(
+        None, "--levers", help="levers.json (default OUT/levers.json if present)."
+    ),
+) -> None:
+    """Redraw report.md and the plots from OUT/results.json (and the levers table)."""
+    from ftlct.bench.report import write_report
+
+    results_path = out / "results.json"
+    if not results_path.is_file():
+        raise CliError(f"{results_path}: no such file (run ftl-bench federation --out {out} first)")
+    try:
+        results = json.loads(results_path.read_text())
+        levers_path = levers or (out / "levers.json")
+        lever_data = json.loads(levers_path.read_text()) if levers_path.is_file() else None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"unreadable JSON: {exc}") from exc
+    command = results.get("command", "ftl-bench federation (command not recorded)")
+    print(f"wrote {write_report(results, out, command, lever_data)}")
 
 
 @app.command()
@@ -147,7 +171,7 @@ def levers(
     threads: int = typer.Option(0, "--threads", help="torch/onnxruntime threads."),
 ) -> None:
     """Score each FTL lever (central and federated F1) against the default configuration."""
-    from ftlct.bench.levers import LEVERS, levers_markdown, run_levers
+    from ftlct.bench.levers import LEVERS, levers_markdown, merge_levers, run_levers
     from ftlct.bench.progress import RichReporter
 
     names = [n.strip() for n in only.split(",")] if only else None
@@ -161,6 +185,8 @@ def levers(
         document = run_levers(
             data, out, seed, rounds, names, cache_dir, threads, reporter, _command_line()
         )
+    if names and (out / "levers.json").is_file():  # --only refreshes some rows of the table
+        document = merge_levers(json.loads((out / "levers.json").read_text()), document)
     _write_json(out / "levers.json", document)
     (out / "levers.md").write_text(levers_markdown(document) + "\n")
     print(levers_markdown(document))

@@ -197,6 +197,7 @@ class MqttTransport(Transport):
         self.cloud: subprocess.Popen | None = None
         self.clients: dict[str, SiteClient] = {}
         self.round = 1
+        self.finished = False  # the cloud completed every round (it then exits by itself)
 
     # ------------------------------------------------------------------ set-up
     def _cloud_cli(self, *args: str) -> str:
@@ -325,6 +326,7 @@ class MqttTransport(Transport):
             self.clients[update.site].publish_update(round_, update, metrics.get(update.site, {}))
         self._wait_all(round_ + 1, finished_ok=round_ >= self.settings.rounds)
         self.round = round_ + 1
+        self.finished = round_ >= self.settings.rounds
 
     def describe(self) -> dict:
         any_client = next(iter(self.clients.values()), None)
@@ -343,9 +345,9 @@ class MqttTransport(Transport):
             with contextlib.suppress(Exception):
                 client.close()
         if self.cloud is not None:
-            # it exits by itself after the last round; SIGTERM if it is still draining
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.cloud.wait(timeout=15)
+            if self.finished:  # it exits by itself after the last round; give it the time
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.cloud.wait(timeout=15)
             _stop(self.cloud)
         _stop(self.broker_process)
 

@@ -164,17 +164,9 @@ class ViewStore:
         todo: dict[int, set[int]] = {}
         for kind in kinds:
             for profile, indices in wanted.items():
-                data_path, _, _ = self._files(kind, profile)
-                state[kind, profile] = (
-                    self._arrays(kind, profile, self._shapes.get(kind))
-                    if (data_path.is_file() or kind in self._shapes)
-                    else None
-                )
-                done = (
-                    state[kind, profile][1]
-                    if state[kind, profile]
-                    else np.zeros(len(self.dataset), bool)
-                )
+                arrays = self._open(kind, profile)
+                state[kind, profile] = arrays
+                done = arrays[1] if arrays else np.zeros(len(self.dataset), bool)
                 for i in np.asarray(indices, dtype=np.int64):
                     if not done[i]:
                         todo.setdefault(int(i), set()).add(profile)
@@ -212,6 +204,12 @@ class ViewStore:
                 if progress:
                     progress(len(members))
             self._flush(state)
+
+    def _open(self, kind: str, profile: int):
+        """The cached arrays, or None while the kind's shape is unknown (nothing computed yet)."""
+        if self._files(kind, profile)[0].is_file() or kind in self._shapes:
+            return self._arrays(kind, profile, self._shapes.get(kind))
+        return None
 
     def _flush(self, state) -> None:
         """Data first, then the masks that say it is there."""
