@@ -142,3 +142,14 @@ def test_missing_data_folder_is_a_one_line_error(tmp_path, capsys):
     args = tiny_args(tmp_path / "absent", tmp_path / "out", tmp_path / "cache")
     assert run(app, "ftl-bench", args) == 1
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_report_is_redrawn_from_results_alone(two_runs, tmp_path, capsys):
+    out = tmp_path / "copy"
+    out.mkdir()
+    shutil.copy(two_runs[0] / "results.json", out / "results.json")
+    assert run(app, "ftl-bench", ["report", "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() == (two_runs[0] / "report.md").read_text()
+    assert (out / "f1_vs_round.png").is_file()
+    assert run(app, "ftl-bench", ["report", "--out", str(tmp_path / "empty")]) == 1
+    assert "no such file" in capsys.readouterr().err
