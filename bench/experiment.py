@@ -253,35 +253,27 @@ def run_method(method: str, settings: BenchSettings, plan: Plan, reporter: Repor
         if "transport" not in run.extra:
             run.extra["transport"] = "in process (the cloud's strategy called directly)"
         return run
-    if method == "central":
-        pooled = ArrayDataset(
-            np.concatenate([s.train.inputs for s in sites]),
-            np.concatenate([s.train.labels for s in sites]),
-        )
-        return run_independent(
-            method,
-            learner,
-            [pooled],
-            sites,
-            [0] * len(sites),
-            labels,
-            settings.rounds,
-            settings.seed,
-            average_sites=False,
-            start_s=sum(extraction),
-            tick=tick,
-        )
+    central = method == "central"
+    if central:  # one model on the pooled views, scored on every site's scanner
+        train_sets = [
+            ArrayDataset(
+                np.concatenate([s.train.inputs for s in sites]),
+                np.concatenate([s.train.labels for s in sites]),
+            )
+        ]
+    else:  # local: each site alone, metrics averaged over sites
+        train_sets = [s.train for s in sites]
     return run_independent(
         method,
         learner,
-        [s.train for s in sites],
+        train_sets,
         sites,
-        list(range(len(sites))),
+        [0] * len(sites) if central else list(range(len(sites))),
         labels,
         settings.rounds,
         settings.seed,
-        average_sites=True,
-        start_s=max(extraction),
+        average_sites=not central,
+        start_s=sum(extraction) if central else max(extraction),
         tick=tick,
     )
 
