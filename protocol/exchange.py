@@ -86,24 +86,45 @@ def open_global_model(
     cloud_public_key: str,
     federation: str,
     *,
+    kind: str = "head",
     backbone_sha256: str | None = None,
     labels: list[str] | None = None,
+    architecture_sha256: str | None = None,
 ) -> GlobalModel:
-    """A verified global head. Reasons: bad_signature, wrong_federation, backbone_mismatch,
-    labels_mismatch, malformed, oversize."""
+    """A verified global model of ``kind`` (default: a head, what the agent installs).
+
+    Reasons: bad_signature, wrong_federation, kind_mismatch (a whole network
+    where a head is expected, or the reverse), backbone_mismatch,
+    architecture_mismatch, labels_mismatch, malformed, oversize.
+    """
     envelope = _open_signed(data, "global_model", federation, lambda _: cloud_public_key)
     model = GlobalModel.from_payload(envelope.payload, body_to_tensors(envelope.body))
     if model.weights_sha256 != _body_sha256(envelope):
         raise ProtocolError("malformed", "weights_sha256 does not match the body")
+    if model.kind != kind:
+        raise ProtocolError(
+            "kind_mismatch",
+            f"global model {model.version} is a {_KIND_NAMES[model.kind]}, "
+            f"this site federates a {_KIND_NAMES.get(kind, kind)}",
+        )
     if backbone_sha256 is not None and model.backbone_sha256 != backbone_sha256:
         raise ProtocolError(
             "backbone_mismatch",
             f"global model {model.version} is for backbone {model.backbone_sha256[:12]}, "
             f"this site runs {backbone_sha256[:12]}",
         )
+    if architecture_sha256 is not None and model.architecture_sha256 != architecture_sha256:
+        raise ProtocolError(
+            "architecture_mismatch",
+            f"global model {model.version} has tensor layout {model.architecture_sha256[:12]}, "
+            f"this site's network has {architecture_sha256[:12]}",
+        )
     if labels is not None and list(labels) != model.labels:
         raise ProtocolError("labels_mismatch", f"global labels {model.labels} != {list(labels)}")
     return model
+
+
+_KIND_NAMES = {"head": "head over a pinned backbone", "network": "whole network"}
 
 
 def open_round(data: bytes, cloud_public_key: str, federation: str) -> RoundAnnouncement:

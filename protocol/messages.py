@@ -7,6 +7,8 @@ for anything that does not fit, so neither side works on half-checked data.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -180,45 +182,77 @@ class RoundAnnouncement:
 
 
 # ----------------------------------------------------------------- global model
+# What a federation federates (DESIGN.md "Model directory" and README "Cloud and protocol"):
+# "head": dense.{i}.weight/bias over a frozen backbone pinned by its sha256 (FTL, the agent);
+# "network": a whole network's float32 tensors, pinned by the sha256 of their layout.
+MODEL_KINDS = ("head", "network")
+HEAD_TENSOR = re.compile(r"^dense\.\d+\.(weight|bias)$")
+GLOBAL_MODEL_KEYS = {
+    "cluster",
+    "version",
+    "round",
+    "labels",
+    "backbone_sha256",
+    "architecture_sha256",
+    "kind",
+    "weights_sha256",
+    "base_version",
+}
+
+
+def weights_layout_sha256(weights: dict[str, np.ndarray]) -> str:
+    """The sha256 of a set of tensors' names and shapes: a network's architecture, not its values.
+
+    A whole-network federation is pinned by it the way a head federation is
+    pinned by its backbone's sha256: a site computes it from its own network
+    and refuses a global model with another layout.
+    """
+    layout = sorted((name, [int(n) for n in np.shape(value)]) for name, value in weights.items())
+    return hashlib.sha256(json.dumps(layout, separators=(",", ":")).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class GlobalModel:
-    """Retained on ``model/{cluster}``: a head to run on top of the named backbone."""
+    """Retained on ``model/{cluster}``: the federation's current weights for one cluster.
+
+    ``kind`` "head" (the default, and the only kind an agent installs): head
+    tensors to run on top of the backbone named by ``backbone_sha256``.
+    ``kind`` "network": every tensor of a whole network, pinned by
+    ``architecture_sha256`` (``weights_layout_sha256``); ``backbone_sha256`` is empty.
+    A head's payload carries neither ``kind`` nor ``architecture_sha256``, so it
+    reads exactly as before whole-network federations existed.
+    """
 
     cluster: str
     version: str
-    round: int  # 0: the initial head from the model directory
+    round: int  # 0: the initial weights (the model directory's head, or --initial-weights)
     labels: list[str]
     backbone_sha256: str
-    weights: dict[str, np.ndarray]  # float32 head tensors dense.{i}.weight/bias
+    weights: dict[str, np.ndarray]  # float32; a head: dense.{i}.weight/bias
     weights_sha256: str = ""  # sha256 of the safetensors body (set when sealed)
     base_version: str | None = None  # the version this one was aggregated from
+    kind: str = "head"
+    architecture_sha256: str = ""  # kind "network" only
 
     def to_payload(self, weights_sha256: str) -> dict:
-        return {
+        payload = {
             "cluster": self.cluster,
             "version": self.version,
             "round": self.round,
             "labels": list(self.labels),
-            "backbone_sha256": self.backbone_sha256,
             "weights_sha256": weights_sha256,
             "base_version": self.base_version,
         }
+        if self.kind == "head":
+            payload["backbone_sha256"] = self.backbone_sha256
+        else:
+            payload["kind"] = self.kind
+            payload["architecture_sha256"] = self.architecture_sha256
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict, weights: dict[str, np.ndarray]) -> GlobalModel:
-        _keys(
-            payload,
-            {
-                "cluster",
-                "version",
-                "round",
-                "labels",
-                "backbone_sha256",
-                "weights_sha256",
-                "base_version",
-            },
-            "global_model",
-        )
+        _keys(payload, GLOBAL_MODEL_KEYS, "global_model")
         labels = payload.get("labels")
         if (
             not isinstance(labels, list)
@@ -231,15 +265,31 @@ class GlobalModel:
             _fail("base_version must be a string or null")
         if any(v.dtype != np.float32 for v in weights.values()):
             _fail("global weights must be float32")
+        kind = payload.get("kind", "head")
+        if kind not in MODEL_KINDS:
+            _fail(f"kind {kind!r} not in {MODEL_KINDS}")
+        if kind == "head":
+            if "architecture_sha256" in payload:
+                _fail("a head is pinned by backbone_sha256, not architecture_sha256")
+            foreign = sorted(name for name in weights if not HEAD_TENSOR.match(name))
+            if foreign or not weights:
+                _fail(f"a head holds dense.{{i}}.weight/bias tensors only, got {foreign[:3]}")
+            backbone, architecture = _text(payload, "backbone_sha256", 64), ""
+        else:
+            if "backbone_sha256" in payload:
+                _fail("a whole network is pinned by architecture_sha256, not a backbone")
+            backbone, architecture = "", _text(payload, "architecture_sha256", 64)
         return cls(
             cluster=_name(payload, "cluster"),
             version=_text(payload, "version"),
             round=_int(payload, "round"),
             labels=list(labels),
-            backbone_sha256=_text(payload, "backbone_sha256", 64),
+            backbone_sha256=backbone,
             weights=weights,
             weights_sha256=_text(payload, "weights_sha256", 64),
             base_version=base,
+            kind=kind,
+            architecture_sha256=architecture,
         )
 
 

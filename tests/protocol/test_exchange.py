@@ -1,5 +1,7 @@
 """The helpers an agent and the cloud call, from both sides of the wire."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,12 @@ from ftlct.protocol import exchange
 from ftlct.protocol.envelope import seal
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.identity import load_or_create_identity
-from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
+from ftlct.protocol.messages import (
+    GlobalModel,
+    RoundAnnouncement,
+    tensors_to_body,
+    weights_layout_sha256,
+)
 from ftlct.protocol.twin_state import TwinState
 
 FED = "fed"
@@ -153,6 +160,108 @@ def test_global_model_refusals(keys):
     )
     forged = exchange.build_global_model(keys["a"], FED, _model())  # a site posing as the cloud
     assert _reason(exchange.open_global_model, forged, cloud, FED) == "bad_signature"
+
+
+def _network():
+    rng = np.random.default_rng(1)
+    return {
+        "features.0.weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+        "features.1.running_var": np.ones(4, np.float32),
+        "classifier.weight": rng.normal(size=(2, 4)).astype(np.float32),
+        "classifier.bias": np.zeros(2, np.float32),
+    }
+
+
+def _network_model(**overrides):
+    weights = _network()
+    fields = dict(
+        cluster="global.1",
+        version="r3-global.1-abc",
+        round=3,
+        labels=["normal", "abnormal"],
+        backbone_sha256="",
+        weights=weights,
+        kind="network",
+        architecture_sha256=weights_layout_sha256(weights),
+    )
+    fields.update(overrides)
+    return GlobalModel(**fields)
+
+
+def test_layout_sha256_pins_names_and_shapes_not_values():
+    weights = _network()
+    assert weights_layout_sha256(weights) == weights_layout_sha256(
+        {k: v * 3 + 1 for k, v in reversed(list(weights.items()))}
+    )
+    wider = {**weights, "classifier.weight": np.zeros((2, 5), np.float32)}
+    renamed = {("fc.bias" if k == "classifier.bias" else k): v for k, v in weights.items()}
+    assert len({weights_layout_sha256(w) for w in (weights, wider, renamed)}) == 3
+
+
+def test_whole_network_model_verifies_with_its_layout_pin(keys):
+    data = exchange.build_global_model(keys["cloud"], FED, _network_model())
+    cloud = keys["cloud"].public_b64
+    pin = weights_layout_sha256(_network())
+    model = exchange.open_global_model(
+        data, cloud, FED, kind="network", architecture_sha256=pin, labels=["normal", "abnormal"]
+    )
+    assert (model.kind, model.cluster, model.backbone_sha256) == ("network", "global.1", "")
+    for name, value in _network().items():
+        np.testing.assert_array_equal(model.weights[name], value)
+    assert exchange.peek(data).payload["architecture_sha256"] == pin
+    assert "backbone_sha256" not in exchange.peek(data).payload
+    other = weights_layout_sha256({"classifier.weight": np.zeros((2, 4), np.float32)})
+    assert (
+        _reason(
+            exchange.open_global_model, data, cloud, FED, kind="network", architecture_sha256=other
+        )
+        == "architecture_mismatch"
+    )
+    assert (
+        _reason(exchange.open_global_model, data, cloud, FED, kind="network", labels=["a", "b"])
+        == "labels_mismatch"
+    )
+
+
+def test_an_agent_refuses_a_whole_network_and_a_network_site_refuses_a_head(keys):
+    network = exchange.build_global_model(keys["cloud"], FED, _network_model())
+    head = exchange.build_global_model(keys["cloud"], FED, _model())
+    cloud = keys["cloud"].public_b64
+    # exactly the agent's call (agent/sync/federation_sync.py): no kind given, i.e. a head
+    assert (
+        _reason(
+            exchange.open_global_model,
+            network,
+            cloud,
+            FED,
+            backbone_sha256="ab" * 32,
+            labels=["normal", "abnormal"],
+        )
+        == "kind_mismatch"
+    )
+    assert _reason(exchange.open_global_model, head, cloud, FED, kind="network") == "kind_mismatch"
+
+
+def test_a_head_reads_as_before_and_holds_head_tensors_only(keys):
+    cloud = keys["cloud"].public_b64
+    payload = exchange.peek(exchange.build_global_model(keys["cloud"], FED, _model())).payload
+    assert "kind" not in payload and "architecture_sha256" not in payload  # older agents read it
+    # a "head" whose tensors are a whole network, signed by the cloud itself
+    weights = _network()
+    body = tensors_to_body(weights)
+    disguised = {**payload, "weights_sha256": hashlib.sha256(body).hexdigest()}
+    forged = seal("global_model", FED, disguised, keys["cloud"], body)
+    with pytest.raises(ProtocolError, match="dense") as info:
+        exchange.open_global_model(forged, cloud, FED, backbone_sha256="ab" * 32)
+    assert info.value.reason == "malformed"
+    # a network that also names a backbone, or a kind nobody knows
+    for bad in ({"kind": "network", "architecture_sha256": "c" * 64}, {"kind": "tail"}):
+        body = tensors_to_body(_delta())
+        odd = {**payload, **bad, "weights_sha256": hashlib.sha256(body).hexdigest()}
+        sealed = seal("global_model", FED, odd, keys["cloud"], body)
+        assert (
+            _reason(exchange.open_global_model, sealed, cloud, FED, kind="network") == "malformed"
+        )
 
 
 def test_round_announcement_round_trips(keys):

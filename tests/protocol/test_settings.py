@@ -39,7 +39,9 @@ def test_toml_then_env_then_flags(tmp_path):
 
 def test_password_file_is_read_at_connect(tmp_path):
     (tmp_path / "pw").write_text("from-file\n")
-    settings = load_cloud_settings(None, env={"FTLCT_CLOUD_MQTT_PASSWORD_FILE": str(tmp_path / "pw")})
+    settings = load_cloud_settings(
+        None, env={"FTLCT_CLOUD_MQTT_PASSWORD_FILE": str(tmp_path / "pw")}
+    )
     assert settings.mqtt.resolved_password() == "from-file"
 
 
