@@ -49,6 +49,12 @@ def serve(
     model: Path = typer.Option(
         None, "--model", help="Model directory whose head is the first global model."
     ),
+    initial_weights: Path = typer.Option(
+        None,
+        "--initial-weights",
+        help="Instead of --model: a safetensors file of a whole network (metadata 'labels': "
+        "a JSON list) to federate from; not with --strategy ftl.",
+    ),
     state_dir: Path = typer.Option(None, "--state-dir", help=STATE_HELP),
     dev_trust_on_first_use: bool = typer.Option(
         None,
@@ -57,9 +63,10 @@ def serve(
     ),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
 ) -> None:
-    """Run federated rounds: publish global heads, collect and validate updates, aggregate."""
+    """Run federated rounds: publish global models, collect and validate updates, aggregate."""
     import logging
 
+    from ftlct.cloud.initial_model import InitialModelError
     from ftlct.cloud.round_coordinator import CloudStateError
     from ftlct.cloud.server import serve as run_server
     from ftlct.cloud.strategies import make_strategy
@@ -77,9 +84,19 @@ def serve(
         round_timeout=round_timeout,
         rounds=rounds,
         model=str(model) if model else None,
+        initial_weights=str(initial_weights) if initial_weights else None,
         state_dir=str(state_dir) if state_dir else None,
         dev_trust_on_first_use=dev_trust_on_first_use,
     )
+    if model is not None and initial_weights is not None:
+        raise CliError(
+            "give --model (a head over a backbone) or --initial-weights (a whole network), not both"
+        )
+    if settings.initial_weights and settings.strategy == "ftl":
+        raise CliError(
+            "--initial-weights starts a whole-network federation; --strategy ftl federates only "
+            "a head over a pinned backbone (use --model, or --strategy fedavg/cfl/...)"
+        )
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise CliError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -96,7 +113,7 @@ def serve(
         )
     try:
         run_server(settings)
-    except (CloudStateError, ModelDirError, IdentityError) as exc:
+    except (CloudStateError, ModelDirError, InitialModelError, IdentityError) as exc:
         raise CliError(str(exc)) from exc
 
 

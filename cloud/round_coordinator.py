@@ -21,10 +21,13 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
+
+from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, head_of
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state_store import RoundRow, StateStore, weights_to_blob
-from ftlct.cloud.strategies import FederationState, Strategy
-from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, default_cluster
+from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
+from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, Weights, default_cluster
 from ftlct.cloud.twin_registry import TwinRegistry
 from ftlct.cloud.update_validation import Duplicate, Rejection, check_update
 from ftlct.export.model_dir import ModelDir
@@ -37,6 +40,7 @@ from ftlct.protocol.topics import Topics, parse_topic
 log = logging.getLogger("ftlct.cloud.rounds")
 
 Publish = Callable[[str, bytes, bool], None]
+PIN_KEY = {HEAD: "backbone_sha256", NETWORK: "architecture_sha256"}  # meta key of each kind's pin
 
 
 class CloudStateError(RuntimeError):
@@ -63,33 +67,77 @@ class RoundCoordinator:
         self.twins = TwinRegistry(store, settings.federation)
 
     # ------------------------------------------------------------------ lifecycle
-    def initialise(self, model: ModelDir | None) -> None:
-        """First start: the model's head becomes global version 1. Later: check and resume."""
+    def initialise(self, model: InitialModel | ModelDir | None) -> None:
+        """First start: ``model``'s weights become global version 1. Later: check and resume.
+
+        ``model`` is a head (a model directory) or a whole network (see
+        ``initial_model``); what the federation federates is pinned at creation.
+        """
+        initial = head_of(model) if isinstance(model, ModelDir) else model
         federation = self.store.meta("federation")
         if federation is not None and federation != self.settings.federation:
             raise CloudStateError(
                 f"{self.store.path} belongs to federation {federation!r}, not {self.settings.federation!r}"
             )
-        if self.store.federation_state() is None:
-            if model is None:
-                raise CloudStateError("a new federation needs --model (the first global head)")
+        loaded = self.store.federation_state()
+        if loaded is None:
+            if initial is None:
+                raise CloudStateError(
+                    "a new federation needs --model (a head over a backbone) "
+                    "or --initial-weights (a whole network)"
+                )
+            self._check_strategy_accepts(initial.weights, initial.source)
             with self.store.transaction():
                 self.store.set_meta("federation", self.settings.federation)
-                self.store.set_meta("backbone_sha256", model.backbone_sha256)
-                self.store.set_meta("labels", ",".join(model.labels))
-                self.store.add_model(DEFAULT_CLUSTER, model.version, 0, None, model.head_weights())
-                self.store.save_federation(0, {DEFAULT_CLUSTER: model.version}, {}, {})
+                self.store.set_meta("kind", initial.kind)
+                self.store.set_meta(PIN_KEY[initial.kind], initial.pin)
+                self.store.set_meta("labels", ",".join(initial.labels))
+                self.store.add_model(DEFAULT_CLUSTER, initial.version, 0, None, initial.weights)
+                self.store.save_federation(0, {DEFAULT_CLUSTER: initial.version}, {}, {})
             log.info(
-                "new federation %s from %s (version %s)",
+                "new %s federation %s from %s (version %s)",
+                initial.kind,
                 self.settings.federation,
-                model.path,
-                model.version,
+                initial.source,
+                initial.version,
             )
-        elif model is not None and model.backbone_sha256 != self.store.meta("backbone_sha256"):
-            raise CloudStateError(
-                f"{model.path} has another backbone than the federation in {self.store.path}"
-            )
+        else:
+            if initial is not None:
+                self._check_same_pin(initial)
+            state, _ = loaded
+            current = next(iter(state.models.values()))
+            self._check_strategy_accepts(current, f"the federation in {self.store.path}")
         self._open_next_round_if_due()
+
+    @property
+    def kind(self) -> str:
+        """What this federation federates: ``head`` (state dirs before whole networks) or ``network``."""
+        return self.store.meta("kind") or HEAD
+
+    def _check_same_pin(self, initial: InitialModel) -> None:
+        if initial.kind != self.kind:
+            raise CloudStateError(
+                f"{self.store.path} federates a {self.kind}, {initial.source} is a {initial.kind}"
+            )
+        if initial.pin != self.store.meta(PIN_KEY[initial.kind]):
+            what = "backbone" if initial.kind == HEAD else "tensor layout"
+            raise CloudStateError(
+                f"{initial.source} has another {what} than the federation in {self.store.path}"
+            )
+
+    def _check_strategy_accepts(self, weights: Weights, source: str) -> None:
+        """Refuse to start when the strategy would refuse these tensors at every aggregation.
+
+        The strategy is the authority on what it federates (``ftl``: head
+        tensors only), so it is asked with one all-zero update.
+        """
+        probe = SiteUpdate("start-check", {k: np.zeros_like(v) for k, v in weights.items()}, 1)
+        try:
+            self.strategy.aggregate(FederationState({DEFAULT_CLUSTER: weights}), [probe])
+        except ValueError as exc:
+            raise CloudStateError(
+                f"--strategy {self.settings.strategy} cannot federate {source}: {exc}"
+            ) from exc
 
     @property
     def finished(self) -> bool:
@@ -208,7 +256,8 @@ class RoundCoordinator:
                 self._next_round_row(last.round + 1 if last else 1, state, versions)
             )
 
-    def _next_round_row(self, number: int, state: FederationState, versions: dict) -> RoundRow:
+    def _assignments(self, state: FederationState) -> tuple[str, dict[str, str]]:
+        """``(default cluster, site -> cluster for the sites elsewhere)`` after ``state``."""
         default = default_cluster(state)
         sites = set(self.store.enrolled_sites()) | set(state.membership)
         assignments = {}
@@ -216,6 +265,10 @@ class RoundCoordinator:
             cluster = self.strategy.cluster_of(state, site)
             if cluster != default:
                 assignments[site] = cluster
+        return default, assignments
+
+    def _next_round_row(self, number: int, state: FederationState, versions: dict) -> RoundRow:
+        default, assignments = self._assignments(state)
         now = self.clock()
         return RoundRow(
             round=number,
@@ -273,14 +326,18 @@ class RoundCoordinator:
     # ------------------------------------------------------------------ publishing
     def _publish_model(self, cluster: str, version: str) -> None:
         round_no, base = self.store.model_row(cluster, version)
+        kind = self.kind
+        pin = self.store.meta(PIN_KEY[kind]) or ""
         model = GlobalModel(
             cluster=cluster,
             version=version,
             round=round_no,
             labels=(self.store.meta("labels") or "").split(","),
-            backbone_sha256=self.store.meta("backbone_sha256") or "",
+            backbone_sha256=pin if kind == HEAD else "",
             weights=self.store.model_weights(cluster, version),
             base_version=base,
+            kind=kind,
+            architecture_sha256=pin if kind == NETWORK else "",
         )
         data = build_global_model(self.identity, self.settings.federation, model)
         self.publish(self.topics.model(cluster), data, True)
@@ -291,16 +348,22 @@ class RoundCoordinator:
             return
         training = dict(self.settings.training)
         training.setdefault("max_delta_norm", self.settings.limits.max_delta_norm)
+        versions, default, assignments = row.base_versions, row.default_cluster, row.assignments
+        if row.status != "open":
+            # Finished: point every site at the final models. The last round's own
+            # assignments may name a cluster that round split up (CFL).
+            loaded = self.store.federation_state()
+            assert loaded is not None
+            state, versions = loaded
+            default, assignments = self._assignments(state)
         announcement = RoundAnnouncement(
             round=row.round,
             strategy=row.strategy,
             deadline=row.deadline,
             opened_at=row.opened_at,
-            base_versions=row.base_versions
-            if row.status == "open"
-            else self.store.current_versions(),
-            default_cluster=row.default_cluster,
-            assignments=row.assignments,
+            base_versions=versions,
+            default_cluster=default,
+            assignments=assignments,
             min_sites=self.settings.min_sites,
             training=training,
             status="open" if row.status == "open" else "finished",

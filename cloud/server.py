@@ -19,6 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from ftlct.cloud.cloud_identity import cloud_identity
+from ftlct.cloud.initial_model import NETWORK, InitialModel, head_of, network_from_file
 from ftlct.cloud.round_coordinator import RoundCoordinator
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state_store import StateStore
@@ -65,7 +66,7 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
     client.on_message = lambda client, userdata, message: inbox.put(("message", message))
 
     coordinator = RoundCoordinator(settings, store, strategy, identity, publish)
-    coordinator.initialise(_model_if_needed(settings, store))
+    coordinator.initialise(_initial_model(settings, store))
     log.info(
         "cloud %s serving federation %s on %s", identity.public_b64, settings.federation, broker
     )
@@ -96,11 +97,20 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
         store.close()
 
 
-def _model_if_needed(settings: CloudSettings, store: StateStore) -> ModelDir | None:
-    """The ``--model`` directory: required for a new federation, checked if present later."""
-    if store.federation_state() is not None and not Path(settings.model, "manifest.json").is_file():
+def _initial_model(settings: CloudSettings, store: StateStore) -> InitialModel | None:
+    """What the federation starts from: required for a new one, checked against it if given later.
+
+    ``--initial-weights`` (a whole network) wins over ``--model`` (a head),
+    whose default path may exist without being meant. A running federation of a
+    whole network ignores ``--model``; one of a head checks it if the directory exists.
+    """
+    if settings.initial_weights:
+        return network_from_file(settings.initial_weights)
+    if store.federation_state() is not None and (
+        store.meta("kind") == NETWORK or not Path(settings.model, "manifest.json").is_file()
+    ):
         return None
-    return ModelDir.load(settings.model)
+    return head_of(ModelDir.load(settings.model))
 
 
 def _drain(pending: list[mqtt.MQTTMessageInfo]) -> None:

@@ -48,7 +48,8 @@ class CloudSettings:
     min_sites: int = 2
     round_timeout: float = 600.0  # seconds a round stays open (extended while below min_sites)
     rounds: int = 0  # stop after this many completed rounds; 0: never
-    model: str = "models/default"
+    model: str = "models/default"  # a head federation starts from this directory's head
+    initial_weights: str = ""  # a whole-network federation starts from this safetensors file
     state_dir: str = field(default_factory=lambda: str(default_state_dir()))
     client_id: str = ""  # default ftl-cloud-{federation}; must be stable for the persistent session
     dev_trust_on_first_use: bool = False  # DEV ONLY: enrol unknown sites from their first update

@@ -47,19 +47,25 @@ def status_report(store: StateStore) -> dict:
         "round_status": ("open" if last.status == "open" else "finished") if last else "none",
         "deadline": iso(last.deadline) if last and last.status == "open" else None,
         "strategy": last.strategy if last else None,
+        # what the federation federates and its pin (README "Cloud and protocol")
+        "model_kind": store.meta("kind") or ("head" if loaded else None),
+        "backbone_sha256": store.meta("backbone_sha256"),
+        "architecture_sha256": store.meta("architecture_sha256"),
         "updates_this_round": sorted(received) if last and last.status == "open" else [],
         "updates_duplicate": counters.get("updates_duplicate", 0),
         "twin_rejected": {
             k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("twin_rejected.")
         },
         "clusters": clusters,
+        "splits": loaded[0].extra.get("splits", []) if loaded else [],  # CFL's, in order
     }
 
 
 def status_table(report: dict) -> str:
     """A human-readable summary of ``status_report``."""
     lines = [
-        f"federation {report['federation']}  strategy {report['strategy']}  "
+        f"federation {report['federation']} ({report['model_kind'] or '-'})  "
+        f"strategy {report['strategy']}  "
         f"round {report['round']} ({report['round_status']}, deadline {report['deadline'] or '-'})  "
         f"completed {report['rounds_completed']}",
         "global versions: "

@@ -65,6 +65,32 @@ def delta(w: float, b: tuple[float, float]) -> dict[str, np.ndarray]:
     }
 
 
+# A stand-in whole network (conv, batch norm statistics, classifier): what a conventional-FL
+# federation moves, with nothing in it a head federation would accept.
+NETWORK_SHAPES = {
+    "features.0.weight": (2, 1, 3, 3),
+    "features.1.running_var": (2,),
+    "classifier.weight": (2, 2),
+    "classifier.bias": (2,),
+}
+
+
+def network(value: float = 0.0) -> dict[str, np.ndarray]:
+    """Every tensor of the stand-in network filled with ``value``."""
+    return {name: np.full(shape, value, np.float32) for name, shape in NETWORK_SHAPES.items()}
+
+
+def write_network_file(
+    path: Path, weights: dict[str, np.ndarray], labels=("normal", "abnormal"), **metadata
+) -> Path:
+    """An ``--initial-weights`` file: the tensors plus ``labels`` (a JSON list) as metadata."""
+    from safetensors.numpy import save_file
+
+    meta = {"labels": json.dumps(list(labels)), **metadata}
+    save_file(weights, str(path), metadata=meta)
+    return path
+
+
 def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -163,12 +189,15 @@ class ScriptedSite(MqttPeer):
     def send(self, payload: bytes) -> None:
         self.publish(self.topics.updates(self.identity.name), payload)
 
-    def global_model(self, cloud_key: str, cluster: str = "global", backbone: str | None = None):
-        payloads = [p for p in self.messages(self.topics.model(cluster)) if p]
-        return (
-            exchange.open_global_model(payloads[-1], cloud_key, FED, backbone_sha256=backbone)
-            if payloads
-            else None
+    def global_model(
+        self, cloud_key: str, cluster: str = "global", backbone: str | None = None, **pins
+    ):
+        """The last retained model on ``model/{cluster}`` (None if none, or cleared), verified."""
+        payloads = self.messages(self.topics.model(cluster))
+        if not payloads or not payloads[-1]:
+            return None
+        return exchange.open_global_model(
+            payloads[-1], cloud_key, FED, backbone_sha256=backbone, **pins
         )
 
     def round(self, cloud_key: str):

@@ -48,6 +48,11 @@ def _one_line_error(result, needle):
         (["serve", "--config", "/nonexistent.toml"], "no such file"),
         (["serve", "--min-sites", "0"], "--min-sites"),
         (["serve", "--log-level", "LOUD"], "--log-level"),
+        (["serve", "--initial-weights", "/tmp/unused.safetensors"], "--strategy ftl federates"),
+        (
+            ["serve", "--strategy", "fedavg", "--model", "m", "--initial-weights", "w"],
+            "not both",
+        ),
         (["status", "--state-dir", "/nonexistent/state"], "no cloud state"),
         (["enroll", "site-a", "not-a-key", "--state-dir", "/tmp/unused"], "public key"),
         (["enroll", "a/b", "AAAA", "--state-dir", "/tmp/unused"], "site name"),
@@ -78,6 +83,25 @@ def test_new_federation_without_a_model_is_a_one_line_error(tmp_path):
         "mqtt://127.0.0.1:1",
     )
     _one_line_error(result, "not a model directory")
+
+
+def test_bad_initial_weights_are_one_line_errors_before_connecting(tmp_path):
+    from tests.cloud.harness import network, write_network_file
+
+    def serve(weights, *extra):
+        return _run(
+            "serve", "--state-dir", str(tmp_path / "s"), "--broker", "mqtt://127.0.0.1:1",
+            "--initial-weights", str(weights), *extra,
+        )  # fmt: skip
+
+    _one_line_error(serve(tmp_path / "none.safetensors", "--strategy", "fedavg"), "no such file")
+    unlabelled = write_network_file(tmp_path / "n.safetensors", network(), labels=["only"])
+    _one_line_error(serve(unlabelled, "--strategy", "fedavg"), "metadata 'labels'")
+    good = write_network_file(tmp_path / "g.safetensors", network())
+    config = tmp_path / "clip.toml"
+    config.write_text('[strategy_params]\nmax_norm = 1.0\ninner = "ftl"\n')
+    wrapped_ftl = serve(good, "--strategy", "norm_clipping", "--config", str(config))
+    _one_line_error(wrapped_ftl, "cannot federate")
 
 
 def test_identity_is_stable_and_enroll_reports_what_changed(tmp_path):

@@ -371,3 +371,19 @@ def test_cfl_split_gives_each_cluster_its_model_and_assignment(tmp_path):
     )
     assert rig.send("c", right) == "accepted"
     assert rig.status()["clusters"] == {cluster_a: ["a", "b"], cluster_c: ["c"]}
+
+
+def test_a_split_in_the_last_round_points_every_site_at_its_final_cluster(tmp_path):
+    rig = Rig(tmp_path, strategy="cfl", rounds=1, strategy_params={"eps1": 1.0, "eps2": 0.5})
+    rig.send("a", rig.update("a", delta(1.0, (0, 0))))
+    rig.send("b", rig.update("b", delta(1.0, (0, 0))))
+    rig.send("c", rig.update("c", delta(-1.0, (0, 0)), n=2))
+    final = rig.last_round()
+    assert final.status == "finished" and final.round == 1
+    assert sorted(final.base_versions) == ["global.0", "global.1"]
+    # not the round's own assignment (everyone in "global", a cluster that no longer exists)
+    for site, expected in (("a", 1.0), ("b", 1.0), ("c", -1.0)):
+        cluster = final.cluster_for(site)
+        model = rig.last_model(cluster)
+        assert model.version == final.base_versions[cluster]
+        np.testing.assert_allclose(model.weights["dense.0.weight"], np.full((2, 4), expected))

@@ -80,7 +80,10 @@ def test_sigkill_mid_round_then_restart_completes_the_round_exactly_once(setup, 
 
 def test_bad_updates_are_counted_by_reason_and_the_round_still_completes(setup, tmp_path):
     state, args, sites = setup
-    env = {"FTLCT_CLOUD_LIMITS_MAX_UPDATE_BYTES": "100000", "FTLCT_CLOUD_LIMITS_MAX_DELTA_NORM": "20"}
+    env = {
+        "FTLCT_CLOUD_LIMITS_MAX_UPDATE_BYTES": "100000",
+        "FTLCT_CLOUD_LIMITS_MAX_DELTA_NORM": "20",
+    }
     cloud = CloudProcess(state, args, env).start()
     a, b, d = sites["a"], sites["b"], sites["d"]
     try:
