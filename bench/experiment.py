@@ -214,17 +214,19 @@ def _extraction_seconds(plan: Plan, kind: str) -> list[float]:
 
 
 def _transport(method: str, settings: BenchSettings, plan: Plan, reporter: Reporter):
-    """The cloud's strategy for ``method``: over MQTT when asked and the weights are a head."""
+    """The cloud's strategy for ``method``: called in process, or ``ftl-cloud serve`` over MQTT."""
     from ftlct.cloud.strategies import make_strategy
 
     strategy_name = method
     if method == "ftl" and settings.ftl.trainable == "last-block":
         strategy_name = "fedavg"  # the cloud's ftl strategy accepts dense.* only
     params = settings.cfl.params() if method == "cfl" else {}
-    if settings.transport == "mqtt" and method == "ftl" and settings.ftl.trainable == "head":
+    if settings.transport == "mqtt":
         from ftlct.bench.mqtt_transport import MqttTransport
 
-        return MqttTransport(strategy_name, params, settings, plan, reporter)
+        # a head over the model directory's backbone, or every tensor of a network
+        kind = "head" if strategy_name == "ftl" else "network"
+        return MqttTransport(method, strategy_name, params, settings, plan, reporter, kind)
     from ftlct.bench.inproc_transport import InProcessTransport
 
     return InProcessTransport(make_strategy(strategy_name, **params))

@@ -3,21 +3,24 @@
 Each simulated site is its own MQTT client with its own Ed25519 identity,
 enrolled at the cloud with ``ftl-cloud enroll``. A round goes exactly as in a
 deployment: the site reads the retained ``rounds/current`` and its cluster's
-``model/{cluster}`` (signatures, backbone and labels checked with
+``model/{cluster}`` (signatures, kind, pin and labels checked with
 ``protocol.exchange``), trains, and publishes a signed ``site_update`` (QoS 1);
 the cloud validates, aggregates with its strategy, persists, publishes the new
-global head(s) and opens the next round. The elapsed time of a round here is
+global model(s) and opens the next round. The elapsed time of a round here is
 real: slowest site's training plus the broker and cloud round trip.
 
-The cloud's global model is a head over a pinned backbone (DESIGN.md), so only
-head methods (``ftl``) can travel this way; whole-network baselines stay in
-process, and the results say which transport each method used.
+Two kinds of federation (README "Cloud and protocol"): ``ftl`` federates a
+head over the model directory's pinned backbone (``ftl-cloud serve --model``);
+``fedavg`` / ``cfl`` (and the last-block FTL variant) federate every tensor of
+their network from the learner's initial weights (``--initial-weights``, pinned
+by the tensor layout). The results say which transport each method used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +39,16 @@ from ftlct.cloud.strategies import SiteUpdate
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.exchange import build_update, open_global_model, open_round
 from ftlct.protocol.identity import load_or_create_identity
-from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
+from ftlct.protocol.messages import GlobalModel, RoundAnnouncement, weights_layout_sha256
 from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url, start
 from ftlct.protocol.topics import Topics
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 LOOPBACK = "127.0.0.1"
+KINDS = ("head", "network")
+# The in-process transport bounds no update norm; neither does the cloud here, so both
+# run the same arithmetic (a rejected update would stall the round until the timeout).
+UNBOUNDED_DELTA_NORM = 1e9
 
 
 class TransportError(RuntimeError):
@@ -82,17 +90,39 @@ def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
         process.wait(timeout=timeout)
 
 
+@dataclass(frozen=True)
+class ModelPin:
+    """What a site accepts as a global model: its kind, pin and labels."""
+
+    kind: str  # "head" | "network"
+    labels: list[str]
+    backbone_sha256: str | None = None  # head
+    architecture_sha256: str | None = None  # network
+
+    def open(self, payload: bytes, cloud_key: str, federation: str) -> GlobalModel:
+        return open_global_model(
+            payload,
+            cloud_key,
+            federation,
+            kind=self.kind,
+            backbone_sha256=self.backbone_sha256,
+            architecture_sha256=self.architecture_sha256,
+            labels=self.labels,
+        )
+
+
 class SiteClient:
     """One site's MQTT connection: keeps the latest verified round and global models."""
 
-    def __init__(self, site: str, identity, broker, federation: str, cloud_key: str, model) -> None:
+    def __init__(
+        self, site: str, identity, broker, federation: str, cloud_key: str, pin: ModelPin
+    ) -> None:
         self.site = site
         self.identity = identity
         self.federation = federation
         self.topics = Topics(federation)
         self.cloud_key = cloud_key
-        self.backbone = model.backbone_sha256
-        self.labels = model.labels
+        self.pin = pin
         self.round: RoundAnnouncement | None = None
         self.models: dict[str, GlobalModel] = {}
         self.errors: list[str] = []
@@ -107,8 +137,10 @@ class SiteClient:
             client.subscribe([(self.topics.rounds_current, 1), (self.topics.all_models, 1)])
 
     def _on_message(self, client, userdata, message) -> None:
-        if not message.payload:
-            return  # a cleared retained model (a dissolved cluster)
+        if not message.payload:  # a cleared retained model: a cluster CFL split up
+            with self.changed:
+                self.models.pop(message.topic.rsplit("/", 1)[-1], None)
+            return
         try:
             if message.topic == self.topics.rounds_current:
                 announcement = open_round(message.payload, self.cloud_key, self.federation)
@@ -116,13 +148,7 @@ class SiteClient:
                     self.round = announcement
                     self.changed.notify_all()
             else:
-                model = open_global_model(
-                    message.payload,
-                    self.cloud_key,
-                    self.federation,
-                    backbone_sha256=self.backbone,
-                    labels=self.labels,
-                )
+                model = self.pin.open(message.payload, self.cloud_key, self.federation)
                 with self.changed:
                     self.models[model.cluster] = model
                     self.changed.notify_all()
@@ -185,14 +211,28 @@ class SiteClient:
 
 
 class MqttTransport(Transport):
-    def __init__(self, strategy: str, params: dict, settings, plan, reporter):
+    """``method``'s rounds through a broker and ``ftl-cloud serve --strategy strategy``.
+
+    ``kind`` "head": the cloud starts from the model directory (``--model``) and
+    the learner must start from that head; "network": the cloud starts from the
+    learner's initial weights (``--initial-weights``), whatever network they are.
+    """
+
+    def __init__(
+        self, method: str, strategy: str, params: dict, settings, plan, reporter, kind: str
+    ):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.method = method
         self.strategy = strategy
         self.params = params
         self.settings = settings
         self.plan = plan
         self.reporter = reporter
-        self.federation = f"bench-{strategy}"
-        self.work = Path(settings.out) / "mqtt" / strategy
+        self.kind = kind
+        self.federation = f"bench-{method}"
+        self.work = Path(settings.out) / "mqtt" / method
+        self.state = self.work / "cloud-state"
         self.broker_process: subprocess.Popen | None = None
         self.cloud: subprocess.Popen | None = None
         self.clients: dict[str, SiteClient] = {}
@@ -233,11 +273,14 @@ class MqttTransport(Transport):
         return f"mqtt://{LOOPBACK}:{port}"
 
     def start(self, initial: Weights) -> None:
-        head = self.plan.model.head_weights()
-        if set(head) != set(initial) or any(not np.array_equal(head[k], initial[k]) for k in head):
-            raise TransportError(
-                "the cloud starts from the model directory's head; the learner does not"
-            )
+        if self.kind == "head":
+            head = self.plan.model.head_weights()
+            if set(head) != set(initial) or any(
+                not np.array_equal(head[k], initial[k]) for k in head
+            ):
+                raise TransportError(
+                    "the cloud starts from the model directory's head; the learner does not"
+                )
         if self.work.exists():
             import shutil
 
@@ -249,17 +292,41 @@ class MqttTransport(Transport):
             self.close()
             raise
 
+    def _starting_point(self, initial: Weights) -> tuple[list[str], ModelPin]:
+        """The ``serve`` flags that create the federation, and what its sites accept."""
+        labels = list(self.plan.dataset.classes)
+        if self.kind == "head":
+            model = self.plan.model
+            pin = ModelPin("head", model.labels, backbone_sha256=model.backbone_sha256)
+            return ["--model", str(model.path)], pin
+        from safetensors.numpy import save_file
+
+        path = self.work / "initial.safetensors"
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in initial.items()}
+        save_file(arrays, str(path), metadata={"labels": json.dumps(labels), "version": "init"})
+        pin = ModelPin("network", labels, architecture_sha256=weights_layout_sha256(arrays))
+        return ["--initial-weights", str(path)], pin
+
     def _start(self, initial: Weights) -> None:
         url = self._start_broker()
         broker = parse_broker_url(url)
-        state = self.work / "cloud-state"
-        cloud_key = self._cloud_cli("identity", "--state-dir", str(state)).splitlines()[-1].strip()
+        state = str(self.state)
+        cloud_key = self._cloud_cli("identity", "--state-dir", state).splitlines()[-1].strip()
         identities = {}
         for site in self.plan.site_names:
             identities[site] = load_or_create_identity(self.work / "site-keys", site)
-            self._cloud_cli("enroll", site, identities[site].public_b64, "--state-dir", str(state))
+            self._cloud_cli("enroll", site, identities[site].public_b64, "--state-dir", state)
+        start_flags, pin = self._starting_point(initial)
         config = self.work / "cloud.toml"
-        config.write_text(_toml({"tick_s": 0.1, "strategy_params": self.params}))
+        config.write_text(
+            _toml(
+                {
+                    "tick_s": 0.1,
+                    "limits": {"max_delta_norm": UNBOUNDED_DELTA_NORM},
+                    "strategy_params": self.params,
+                }
+            )
+        )
         with open(self.work / "cloud.log", "wb") as log:
             self.cloud = subprocess.Popen(
                 [
@@ -281,22 +348,20 @@ class MqttTransport(Transport):
                     str(self.settings.rounds),
                     "--round-timeout",
                     "600",
-                    "--model",
-                    str(self.plan.model.path),
+                    *start_flags,
                     "--state-dir",
-                    str(state),
+                    state,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.reporter.note(
-            f"mqtt: ftl-cloud serve ({self.strategy}) on {url}, {len(identities)} site clients"
+            f"mqtt: ftl-cloud serve ({self.strategy}, {self.kind}) on {url}, "
+            f"{len(identities)} site clients"
         )
         for site, identity in identities.items():
-            self.clients[site] = SiteClient(
-                site, identity, broker, self.federation, cloud_key, self.plan.model
-            )
+            self.clients[site] = SiteClient(site, identity, broker, self.federation, cloud_key, pin)
         self._wait_all(1, finished_ok=False)
 
     def _wait_all(self, round_: int, finished_ok: bool) -> None:
@@ -304,14 +369,20 @@ class MqttTransport(Transport):
             client.wait(round_, finished_ok, self.settings.mqtt_timeout_s, self._cloud_problem)
 
     def _cloud_problem(self) -> str | None:
+        """Why waiting for the cloud is pointless: it died, or it refused an update."""
         if self.cloud is not None and self.cloud.poll() not in (None, 0):
-            last = self._cloud_log().strip().splitlines()[-1:] or ["no log"]
+            last = self._cloud_log()[-400:].strip().splitlines()[-1:] or ["no log"]
             return f"ftl-cloud serve exited with {self.cloud.returncode}: {last[0]}"
+        # every site must count for the round to close (--min-sites = all of them)
+        refused = [line for line in self._cloud_log().splitlines() if "rejected update" in line]
+        if refused:
+            detail = refused[0].split("rejected update", 1)[1].strip()
+            return f"ftl-cloud serve rejected an update {detail}"
         return None
 
     def _cloud_log(self) -> str:
         path = self.work / "cloud.log"
-        return path.read_text(errors="replace")[-400:] if path.is_file() else ""
+        return path.read_text(errors="replace") if path.is_file() else ""
 
     # ------------------------------------------------------------------ rounds
     def models_for(self, sites: Sequence[str]) -> dict[str, tuple[str, Weights]]:
@@ -329,15 +400,20 @@ class MqttTransport(Transport):
         self.finished = round_ >= self.settings.rounds
 
     def describe(self) -> dict:
-        any_client = next(iter(self.clients.values()), None)
-        ann = any_client.round if any_client else None
+        """As the in-process transport describes its run, from the cloud's own status."""
+        status = json.loads(self._cloud_cli("status", "--state-dir", str(self.state), "--json"))
+        membership = {
+            site: cluster for cluster, sites in status["clusters"].items() for site in sites
+        }
         return {
             "strategy": self.strategy,
             "transport": "mqtt: mosquitto + ftl-cloud serve (subprocess), one MQTT client per site",
-            "clusters": sorted(any_client.models) if any_client else [],
-            "membership": dict(ann.assignments) if ann else {},
-            "splits": [],
-            "final_versions": dict(ann.base_versions) if ann else {},
+            "model_kind": status["model_kind"],
+            "clusters": sorted(status["global_versions"]),
+            "membership": dict(sorted(membership.items())),
+            "splits": status["splits"],
+            "final_versions": status["global_versions"],
+            "rounds_completed": status["rounds_completed"],
         }
 
     def close(self) -> None:
