@@ -24,6 +24,8 @@ Parameters (all configurable through ``make_strategy("cfl", ...)``):
   unknown in practice; the default 0.0 splits only groups whose updates do
   not point the same way, so clients from one distribution stay together.
 - ``min_cluster_size``: both parts need at least this many sites.
+- ``server_lr``, ``server_momentum``, ``server_optimizer``...: the server
+  optimizer each cluster's model moves with (``server_optimizer.py``).
 
 The bipartition is the exact minimiser of the largest cross-part similarity
 (``argmin_{c1, c2} max_{i in c1, j in c2} alpha_ij``): with distance
@@ -43,9 +45,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftlct.cloud.strategies.base import FederationState, SiteUpdate, Strategy
+from ftlct.cloud.strategies.server_optimizer import load_slots, server_optimizer, store_slots
 from ftlct.cloud.strategies.strategy_utils import (
     WeightedSum,
-    apply_delta,
     check_updates,
     cosine_similarity_matrix,
     flatten,
@@ -96,7 +98,7 @@ class CFL(Strategy):
         split_check_after: int | None = None,
         max_cross_similarity: float = 0.0,
         min_cluster_size: int = 1,
-        server_lr: float = 1.0,
+        **server,
     ):
         if eps1 < 0 or eps2 < 0:
             raise ValueError("eps1 and eps2 must be >= 0")
@@ -109,24 +111,30 @@ class CFL(Strategy):
         self.split_check_after = split_check_after
         self.max_cross_similarity = max_cross_similarity
         self.min_cluster_size = min_cluster_size
-        self.server_lr = server_lr
+        self.server = server_optimizer(**server)  # see server_optimizer.py
 
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
         groups = group_by_cluster(check_updates(state, updates))
         models = dict(state.models)
+        slots = {}  # cluster -> its server optimizer's buffers after this round
         assigned: dict[str, str] = {}  # site -> cluster after this round
         splits = []
         for cluster, members in sorted(groups.items()):
             found = self._split(state, cluster, members)
             if found is None:
-                models[cluster] = _averaged(state.models[cluster], members, self.server_lr)
+                models[cluster], slots[cluster] = self.server.step(
+                    state.models[cluster], _mean(members), load_slots(state.extra, cluster)
+                )
                 assigned.update({u.site: cluster for u in members})
                 continue
             parts, cross = found
             children = [f"{cluster}.0", f"{cluster}.1"]
             del models[cluster]
             for child, part in zip(children, parts, strict=True):
-                models[child] = _averaged(state.models[cluster], part, self.server_lr)
+                # a new cluster starts with empty buffers (see server_optimizer.py)
+                models[child], slots[child] = self.server.step(
+                    state.models[cluster], _mean(part), {}
+                )
                 assigned.update({u.site: child for u in part})
             bigger = children[0] if _samples(parts[0]) >= _samples(parts[1]) else children[1]
             for site, current in state.membership.items():
@@ -144,6 +152,7 @@ class CFL(Strategy):
                 }
             )
         new = next_state(state, models, assigned)
+        store_slots(new.extra, slots, set(models))
         if splits:
             new.extra.setdefault("splits", []).extend(splits)
         return new
@@ -170,11 +179,11 @@ class CFL(Strategy):
         return ([members[i] for i in index_a], [members[i] for i in index_b]), cross
 
 
-def _averaged(model, members: list[SiteUpdate], server_lr: float):
+def _mean(members: list[SiteUpdate]):
     running = WeightedSum()
     for update in members:
         running.add(update.delta, update.n_samples)
-    return apply_delta(model, running.mean(), server_lr)
+    return running.mean()
 
 
 def _samples(members: list[SiteUpdate]) -> int:

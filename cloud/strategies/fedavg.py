@@ -1,5 +1,10 @@
 """FedAvg (McMahan et al. 2017): the sample-weighted mean of the site deltas, per cluster.
 
+The mean moves the cluster's model through a server optimizer
+(``server_optimizer.py``): by default ``global += server_lr * mean`` (plain
+FedAvg at ``server_lr`` 1); ``server_momentum`` gives FedAvgM and
+``server_optimizer="adam"`` FedAdam, their buffers kept in ``state.extra``.
+
 Streaming: one running weighted sum per cluster, so memory is O(clusters x
 model) however many sites answer, and ``updates`` may be a lazy sequence that
 decodes one update at a time.
@@ -10,24 +15,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ftlct.cloud.strategies.base import FederationState, SiteUpdate, Strategy
-from ftlct.cloud.strategies.strategy_utils import (
-    WeightedSum,
-    apply_delta,
-    check_updates,
-    copy_weights,
-    next_state,
-)
+from ftlct.cloud.strategies.server_optimizer import server_optimizer
+from ftlct.cloud.strategies.strategy_utils import WeightedSum, check_updates
 
 
 class FedAvg(Strategy):
-    """``global_c += server_lr * sum(n_i * delta_i) / sum(n_i)`` over the sites of cluster c."""
+    """``global_c += server_lr * sum(n_i * delta_i) / sum(n_i)`` over the sites of cluster c.
+
+    Keyword parameters (``server_lr``, ``server_momentum``, ``server_optimizer``,
+    ``server_beta2``, ``server_tau``) choose the server optimizer.
+    """
 
     name = "fedavg"
 
-    def __init__(self, server_lr: float = 1.0):
-        if server_lr <= 0:
-            raise ValueError(f"server_lr must be > 0, got {server_lr}")
-        self.server_lr = server_lr
+    def __init__(self, **server):
+        self.server = server_optimizer(**server)
 
     def check_update(self, update: SiteUpdate) -> None:
         """Hook for stricter siblings (FTL); FedAvg accepts any tensors the model has."""
@@ -39,7 +41,5 @@ class FedAvg(Strategy):
             self.check_update(update)
             sums.setdefault(update.cluster, WeightedSum()).add(update.delta, update.n_samples)
             participants[update.site] = update.cluster
-        models = {cluster: copy_weights(w) for cluster, w in state.models.items()}
-        for cluster, running in sums.items():
-            models[cluster] = apply_delta(state.models[cluster], running.mean(), self.server_lr)
-        return next_state(state, models, participants)
+        means = {cluster: running.mean() for cluster, running in sums.items()}
+        return self.server.advance(state, means, participants)

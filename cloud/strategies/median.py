@@ -10,16 +10,18 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftlct.cloud.strategies.base import FederationState, SiteUpdate, Strategy
-from ftlct.cloud.strategies.strategy_utils import aggregate_coordinatewise
+from ftlct.cloud.strategies.server_optimizer import server_optimizer
+from ftlct.cloud.strategies.strategy_utils import coordinatewise_means
 
 
 class CoordinateMedian(Strategy):
     name = "median"
 
-    def __init__(self, server_lr: float = 1.0):
-        self.server_lr = server_lr
+    def __init__(self, **server):
+        self.server = server_optimizer(**server)  # see server_optimizer.py
 
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
-        return aggregate_coordinatewise(
-            state, updates, lambda stacked: np.median(stacked, axis=0), self.server_lr
+        means, participants = coordinatewise_means(
+            state, updates, lambda stacked: np.median(stacked, axis=0)
         )
+        return self.server.advance(state, means, participants)

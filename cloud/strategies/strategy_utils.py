@@ -164,19 +164,19 @@ def next_state(
     )
 
 
-def aggregate_coordinatewise(
-    state: FederationState, updates: Sequence[SiteUpdate], reduce, server_lr: float = 1.0
-) -> FederationState:
+def coordinatewise_means(
+    state: FederationState, updates: Sequence[SiteUpdate], reduce
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """Per cluster: stack the deltas and ``reduce(stacked [n, ...]) -> [...]`` each tensor.
 
-    Needs every delta of a cluster in memory at once (O(sites x model)): a
-    median or a trimmed mean cannot be computed from a running sum.
+    Returns ``(cluster -> combined delta, site -> cluster)``. Needs every delta
+    of a cluster in memory at once (O(sites x model)): a median or a trimmed
+    mean cannot be computed from a running sum.
     """
     groups = group_by_cluster(check_updates(state, updates))
-    models = {cluster: copy_weights(w) for cluster, w in state.models.items()}
+    means = {}
     for cluster, members in groups.items():
         stacked = stack_deltas([u.delta for u in members])
-        combined = {name: reduce(values) for name, values in stacked.items()}
-        models[cluster] = apply_delta(state.models[cluster], combined, server_lr)
+        means[cluster] = {name: reduce(values) for name, values in stacked.items()}
     participants = {u.site: u.cluster for members in groups.values() for u in members}
-    return next_state(state, models, participants)
+    return means, participants

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftlct.cloud.strategies.base import FederationState, SiteUpdate, Strategy
-from ftlct.cloud.strategies.strategy_utils import aggregate_coordinatewise
+from ftlct.cloud.strategies.server_optimizer import server_optimizer
+from ftlct.cloud.strategies.strategy_utils import coordinatewise_means
 
 
 def trimmed_mean(stacked: np.ndarray, beta: float) -> np.ndarray:
@@ -26,13 +27,14 @@ def trimmed_mean(stacked: np.ndarray, beta: float) -> np.ndarray:
 class TrimmedMean(Strategy):
     name = "trimmed_mean"
 
-    def __init__(self, beta: float = 0.2, server_lr: float = 1.0):
+    def __init__(self, beta: float = 0.2, **server):
         if not 0.0 <= beta < 0.5:
             raise ValueError(f"beta must be in [0, 0.5), got {beta}")
         self.beta = beta
-        self.server_lr = server_lr
+        self.server = server_optimizer(**server)  # see server_optimizer.py
 
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
-        return aggregate_coordinatewise(
-            state, updates, lambda stacked: trimmed_mean(stacked, self.beta), self.server_lr
+        means, participants = coordinatewise_means(
+            state, updates, lambda stacked: trimmed_mean(stacked, self.beta)
         )
+        return self.server.advance(state, means, participants)
