@@ -171,7 +171,7 @@ class TrainingSettings:
     batch_size: int = 32
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # adamw, adam or sgd
-    class_weighting: str = "balanced"  # or "none"
+    class_weighting: str = "balanced"  # "logit_adjusted" or "none"
     fedprox_mu: float = 0.0
     seed: int = 0
     # Held out by series (the same series every round) for local metrics and the gate.

@@ -28,7 +28,7 @@ from ftlct.agent.training.metrics import classification_metrics
 from ftlct.export.heads import head_from_arrays
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-CLASS_WEIGHTING = ("balanced", "none")
+CLASS_WEIGHTING = ("balanced", "logit_adjusted", "none")
 
 Weights = dict[str, np.ndarray]
 # (batch of inputs, generator) -> augmented batch; called in training only.
@@ -47,7 +47,9 @@ class LocalTrainConfig:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     momentum: float = 0.9  # sgd only
-    class_weighting: str = "balanced"  # "balanced": n / (classes * n_c) on the local train split
+    # How the local class prior is handled: "balanced" reweights the loss by n / (classes * n_c),
+    # "logit_adjusted" adds log(n_c / n) to the logits in the loss (see local_prior_logits)
+    class_weighting: str = "balanced"
     fedprox_mu: float = 0.0
     seed: int = 0
     val_fraction: float = 0.2
@@ -177,13 +179,31 @@ def split_validation(
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> torch.Tensor | None:
     """Balanced weights ``n / (present_classes * n_c)``; a class the site lacks weighs 0."""
-    if mode == "none":
+    if mode != "balanced":
         return None
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     present = counts > 0
     weights = np.zeros(n_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def local_prior_logits(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """``log(n_c / n)`` per class, a very large negative number for classes the site lacks.
+
+    Logit adjustment (Menon et al. 2021, "Long-tail learning via logit
+    adjustment"; in FL: FedLC, Zhang et al. 2022): the loss scores ``logits +
+    log prior``, so the head itself only has to model what is common to every
+    site (the class-conditional part) while the site's own label mix is
+    explained by the fixed offset. Under pure label skew every site's optimum
+    is then the same head, which is what removes the drift FedAvg suffers from
+    when sites hold mostly one class; a site with a single class has nothing
+    to teach about the prior and, rightly, moves the head very little.
+    """
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    total = max(counts.sum(), 1.0)
+    prior = np.where(counts > 0, np.log(np.maximum(counts, 1.0) / total), -1e4)
+    return torch.tensor(prior, dtype=torch.float32)
 
 
 def _optimizer(params: list[nn.Parameter], config: LocalTrainConfig) -> torch.optim.Optimizer:
@@ -250,6 +270,9 @@ def train_module(
     load_state_arrays(module, global_state)
     train_idx, val_idx = split_validation(labels, config.val_fraction, config.seed)
     weight = class_weights(labels[train_idx], n_classes, config.class_weighting)
+    offset = None
+    if config.class_weighting == "logit_adjusted":
+        offset = local_prior_logits(labels[train_idx], n_classes)
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     anchors = [
         (p, torch.as_tensor(np.asarray(global_state[n], dtype=np.float32)))
@@ -274,7 +297,10 @@ def train_module(
                 if config.augment is not None:
                     inputs = config.augment(inputs, generator)
                 target = torch.from_numpy(labels[index])
-                data_loss = nn.functional.cross_entropy(module(inputs), target, weight=weight)
+                logits = module(inputs)
+                if offset is not None:
+                    logits = logits + offset
+                data_loss = nn.functional.cross_entropy(logits, target, weight=weight)
                 loss = data_loss
                 if anchors:
                     proximal = sum(torch.sum((p - p0) ** 2) for p, p0 in anchors)

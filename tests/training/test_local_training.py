@@ -12,6 +12,7 @@ from ftlct.agent.training.local_training import (
     LocalTrainConfig,
     TrainingError,
     class_weights,
+    local_prior_logits,
     split_validation,
     state_arrays,
     train_head,
@@ -96,24 +97,27 @@ def test_fedprox_keeps_the_update_closer_to_the_global_model():
     assert norm(prox.delta) < 0.8 * norm(free.delta)
 
 
-def test_balanced_class_weights_raise_minority_recall():
+@pytest.mark.parametrize("mode", ["balanced", "logit_adjusted"])
+def test_prior_corrections_raise_minority_recall(mode):
     x, y = blobs(300, shift=0.05, minority=0.1)
     test_x, test_y = blobs(2000, seed=1, shift=0.05, minority=0.5)
     config = LocalTrainConfig(epochs=6, lr=3e-3, val_fraction=0.0, class_weighting="none")
     plain = train_head(linear_head(), x, y, 2, config)
-    balanced = train_head(
-        linear_head(),
-        x,
-        y,
-        2,
-        LocalTrainConfig(**{**config.to_json(), "class_weighting": "balanced"}),
+    corrected = train_head(
+        linear_head(), x, y, 2, LocalTrainConfig(**{**config.to_json(), "class_weighting": mode})
     )
 
     def minority_recall(weights):
         predicted = numpy_head_logits(weights, test_x).argmax(axis=1)
         return float(np.mean(predicted[test_y == 1] == 1))
 
-    assert minority_recall(balanced.weights) > minority_recall(plain.weights)
+    assert minority_recall(corrected.weights) > minority_recall(plain.weights)
+
+
+def test_local_prior_logits_are_log_frequencies_and_absent_classes_are_ruled_out():
+    prior = local_prior_logits(np.array([0, 0, 0, 1]), 3).numpy()
+    np.testing.assert_allclose(prior[:2], np.log([0.75, 0.25]), rtol=1e-6)
+    assert prior[2] < -1e3
 
 
 def test_class_weights_are_balanced_and_zero_for_absent_classes():
