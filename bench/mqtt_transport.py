@@ -25,23 +25,19 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ftlct.agent.training.local_training import Weights
-from ftlct.bench.federation import Transport, wire_metrics
+from ftlct.bench.federation import Transport
+from ftlct.bench.mqtt_site import ModelPin, SiteClient, TransportError
 from ftlct.cloud.strategies import SiteUpdate
-from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.exchange import build_update, open_global_model, open_round
 from ftlct.protocol.identity import load_or_create_identity
-from ftlct.protocol.messages import GlobalModel, RoundAnnouncement, weights_layout_sha256
-from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url, start
-from ftlct.protocol.topics import Topics
+from ftlct.protocol.messages import weights_layout_sha256
+from ftlct.protocol.mqtt_connection import parse_broker_url
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 LOOPBACK = "127.0.0.1"
@@ -49,10 +45,6 @@ KINDS = ("head", "network")
 # The in-process transport bounds no update norm; neither does the cloud here, so both
 # run the same arithmetic (a rejected update would stall the round until the timeout).
 UNBOUNDED_DELTA_NORM = 1e9
-
-
-class TransportError(RuntimeError):
-    """The broker or the cloud did not do its part in time."""
 
 
 def _free_port() -> int:
@@ -88,126 +80,6 @@ def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=timeout)
-
-
-@dataclass(frozen=True)
-class ModelPin:
-    """What a site accepts as a global model: its kind, pin and labels."""
-
-    kind: str  # "head" | "network"
-    labels: list[str]
-    backbone_sha256: str | None = None  # head
-    architecture_sha256: str | None = None  # network
-
-    def open(self, payload: bytes, cloud_key: str, federation: str) -> GlobalModel:
-        return open_global_model(
-            payload,
-            cloud_key,
-            federation,
-            kind=self.kind,
-            backbone_sha256=self.backbone_sha256,
-            architecture_sha256=self.architecture_sha256,
-            labels=self.labels,
-        )
-
-
-class SiteClient:
-    """One site's MQTT connection: keeps the latest verified round and global models."""
-
-    def __init__(
-        self, site: str, identity, broker, federation: str, cloud_key: str, pin: ModelPin
-    ) -> None:
-        self.site = site
-        self.identity = identity
-        self.federation = federation
-        self.topics = Topics(federation)
-        self.cloud_key = cloud_key
-        self.pin = pin
-        self.round: RoundAnnouncement | None = None
-        self.models: dict[str, GlobalModel] = {}
-        self.errors: list[str] = []
-        self.changed = threading.Condition()
-        self.client = new_client(f"bench-{federation}-{site}", broker, MqttSettings())
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        start(self.client, broker, MqttSettings(), persistent=False)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not reason_code.is_failure:
-            client.subscribe([(self.topics.rounds_current, 1), (self.topics.all_models, 1)])
-
-    def _on_message(self, client, userdata, message) -> None:
-        if not message.payload:  # a cleared retained model: a cluster CFL split up
-            with self.changed:
-                self.models.pop(message.topic.rsplit("/", 1)[-1], None)
-            return
-        try:
-            if message.topic == self.topics.rounds_current:
-                announcement = open_round(message.payload, self.cloud_key, self.federation)
-                with self.changed:
-                    self.round = announcement
-                    self.changed.notify_all()
-            else:
-                model = self.pin.open(message.payload, self.cloud_key, self.federation)
-                with self.changed:
-                    self.models[model.cluster] = model
-                    self.changed.notify_all()
-        except ProtocolError as exc:
-            self.errors.append(f"{message.topic}: {exc}")
-
-    def ready_for(self, round_: int, finished_ok: bool) -> bool:
-        """Round ``round_`` is announced (or the run finished) and this site's base model is here."""
-        ann = self.round
-        if ann is None:
-            return False
-        if not (ann.round == round_ and ann.status == "open") and not (
-            finished_ok and ann.status == "finished" and ann.round >= round_ - 1
-        ):
-            return False
-        model = self.models.get(ann.cluster_for(self.site))
-        return model is not None and model.version == ann.base_version_for(self.site)
-
-    def wait(self, round_: int, finished_ok: bool, timeout: float, problem=lambda: None) -> None:
-        """Block until ``ready_for``; ``problem()`` returning a reason (the cloud died) ends it early."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not self.ready_for(round_, finished_ok):
-                left = deadline - time.monotonic()
-                reason = problem()
-                if reason:
-                    raise TransportError(reason)
-                if left <= 0:
-                    raise TransportError(
-                        f"{self.site}: no round {round_} and its model from the cloud after {timeout:.0f} s"
-                        + (f" ({self.errors[-1]})" if self.errors else "")
-                    )
-                self.changed.wait(min(left, 0.5))
-
-    def current(self) -> tuple[str, GlobalModel]:
-        cluster = self.round.cluster_for(self.site)
-        return cluster, self.models[cluster]
-
-    def publish_update(self, round_: int, update: SiteUpdate, metrics: dict) -> int:
-        cluster, model = self.current()
-        data = build_update(
-            self.identity,
-            self.federation,
-            round=round_,
-            base_version=model.version,
-            cluster=cluster,
-            n_samples=update.n_samples,
-            delta=update.delta,
-            metrics=wire_metrics(metrics),
-        )
-        info = self.client.publish(self.topics.updates(self.site), data, qos=1)
-        info.wait_for_publish(timeout=60)
-        if not info.is_published():
-            raise TransportError(f"{self.site}: the broker did not acknowledge its update")
-        return len(data)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 class MqttTransport(Transport):
