@@ -220,7 +220,8 @@ def _transport(method: str, settings: BenchSettings, plan: Plan, reporter: Repor
     strategy_name = method
     if method == "ftl" and settings.ftl.trainable == "last-block":
         strategy_name = "fedavg"  # the cloud's ftl strategy accepts dense.* only
-    params = settings.cfl.params() if method == "cfl" else {}
+    family = settings.ftl if method == "ftl" else settings.network
+    params = {**family.server_params(), **(settings.cfl.params() if method == "cfl" else {})}
     if settings.transport == "mqtt":
         from ftlct.bench.mqtt_transport import MqttTransport
 

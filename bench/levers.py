@@ -52,6 +52,16 @@ LEVERS = (
         "default without class weighting (plain cross-entropy at every site)",
         {"ftl.class_weighting": "none"},
     ),
+    Lever(
+        "logit-adjusted",
+        "default with the local label prior added to the logits in the loss (FedLC-style)",
+        {"ftl.class_weighting": "logit_adjusted"},
+    ),
+    Lever(
+        "server-momentum",
+        "default + FedAvgM at the cloud (server momentum 0.9, server lr 0.5)",
+        {"ftl.server_momentum": 0.9, "ftl.server_lr": 0.5},
+    ),
     Lever("more-rounds", "default with 60 rounds (an FTL round costs ~0.1 s)", {"rounds": 60}),
     Lever("no-scanners", "ablation: every site the reference scanner", {"scanners": "none"}),
     Lever("harsh-scanners", "ablation: the harsh scanner set", {"scanners": "harsh"}),

@@ -32,6 +32,15 @@ class TrainSettings:
     class_weighting: str = "balanced"
     fedprox_mu: float = 0.0
     head_dropout: float = 0.0
+    # the cloud's server optimizer (cloud/strategies/server_optimizer.py); 0 and 1: plain FedAvg
+    server_momentum: float = 0.0
+    server_lr: float = 1.0
+
+    def server_params(self) -> dict:
+        """``make_strategy`` keywords; empty for plain FedAvg, so the cloud's defaults apply."""
+        if (self.server_momentum, self.server_lr) == (0.0, 1.0):
+            return {}
+        return {"server_momentum": self.server_momentum, "server_lr": self.server_lr}
 
     def config(self, val_fraction: float, seed: int, augment=None) -> LocalTrainConfig:
         return LocalTrainConfig(
@@ -137,6 +146,12 @@ class BenchSettings:
             )
         if self.scanners not in ("realistic", "harsh", "none"):
             raise ValueError(f"--scanners must be realistic, harsh or none, got {self.scanners!r}")
+        for family in ("ftl", "network"):
+            train = getattr(self, family)
+            if not (0.0 <= train.server_momentum < 1.0 and train.server_lr > 0):
+                raise ValueError(
+                    f"{family}.server_momentum must be in [0, 1) and {family}.server_lr > 0"
+                )
         if self.ftl.jitter_views < 0:
             raise ValueError("ftl.jitter_views must be >= 0")
         if not 32 <= self.input_size <= 1024:

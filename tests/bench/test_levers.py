@@ -51,3 +51,18 @@ def test_markdown_has_one_row_per_lever():
     text = levers_markdown(doc([row("base", 0.6), row("default", 0.7)]))
     assert "| base | base | 0.600 | 0.600 | 0.600 | 11 KiB |" in text
     assert text.count("\n| ") == 4  # header, rule, two rows
+
+
+def test_server_optimizer_settings_are_checked_and_reach_the_cloud_strategy():
+    from ftlct.bench.experiment import _transport
+
+    with pytest.raises(ValueError, match="server_momentum"):
+        apply_changes(BenchSettings(data="x"), {"ftl.server_momentum": 1.0})
+    settings = apply_changes(
+        BenchSettings(data="x"), {"ftl.server_momentum": 0.9, "ftl.server_lr": 0.5}
+    )
+    ftl = _transport("ftl", settings, plan=None, reporter=None).strategy
+    assert (ftl.name, ftl.server.momentum, ftl.server.lr) == ("ftl", 0.9, 0.5)
+    # the whole-network baselines keep plain FedAvg, and CFL still gets its own parameters
+    cfl = _transport("cfl", settings, plan=None, reporter=None).strategy
+    assert (cfl.server.momentum, cfl.server.lr, cfl.eps1) == (0.0, 1.0, settings.cfl.eps1)
