@@ -29,9 +29,10 @@ from ftlct.protocol.settings import load_settings as load_typed_settings
 ENV_PREFIX = "FTLCT_AGENT"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AGGREGATIONS = ("top_k_mean", "mean")
-# The trainer's choices (ftlct.agent.training.local_training imports torch, so not from there).
+# The trainer's choices, defined here because this module is torch-free
+# (ftlct.agent.training.local_training imports torch, and these from here).
 OPTIMIZERS = ("adamw", "adam", "sgd")
-CLASS_WEIGHTING = ("balanced", "none")
+CLASS_WEIGHTING = ("logit_adjusted", "balanced", "none")
 
 
 def default_data_dir() -> Path:
@@ -171,7 +172,7 @@ class TrainingSettings:
     batch_size: int = 32
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # adamw, adam or sgd
-    class_weighting: str = "balanced"  # "logit_adjusted" or "none"
+    class_weighting: str = "logit_adjusted"  # or "balanced", "none" (see local_training)
     fedprox_mu: float = 0.0
     seed: int = 0
     # Held out by series (the same series every round) for local metrics and the gate.

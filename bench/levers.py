@@ -27,7 +27,11 @@ class Lever:
 
 BASE = {"ftl.lr": 1e-3, "ftl.epochs": 1, "ftl.jitter_views": 0}
 LEVERS = (
-    Lever("base", "linear head, AdamW lr 1e-3, 1 local epoch, no augmentation", BASE),
+    Lever(
+        "base",
+        "linear head, logit-adjusted loss, AdamW lr 1e-3, 1 local epoch, no augmentation",
+        BASE,
+    ),
     Lever("lr-epochs", "base + lr 3e-3, 2 local epochs", {"ftl.jitter_views": 0}),
     Lever("default", "lr-epochs + 3 acquisition-jittered views per image (the default run)", {}),
     Lever("more-epochs", "default with 5 local epochs", {"ftl.epochs": 5}),
@@ -49,13 +53,13 @@ LEVERS = (
     ),
     Lever(
         "no-class-weights",
-        "default without class weighting (plain cross-entropy at every site)",
+        "default without any prior correction (plain cross-entropy at every site)",
         {"ftl.class_weighting": "none"},
     ),
     Lever(
-        "logit-adjusted",
-        "default with the local label prior added to the logits in the loss (FedLC-style)",
-        {"ftl.class_weighting": "logit_adjusted"},
+        "balanced-weights",
+        "default with balanced class weights (n / (classes x n_c)) instead of logit adjustment",
+        {"ftl.class_weighting": "balanced"},
     ),
     Lever(
         "server-momentum",

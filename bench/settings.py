@@ -29,7 +29,7 @@ class TrainSettings:
     batch_size: int = 32
     weight_decay: float = 1e-2
     optimizer: str = "adamw"
-    class_weighting: str = "balanced"
+    class_weighting: str = "logit_adjusted"  # the agent's default (local_training.py)
     fedprox_mu: float = 0.0
     head_dropout: float = 0.0
     # the cloud's server optimizer (cloud/strategies/server_optimizer.py); 0 and 1: plain FedAvg
