@@ -9,12 +9,9 @@ a site fine-tuned a part that must stay frozen.
 
 from __future__ import annotations
 
-import re
-
 from ftlct.cloud.strategies.base import SiteUpdate
 from ftlct.cloud.strategies.fedavg import FedAvg
-
-HEAD_TENSOR = re.compile(r"^dense\.\d+\.(weight|bias)$")
+from ftlct.protocol.messages import HEAD_TENSOR  # what a head is, on the wire and here
 
 
 class FTL(FedAvg):
