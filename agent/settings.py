@@ -14,7 +14,6 @@ caller passes it (or its sections) to the parts that need them.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 
 from ftlct.protocol.codecs import CODECS
 from ftlct.protocol.mqtt_connection import MqttSettings
-from ftlct.protocol.settings import SettingsError
+from ftlct.protocol.settings import SettingsError, user_data_dir
 from ftlct.protocol.settings import load_settings as load_typed_settings
 
 ENV_PREFIX = "FTLCT_AGENT"
@@ -37,8 +36,7 @@ CLASS_WEIGHTING = ("logit_adjusted", "balanced", "none")
 
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/ftl-agent``, else ``~/.local/share/ftl-agent`` (independent of the cwd)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ftl-agent"
+    return user_data_dir("ftl-agent")
 
 
 def default_model_dir() -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftlct.protocol.mqtt_connection import MqttSettings
-from ftlct.protocol.settings import load_settings
+from ftlct.protocol.settings import load_settings, user_data_dir
 
 ENV_PREFIX = "FTLCT_CLOUD"
 
@@ -25,12 +25,6 @@ def _default_training() -> dict:
     # cached embeddings in seconds, so a round affords many local epochs: with 1 epoch at
     # lr 0.01 the sites' heads stayed at chance on covid-ct, 20 at 1e-3 learn (make demo).
     return {"local_epochs": 20, "lr": 1e-3, "batch_size": 32, "codec": "fp32"}
-
-
-def default_state_dir() -> Path:
-    """``$XDG_DATA_HOME/ftl-cloud``, else ``~/.local/share/ftl-cloud`` (not the cwd)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ftl-cloud"
 
 
 @dataclass
@@ -50,7 +44,7 @@ class CloudSettings:
     rounds: int = 0  # stop after this many completed rounds; 0: never
     model: str = "models/default"  # a head federation starts from this directory's head
     initial_weights: str = ""  # a whole-network federation starts from this safetensors file
-    state_dir: str = field(default_factory=lambda: str(default_state_dir()))
+    state_dir: str = field(default_factory=lambda: str(user_data_dir("ftl-cloud")))
     client_id: str = ""  # default ftl-cloud-{federation}; must be stable for the persistent session
     dev_trust_on_first_use: bool = False  # DEV ONLY: enrol unknown sites from their first update
     tick_s: float = 0.5  # how often deadlines are checked

@@ -27,6 +27,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def user_data_dir(program: str) -> Path:
+    """``$XDG_DATA_HOME/{program}``, else ``~/.local/share/{program}``: a program's state, not the cwd."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / program
+
+
 class SettingsError(ValueError):
     """A config file, environment variable or flag with a bad name or value."""
 
