@@ -171,11 +171,11 @@ class MqttTransport(Transport):
             model = self.plan.model
             pin = ModelPin("head", model.labels, backbone_sha256=model.backbone_sha256)
             return ["--model", str(model.path)], pin
-        from safetensors.numpy import save_file
+        from ftlct.cloud.initial_model import write_network_file
 
         path = self.work / "initial.safetensors"
         arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in initial.items()}
-        save_file(arrays, str(path), metadata={"labels": json.dumps(labels), "version": "init"})
+        write_network_file(path, arrays, labels, version="init")
         pin = ModelPin("network", labels, architecture_sha256=weights_layout_sha256(arrays))
         return ["--initial-weights", str(path)], pin
 

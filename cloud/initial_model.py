@@ -107,6 +107,22 @@ def network_from_file(path: str | Path) -> InitialModel:
     )
 
 
+def write_network_file(
+    path: str | Path, weights: dict[str, np.ndarray], labels, version: str | None = None
+) -> Path:
+    """Write an ``--initial-weights`` file: the tensors, ``labels`` (a JSON list) and ``version``.
+
+    No checks here: ``network_from_file`` is where a file is judged, whoever wrote it.
+    """
+    from safetensors.numpy import save_file
+
+    metadata = {"labels": json.dumps(list(labels))}
+    if version is not None:
+        metadata["version"] = version
+    save_file(weights, str(path), metadata=metadata)
+    return Path(path)
+
+
 def _labels(path: Path, raw: str | None) -> list[str]:
     try:
         labels = json.loads(raw) if raw else None

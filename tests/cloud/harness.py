@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftlct.cloud import initial_model
 from ftlct.cloud.state_store import StateStore
 from ftlct.cloud.status_report import status_report
 from ftlct.export.files import atomic_write_bytes, sha256_file
@@ -81,14 +82,10 @@ def network(value: float = 0.0) -> dict[str, np.ndarray]:
 
 
 def write_network_file(
-    path: Path, weights: dict[str, np.ndarray], labels=("normal", "abnormal"), **metadata
+    path: Path, weights: dict[str, np.ndarray], labels=("normal", "abnormal"), version=None
 ) -> Path:
-    """An ``--initial-weights`` file: the tensors plus ``labels`` (a JSON list) as metadata."""
-    from safetensors.numpy import save_file
-
-    meta = {"labels": json.dumps(list(labels)), **metadata}
-    save_file(weights, str(path), metadata=meta)
-    return path
+    """An ``--initial-weights`` file (the cloud's own writer, test labels by default)."""
+    return initial_model.write_network_file(path, weights, labels, version)
 
 
 def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
