@@ -56,6 +56,11 @@ class InitialModel:
         return self.backbone_sha256 if self.kind == HEAD else self.architecture_sha256
 
 
+def federation_kind(store) -> str:
+    """What the federation in ``store`` federates; state dirs from before whole networks hold heads."""
+    return store.meta("kind") or HEAD
+
+
 def head_of(model: ModelDir) -> InitialModel:
     """A head federation from a model directory (its head is global version 1)."""
     return InitialModel(

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, head_of
+from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, federation_kind, head_of
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state_store import RoundRow, StateStore, weights_to_blob
 from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
@@ -111,8 +111,8 @@ class RoundCoordinator:
 
     @property
     def kind(self) -> str:
-        """What this federation federates: ``head`` (state dirs before whole networks) or ``network``."""
-        return self.store.meta("kind") or HEAD
+        """What this federation federates: ``head`` or ``network``."""
+        return federation_kind(self.store)
 
     def _check_same_pin(self, initial: InitialModel) -> None:
         if initial.kind != self.kind:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from ftlct.cloud.initial_model import federation_kind
 from ftlct.cloud.state_store import StateStore
 
 
@@ -48,7 +49,7 @@ def status_report(store: StateStore) -> dict:
         "deadline": iso(last.deadline) if last and last.status == "open" else None,
         "strategy": last.strategy if last else None,
         # what the federation federates and its pin (README "Cloud and protocol")
-        "model_kind": store.meta("kind") or ("head" if loaded else None),
+        "model_kind": federation_kind(store) if loaded else None,
         "backbone_sha256": store.meta("backbone_sha256"),
         "architecture_sha256": store.meta("architecture_sha256"),
         "updates_this_round": sorted(received) if last and last.status == "open" else [],
