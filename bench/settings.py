@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ftlct.agent.training.local_training import LocalTrainConfig
+from ftlct.cloud.strategies.server_optimizer import server_optimizer
 from ftlct.protocol.settings import load_settings
 
 ENV_PREFIX = "FTLCT_BENCH"
@@ -37,9 +38,7 @@ class TrainSettings:
     server_lr: float = 1.0
 
     def server_params(self) -> dict:
-        """``make_strategy`` keywords; empty for plain FedAvg, so the cloud's defaults apply."""
-        if (self.server_momentum, self.server_lr) == (0.0, 1.0):
-            return {}
+        """``make_strategy`` keywords for the cloud's server optimizer."""
         return {"server_momentum": self.server_momentum, "server_lr": self.server_lr}
 
     def config(self, val_fraction: float, seed: int, augment=None) -> LocalTrainConfig:
@@ -147,11 +146,10 @@ class BenchSettings:
         if self.scanners not in ("realistic", "harsh", "none"):
             raise ValueError(f"--scanners must be realistic, harsh or none, got {self.scanners!r}")
         for family in ("ftl", "network"):
-            train = getattr(self, family)
-            if not (0.0 <= train.server_momentum < 1.0 and train.server_lr > 0):
-                raise ValueError(
-                    f"{family}.server_momentum must be in [0, 1) and {family}.server_lr > 0"
-                )
+            try:  # the cloud's own bounds, checked before any work starts
+                server_optimizer(**getattr(self, family).server_params())
+            except ValueError as exc:
+                raise ValueError(f"{family}.{exc}") from exc
         if self.ftl.jitter_views < 0:
             raise ValueError("ftl.jitter_views must be >= 0")
         if not 32 <= self.input_size <= 1024:
