@@ -121,9 +121,7 @@ def federation(
     results["command"] = _command_line()
     _write_json(out / "results.json", results)
     _write_json(out / "split.json", experiment.split)
-    levers_path = levers or (out / "levers.json")
-    lever_data = json.loads(levers_path.read_text()) if levers_path.is_file() else None
-    report = write_report(results, out, results["command"], lever_data)
+    report = write_report(results, out, results["command"], _lever_table(out, levers))
     if json_out:
         echo_json(results)
         return
@@ -133,6 +131,12 @@ def federation(
             f"F1 {m['f1']:.3f}  converged {m['convergence_time_s'] or 0:.1f} s"
         )
     print(f"wrote {out / 'results.json'} and {report}")
+
+
+def _lever_table(out: Path, levers: Path | None) -> dict | None:
+    """``--levers``, else OUT/levers.json, for the report; None if there is none."""
+    path = levers or (out / "levers.json")
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @app.command()
@@ -150,8 +154,7 @@ def report(
         raise CliError(f"{results_path}: no such file (run ftl-bench federation --out {out} first)")
     try:
         results = json.loads(results_path.read_text())
-        levers_path = levers or (out / "levers.json")
-        lever_data = json.loads(levers_path.read_text()) if levers_path.is_file() else None
+        lever_data = _lever_table(out, levers)
     except json.JSONDecodeError as exc:
         raise CliError(f"unreadable JSON: {exc}") from exc
     command = results.get("command", "ftl-bench federation (command not recorded)")
