@@ -41,6 +41,7 @@ def write_plots(results: dict, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     files = []
     methods = results["methods"]
@@ -66,8 +67,6 @@ def write_plots(results: dict, out: Path) -> list[str]:
             ax.axhline(
                 results["target_f1"], color="grey", lw=0.8, ls=":", label="target (0.9 x central)"
             )
-        from matplotlib.ticker import FuncFormatter, MaxNLocator
-
         if axis == "round":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axis == "elapsed_s":
@@ -180,7 +179,7 @@ def settings_block(results: dict) -> str:
             f"{ftl['jitter_views']} jittered views per training image",
             f"- FedAvg/CFL: SmallCnn from random init, {net['epochs']} local epochs, {net['optimizer']} lr "
             f"{net['lr']} wd {net['weight_decay']}, batch {net['batch_size']}, FedProx mu {net['fedprox_mu']}, "
-            f"class weighting {net.get('class_weighting', 'balanced')}, flips+shifts{', acquisition jitter' if net['jitter'] else ''}",
+            f"class weighting {net['class_weighting']}, flips+shifts{', acquisition jitter' if net['jitter'] else ''}",
             f"- CFL: {', '.join(f'{k} {v}' for k, v in s['cfl'].items())}",
             f"- local validation fraction {s['val_fraction']}; transport `{s['transport']}`; "
             f"threads {s['threads'] or 'default'}",
