@@ -124,7 +124,7 @@ def status(
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Rounds, global versions, clusters, rejections and the fleet of site twins."""
-    from ftlct.cloud.state_store import StateStore
+    from ftlct.cloud.state import StateStore
     from ftlct.cloud.status_report import status_report, status_table
 
     settings = _settings(config, state_dir=str(state_dir) if state_dir else None)
@@ -167,7 +167,7 @@ def enroll(
     state_dir: Path = typer.Option(None, "--state-dir", help=STATE_HELP),
 ) -> None:
     """Accept SITE's updates signed with PUBLIC_KEY (a running cloud picks it up at once)."""
-    from ftlct.cloud.state_store import StateStore
+    from ftlct.cloud.state import StateStore
     from ftlct.protocol.identity import IdentityError, public_key_from_b64
     from ftlct.protocol.topics import check_name
 
@@ -179,7 +179,7 @@ def enroll(
     settings = _settings(config, state_dir=str(state_dir) if state_dir else None)
     store = StateStore.open(settings.state_path)
     try:
-        previous = store.enroll(site, public_key.strip())
+        previous = store.sites.enroll(site, public_key.strip())
     finally:
         store.close()
     if previous is None:

@@ -58,7 +58,7 @@ class InitialModel:
 
 def federation_kind(store) -> str:
     """What the federation in ``store`` federates; state dirs from before whole networks hold heads."""
-    return store.meta("kind") or HEAD
+    return store.meta.get("kind") or HEAD
 
 
 def head_of(model: ModelDir) -> InitialModel:

@@ -25,7 +25,8 @@ import numpy as np
 
 from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, federation_kind, head_of
 from ftlct.cloud.settings import CloudSettings
-from ftlct.cloud.state_store import RoundRow, StateStore, weights_to_blob
+from ftlct.cloud.state import RoundRow, StateStore
+from ftlct.cloud.state.models import weights_to_blob
 from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
 from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, Weights, default_cluster
 from ftlct.cloud.twin_registry import TwinRegistry
@@ -74,12 +75,12 @@ class RoundCoordinator:
         ``initial_model``); what the federation federates is pinned at creation.
         """
         initial = head_of(model) if isinstance(model, ModelDir) else model
-        federation = self.store.meta("federation")
+        federation = self.store.meta.get("federation")
         if federation is not None and federation != self.settings.federation:
             raise CloudStateError(
                 f"{self.store.path} belongs to federation {federation!r}, not {self.settings.federation!r}"
             )
-        loaded = self.store.federation_state()
+        loaded = self.store.models.federation_state()
         if loaded is None:
             if initial is None:
                 raise CloudStateError(
@@ -88,12 +89,12 @@ class RoundCoordinator:
                 )
             self._check_strategy_accepts(initial.weights, initial.source)
             with self.store.transaction():
-                self.store.set_meta("federation", self.settings.federation)
-                self.store.set_meta("kind", initial.kind)
-                self.store.set_meta(PIN_KEY[initial.kind], initial.pin)
-                self.store.set_meta("labels", ",".join(initial.labels))
-                self.store.add_model(DEFAULT_CLUSTER, initial.version, 0, None, initial.weights)
-                self.store.save_federation(0, {DEFAULT_CLUSTER: initial.version}, {}, {})
+                self.store.meta.set("federation", self.settings.federation)
+                self.store.meta.set("kind", initial.kind)
+                self.store.meta.set(PIN_KEY[initial.kind], initial.pin)
+                self.store.meta.set("labels", ",".join(initial.labels))
+                self.store.models.add(DEFAULT_CLUSTER, initial.version, 0, None, initial.weights)
+                self.store.models.save_federation(0, {DEFAULT_CLUSTER: initial.version}, {}, {})
             log.info(
                 "new %s federation %s from %s (version %s)",
                 initial.kind,
@@ -119,7 +120,7 @@ class RoundCoordinator:
             raise CloudStateError(
                 f"{self.store.path} federates a {self.kind}, {initial.source} is a {initial.kind}"
             )
-        if initial.pin != self.store.meta(PIN_KEY[initial.kind]):
+        if initial.pin != self.store.meta.get(PIN_KEY[initial.kind]):
             what = "backbone" if initial.kind == HEAD else "tensor layout"
             raise CloudStateError(
                 f"{initial.source} has another {what} than the federation in {self.store.path}"
@@ -142,11 +143,11 @@ class RoundCoordinator:
     @property
     def finished(self) -> bool:
         limit = self.settings.rounds
-        return limit > 0 and self.store.rounds_completed() >= limit
+        return limit > 0 and self.store.rounds.completed() >= limit
 
     def publish_all(self) -> None:
         """(Re-)publish the retained state: every current global model and the round."""
-        for cluster, version in self.store.current_versions().items():
+        for cluster, version in self.store.models.current_versions().items():
             self._publish_model(cluster, version)
         self._publish_round()
 
@@ -168,11 +169,11 @@ class RoundCoordinator:
 
     def tick(self) -> None:
         """Close the open round if it is ready; extend its deadline if it lacks a quorum."""
-        row = self.store.last_round()
+        row = self.store.rounds.last()
         if row is None or row.status != "open":
             return
-        received = set(self.store.sites_of_round(row.round))
-        enrolled = set(self.store.enrolled_sites())
+        received = set(self.store.updates.sites_of_round(row.round))
+        enrolled = set(self.store.sites.enrolled())
         now = self.clock()
         quorum = len(received) >= self.settings.min_sites
         everyone = bool(enrolled) and enrolled <= received
@@ -180,7 +181,7 @@ class RoundCoordinator:
             self._aggregate(row)
         elif now >= row.deadline:
             deadline = now + self.settings.round_timeout
-            self.store.extend_round(row.round, deadline)
+            self.store.rounds.extend(row.round, deadline)
             log.warning(
                 "round %d: %d of %d required updates at the deadline; extended by %.0f s",
                 row.round,
@@ -192,12 +193,12 @@ class RoundCoordinator:
 
     # ------------------------------------------------------------------ updates
     def _on_update(self, topic_site: str, payload: bytes) -> str:
-        current = self.store.last_round()
+        current = self.store.rounds.last()
         round_no = current.round if current else None
         try:
             message = open_update(
                 payload,
-                self.store.public_key,
+                self.store.sites.public_key,
                 self.settings.federation,
                 max_bytes=self.settings.limits.max_update_bytes,
                 trust_on_first_use=self.settings.dev_trust_on_first_use,
@@ -214,19 +215,19 @@ class RoundCoordinator:
                 self.settings.limits.max_delta_norm,
             )
         except (ProtocolError, Rejection) as exc:
-            self.store.reject(round_no, topic_site, exc.reason, str(exc))
+            self.store.rejections.record(round_no, topic_site, exc.reason, str(exc))
             log.warning("rejected update on %s: %s: %s", topic_site, exc.reason, exc)
             return f"rejected:{exc.reason}"
         except Duplicate:
-            self.store.bump("updates_duplicate")
+            self.store.counters.bump("updates_duplicate")
             log.info("ignored resend of update %s from %s", message.update_id, topic_site)
             return "duplicate"
-        if self.store.public_key(message.site) is None:
-            self.store.enroll(message.site, message.public_key, via="trust-on-first-use")
+        if self.store.sites.public_key(message.site) is None:
+            self.store.sites.enroll(message.site, message.public_key, via="trust-on-first-use")
             log.warning("DEV trust-on-first-use: enrolled %s from its first update", message.site)
         with self.store.transaction():
-            self.store.add_update(current.round, message, norm)
-            self.store.touch_twin(message.site)
+            self.store.updates.add(current.round, message, norm)
+            self.store.twins.touch(message.site)
         log.info(
             "round %d: accepted update from %s (n=%d, |delta|=%.4g)",
             current.round,
@@ -238,28 +239,28 @@ class RoundCoordinator:
         return "accepted"
 
     def _model_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
-        loaded = self.store.federation_state()
+        loaded = self.store.models.federation_state()
         assert loaded is not None
         state, _ = loaded
         return {c: {k: tuple(v.shape) for k, v in w.items()} for c, w in state.models.items()}
 
     # ------------------------------------------------------------------ rounds
     def _open_next_round_if_due(self) -> None:
-        last = self.store.last_round()
+        last = self.store.rounds.last()
         if (last is not None and last.status == "open") or self.finished:
             return
-        loaded = self.store.federation_state()
+        loaded = self.store.models.federation_state()
         assert loaded is not None
         state, versions = loaded
         with self.store.transaction():
-            self.store.add_round(
+            self.store.rounds.add(
                 self._next_round_row(last.round + 1 if last else 1, state, versions)
             )
 
     def _assignments(self, state: FederationState) -> tuple[str, dict[str, str]]:
         """``(default cluster, site -> cluster for the sites elsewhere)`` after ``state``."""
         default = default_cluster(state)
-        sites = set(self.store.enrolled_sites()) | set(state.membership)
+        sites = set(self.store.sites.enrolled()) | set(state.membership)
         assignments = {}
         for site in sorted(sites):
             cluster = self.strategy.cluster_of(state, site)
@@ -285,11 +286,11 @@ class RoundCoordinator:
         )
 
     def _aggregate(self, row: RoundRow) -> None:
-        loaded = self.store.federation_state()
+        loaded = self.store.models.federation_state()
         assert loaded is not None
         state, versions = loaded
-        updates = self.store.updates_of_round(row.round)
-        touched = self.store.clusters_of_round(row.round)
+        updates = self.store.updates.of_round(row.round)
+        touched = self.store.updates.clusters_of_round(row.round)
         new_state = self.strategy.aggregate(state, updates)
         new_versions = {}
         created = []
@@ -303,13 +304,14 @@ class RoundCoordinator:
             created.append((cluster, version, weights, _parent_version(cluster, versions)))
         with self.store.transaction():
             for cluster, version, weights, base in created:
-                self.store.add_model(cluster, version, row.round, base, weights)
-            self.store.save_federation(
+                self.store.models.add(cluster, version, row.round, base, weights)
+            self.store.models.save_federation(
                 new_state.round, new_versions, new_state.membership, new_state.extra
             )
-            self.store.close_round(row.round, len(updates))
+            self.store.rounds.close(row.round, len(updates))
+            self.store.updates.drop_deltas(row.round)
             if not self.finished:
-                self.store.add_round(self._next_round_row(row.round + 1, new_state, new_versions))
+                self.store.rounds.add(self._next_round_row(row.round + 1, new_state, new_versions))
         log.info(
             "round %d aggregated with %s from %d sites: %s",
             row.round,
@@ -325,16 +327,16 @@ class RoundCoordinator:
 
     # ------------------------------------------------------------------ publishing
     def _publish_model(self, cluster: str, version: str) -> None:
-        round_no, base = self.store.model_row(cluster, version)
+        round_no, base = self.store.models.row(cluster, version)
         kind = self.kind
-        pin = self.store.meta(PIN_KEY[kind]) or ""
+        pin = self.store.meta.get(PIN_KEY[kind]) or ""
         model = GlobalModel(
             cluster=cluster,
             version=version,
             round=round_no,
-            labels=(self.store.meta("labels") or "").split(","),
+            labels=(self.store.meta.get("labels") or "").split(","),
             backbone_sha256=pin if kind == HEAD else "",
-            weights=self.store.model_weights(cluster, version),
+            weights=self.store.models.weights(cluster, version),
             base_version=base,
             kind=kind,
             architecture_sha256=pin if kind == NETWORK else "",
@@ -343,7 +345,7 @@ class RoundCoordinator:
         self.publish(self.topics.model(cluster), data, True)
 
     def _publish_round(self) -> None:
-        row = self.store.last_round()
+        row = self.store.rounds.last()
         if row is None:
             return
         training = dict(self.settings.training)
@@ -352,7 +354,7 @@ class RoundCoordinator:
         if row.status != "open":
             # Finished: point every site at the final models. The last round's own
             # assignments may name a cluster that round split up (CFL).
-            loaded = self.store.federation_state()
+            loaded = self.store.models.federation_state()
             assert loaded is not None
             state, versions = loaded
             default, assignments = self._assignments(state)

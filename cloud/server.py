@@ -22,7 +22,7 @@ from ftlct.cloud.cloud_identity import cloud_identity
 from ftlct.cloud.initial_model import NETWORK, InitialModel, head_of, network_from_file
 from ftlct.cloud.round_coordinator import RoundCoordinator
 from ftlct.cloud.settings import CloudSettings
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.cloud.strategies import make_strategy
 from ftlct.export.model_dir import ModelDir
 from ftlct.protocol.mqtt_connection import new_client, parse_broker_url, start
@@ -106,8 +106,8 @@ def _initial_model(settings: CloudSettings, store: StateStore) -> InitialModel |
     """
     if settings.initial_weights:
         return network_from_file(settings.initial_weights)
-    if store.federation_state() is not None and (
-        store.meta("kind") == NETWORK or not Path(settings.model, "manifest.json").is_file()
+    if store.models.federation_state() is not None and (
+        store.meta.get("kind") == NETWORK or not Path(settings.model, "manifest.json").is_file()
     ):
         return None
     return head_of(ModelDir.load(settings.model))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ftlct.cloud.initial_model import federation_kind
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 
 
 def iso(ts: float | None) -> str | None:
@@ -14,13 +14,13 @@ def iso(ts: float | None) -> str | None:
 
 def status_report(store: StateStore) -> dict:
     """The ``--json`` object: DESIGN.md's keys first, then details."""
-    last = store.last_round()
-    loaded = store.federation_state()
+    last = store.rounds.last()
+    loaded = store.models.federation_state()
     membership = loaded[0].membership if loaded else {}
-    versions = store.current_versions()
-    enrolled = store.enrolled_sites()
-    twins = store.twins()
-    received = set(store.sites_of_round(last.round)) if last else set()
+    versions = store.models.current_versions()
+    enrolled = store.sites.enrolled()
+    twins = store.twins.all()
+    received = set(store.updates.sites_of_round(last.round)) if last else set()
     sites = {}
     for site in sorted(set(enrolled) | set(twins)):
         twin = twins.get(site)
@@ -34,24 +34,24 @@ def status_report(store: StateStore) -> dict:
             "updated_this_round": site in received and last is not None and last.status == "open",
             "counts": twin["state"].get("counts", {}) if twin else {},
         }
-    counters = store.counters()
+    counters = store.counters.all()
     clusters: dict[str, list[str]] = {cluster: [] for cluster in versions}
     for site, cluster in sorted(membership.items()):
         clusters.setdefault(cluster, []).append(site)
     return {
         "round": last.round if last else 0,
-        "rounds_completed": store.rounds_completed(),
+        "rounds_completed": store.rounds.completed(),
         "global_versions": versions,
         "sites": sites,
-        "updates_rejected": store.rejection_counts(),
-        "federation": store.meta("federation"),
+        "updates_rejected": store.rejections.counts(),
+        "federation": store.meta.get("federation"),
         "round_status": ("open" if last.status == "open" else "finished") if last else "none",
         "deadline": iso(last.deadline) if last and last.status == "open" else None,
         "strategy": last.strategy if last else None,
         # what the federation federates and its pin (README "Cloud and protocol")
         "model_kind": federation_kind(store) if loaded else None,
-        "backbone_sha256": store.meta("backbone_sha256"),
-        "architecture_sha256": store.meta("architecture_sha256"),
+        "backbone_sha256": store.meta.get("backbone_sha256"),
+        "architecture_sha256": store.meta.get("architecture_sha256"),
         "updates_this_round": sorted(received) if last and last.status == "open" else [],
         "updates_duplicate": counters.get("updates_duplicate", 0),
         "twin_rejected": {

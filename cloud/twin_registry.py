@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.exchange import open_twin_state
 
@@ -29,15 +29,15 @@ class TwinRegistry:
         if not payload:  # a cleared retained message: nothing to mirror
             return "ignored"
         try:
-            twin = open_twin_state(payload, self.store.public_key, self.federation)
+            twin = open_twin_state(payload, self.store.sites.public_key, self.federation)
             if twin.site != topic_site:
                 raise ProtocolError("wrong_sender", f"twin of {twin.site} on {topic_site}'s topic")
         except ProtocolError as exc:
-            self.store.bump(f"twin_rejected.{exc.reason}")
+            self.store.counters.bump(f"twin_rejected.{exc.reason}")
             log.warning("ignored twin state on %s: %s: %s", topic_site, exc.reason, exc)
             return f"rejected:{exc.reason}"
         seen = min(twin.created, time.time()) if retained else time.time()
-        self.store.save_twin(
+        self.store.twins.save(
             twin.site,
             twin.state.to_json(),
             twin.state.status,

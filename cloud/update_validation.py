@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftlct.cloud.state_store import RoundRow, StateStore
+from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.cloud.strategies.strategy_utils import l2_norm
 from ftlct.protocol.messages import UpdateMessage
 
@@ -53,7 +53,7 @@ def check_update(
     max_delta_norm: float,
 ) -> float:
     """The update's L2 norm if it may count for ``current``; else ``Rejection`` / ``Duplicate``."""
-    known = store.find_update(message.update_id)
+    known = store.updates.find(message.update_id)
     if known is not None:
         # The same update again. While its round is open that is an agent's
         # resend (lost PUBACK, reconnect): ignore it. Once the round is closed
@@ -82,7 +82,7 @@ def check_update(
             "wrong_base_version",
             f"update from base {message.base_version}, round {current.round} uses {expected_base}",
         )
-    if store.update_of(current.round, message.site) is not None:
+    if store.updates.of(current.round, message.site) is not None:
         raise Rejection(
             "already_submitted", f"{message.site} already has an update in round {current.round}"
         )

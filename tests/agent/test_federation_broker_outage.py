@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from tests.agent.federation_peers import (
     AGENT_ENV,
     FED,
@@ -95,7 +95,7 @@ def test_outboxes_deliver_after_a_30_s_broker_outage_and_each_site_counts_once(t
         store = StateStore.open_existing(state)
         try:
             # one stored update per site (the list is not DISTINCT: a double would show twice)
-            assert store.sites_of_round(1) == list(SITES)
+            assert store.updates.sites_of_round(1) == list(SITES)
         finally:
             store.close()
         for site in SITES:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ftlct.cloud import initial_model
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.cloud.status_report import status_report
 from ftlct.export.files import atomic_write_bytes, sha256_file
 from ftlct.export.model_dir import FORMAT, MANIFEST, ModelDir, write_head_files

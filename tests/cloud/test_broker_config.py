@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ftlct.cloud.mosquitto_config import mosquitto_password_hash
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.mqtt_connection import MqttSettings
 from tests.cloud.harness import FED, CloudProcess, MqttPeer, ScriptedSite, delta, wait_until
@@ -125,7 +125,7 @@ def test_a_round_over_tls_with_the_generated_credentials(tls_broker, tmp_path, t
     }
     store = StateStore.open(state)
     for name, site in sites.items():
-        store.enroll(name, site.identity.public_b64)
+        store.sites.enroll(name, site.identity.public_b64)
     store.close()
     config = f"{written['clients']['cloud']}/mqtt.toml"  # an [mqtt] table: usable as --config
     cloud = CloudProcess(

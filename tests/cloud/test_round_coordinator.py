@@ -7,7 +7,7 @@ import pytest
 
 from ftlct.cloud.round_coordinator import CloudStateError, RoundCoordinator
 from ftlct.cloud.settings import CloudSettings, LimitsSettings
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.cloud.status_report import status_report
 from ftlct.cloud.strategies import make_strategy
 from ftlct.protocol import exchange
@@ -43,7 +43,7 @@ class Rig:
         }
         self.store = StateStore.open(self.settings.state_dir)
         for name in ("a", "b", "c"):
-            self.store.enroll(name, self.sites[name].public_b64)
+            self.store.sites.enroll(name, self.sites[name].public_b64)
         self.coordinator = self.restart(self.model)
 
     def restart(self, model=None) -> RoundCoordinator:
@@ -254,7 +254,7 @@ def test_restart_mid_round_resumes_it_and_completes_it_once(tmp_path):
     assert rig.last_round().round == 1
     assert rig.status()["updates_this_round"] == ["a", "b"]
     rig.send("c", rig.update("c", delta(3.0, (0, 0))))
-    assert rig.store.count_models_of_round(1) == 1
+    assert rig.store.models.count_of_round(1) == 1
     np.testing.assert_allclose(rig.last_model().weights["dense.0.weight"], np.full((2, 4), 2.0))
 
 
@@ -277,7 +277,7 @@ def test_enrolment_is_seen_without_restart(tmp_path):
     other = StateStore.open(
         rig.settings.state_dir
     )  # what `ftl-cloud enroll` does, from another process
-    other.enroll("d", rig.sites["d"].public_b64)
+    other.sites.enroll("d", rig.sites["d"].public_b64)
     other.close()
     assert rig.send("d", rig.update("d", delta(1.0, (0, 0)))) == "accepted"
 
@@ -285,7 +285,7 @@ def test_enrolment_is_seen_without_restart(tmp_path):
 def test_trust_on_first_use_only_with_the_dev_flag(tmp_path):
     rig = Rig(tmp_path, dev_trust_on_first_use=True)
     assert rig.send("d", rig.update("d", delta(1.0, (0, 0)))) == "accepted"
-    assert rig.store.public_key("d") == rig.sites["d"].public_b64
+    assert rig.store.sites.public_key("d") == rig.sites["d"].public_b64
 
 
 def test_state_dir_of_another_federation_or_backbone_is_refused(tmp_path):

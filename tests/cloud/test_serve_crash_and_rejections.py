@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.protocol import exchange
 from ftlct.protocol.envelope import seal
 from ftlct.protocol.identity import load_or_create_identity
@@ -21,7 +21,7 @@ def setup(tmp_path, mosquitto_broker, tiny_model):
     sites = {n: ScriptedSite(n, tmp_path / "keys", mosquitto_broker.url) for n in "abcd"}
     store = StateStore.open(state)
     for name in "abc":
-        store.enroll(name, sites[name].identity.public_b64)
+        store.sites.enroll(name, sites[name].identity.public_b64)
     store.close()
     for site in sites.values():
         site.connect().subscribe(f"ftl/{FED}/#")
@@ -70,8 +70,8 @@ def test_sigkill_mid_round_then_restart_completes_the_round_exactly_once(setup, 
         np.testing.assert_allclose(model.weights["dense.0.weight"], np.full((2, 4), 2.75))
         np.testing.assert_allclose(model.weights["dense.0.bias"], [-0.25, 0.25])
         store = StateStore.open_existing(state)
-        assert store.count_models_of_round(1) == 1
-        assert store.last_round().round == 2 and store.rounds_completed() == 1
+        assert store.models.count_of_round(1) == 1
+        assert store.rounds.last().round == 2 and store.rounds.completed() == 1
         store.close()
         assert cloud.log().count("round 1 aggregated") == 1, cloud.log()[-4000:]
     finally:

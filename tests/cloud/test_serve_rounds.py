@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.protocol import exchange
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url
@@ -38,7 +38,7 @@ def fleet(tmp_path, mosquitto_broker, tiny_model):
     assert result.returncode == 0 and result.stdout.strip() == "enrolled a", result.stderr
     store = StateStore.open(state)  # the same as the CLI, without two more interpreter starts
     for name in "bc":
-        store.enroll(name, sites[name].identity.public_b64)
+        store.sites.enroll(name, sites[name].identity.public_b64)
     store.close()
     yield state, cloud_key, sites
     for site in sites.values():
@@ -202,7 +202,7 @@ def test_cloud_reconnects_after_a_broker_restart_and_republishes_its_state(tmp_p
     state = tmp_path / "state"
     site_key = ScriptedSite("a", tmp_path / "keys", f"mqtt://127.0.0.1:{port}").identity.public_b64
     store = StateStore.open(state)
-    store.enroll("a", site_key)
+    store.sites.enroll("a", site_key)
     store.close()
     with running_mosquitto(tmp_path / "b1", conf_path=conf, port=port) as broker:
         cloud = _serve(state, broker, tiny_model, "--min-sites", "1")

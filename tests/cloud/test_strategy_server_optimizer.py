@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.cloud.strategies import FederationState, SiteUpdate, make_strategy
 from ftlct.cloud.strategies.server_optimizer import EXTRA_KEY
 
@@ -125,13 +125,13 @@ def test_a_restart_between_rounds_resumes_the_same_trajectory(tmp_path):
             resumed, updates
         )
         with store.transaction():
-            store.add_model("global", f"v{number}", number, None, resumed.models["global"])
-            store.save_federation(
+            store.models.add("global", f"v{number}", number, None, resumed.models["global"])
+            store.models.save_federation(
                 resumed.round, {"global": f"v{number}"}, resumed.membership, resumed.extra
             )
         store.close()
         store = StateStore.open(tmp_path)
-        resumed, _ = store.federation_state()
+        resumed, _ = store.models.federation_state()
         store.close()
     for name, value in in_memory.models["global"].items():
         np.testing.assert_array_equal(resumed.models["global"][name], value)

@@ -12,7 +12,7 @@ import pytest
 from ftlct.cloud.initial_model import InitialModelError, network_from_file
 from ftlct.cloud.round_coordinator import CloudStateError, RoundCoordinator
 from ftlct.cloud.settings import CloudSettings
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.cloud.status_report import status_report
 from ftlct.cloud.strategies import make_strategy
 from ftlct.protocol import exchange
@@ -39,7 +39,7 @@ class Cloud:
         self.sites = {n: load_or_create_identity(tmp_path / "keys", n) for n in "abc"}
         self.store = StateStore.open(self.settings.state_dir)
         for name, identity in self.sites.items():
-            self.store.enroll(name, identity.public_b64)
+            self.store.sites.enroll(name, identity.public_b64)
         self.published: list[tuple[str, bytes]] = []
 
     def start(self, initial) -> RoundCoordinator:
@@ -102,7 +102,7 @@ def test_ftl_cannot_start_a_whole_network_federation(tmp_path, network_file):
     cloud = Cloud(tmp_path, "ftl")
     with pytest.raises(CloudStateError, match=r"--strategy ftl cannot federate .*dense"):
         cloud.start(network_from_file(network_file))
-    assert cloud.store.federation_state() is None  # nothing half-created
+    assert cloud.store.models.federation_state() is None  # nothing half-created
     # nor through a wrapper: the strategy itself is asked, not its name
     wrapped = Cloud(tmp_path / "wrapped", "norm_clipping", max_norm=1.0, inner="ftl")
     with pytest.raises(CloudStateError, match="cannot federate"):

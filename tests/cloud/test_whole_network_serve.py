@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftlct.cloud.state_store import StateStore
+from ftlct.cloud.state import StateStore
 from ftlct.protocol import exchange
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.messages import weights_layout_sha256
@@ -31,7 +31,7 @@ def fleet(tmp_path, mosquitto_broker):
     sites = {}
     for name in "abc":
         sites[name] = ScriptedSite(name, tmp_path / "keys", mosquitto_broker.url)
-        store.enroll(name, sites[name].identity.public_b64)
+        store.sites.enroll(name, sites[name].identity.public_b64)
         sites[name].connect().subscribe(f"ftl/{FED}/#")
     store.close()
     cloud_key = load_or_create_identity(state / "keys", "cloud").public_b64

@@ -1,0 +1,63 @@
+"""``StateStore``: the cloud's durable state in ``--state-dir``, one owner per concern.
+
+Every decision the round loop makes is committed before it is acted on (an
+update is stored before its MQTT PUBACK; a round's aggregation, the new
+global versions and the opening of the next round are one transaction), so a
+cloud killed at any point restarts in the same round and completes it once.
+Other processes (``ftl-cloud enroll``, ``status``) read and write the same
+file; the running cloud sees an enrolment on the next message.
+
+    store.meta         FederationMeta  what the federation is (name, kind, pin, labels)
+    store.sites        SiteKeys        enrolled sites and their public keys
+    store.models       ModelStore      every global model; the current FederationState
+    store.rounds       RoundLog        the rounds, open or done
+    store.updates      UpdateStore     accepted updates (deltas until aggregated)
+    store.rejections   RejectionLog    refused updates, by reason
+    store.counters     Counters        named event counts
+    store.twins        TwinTable       the sites' last twin states
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftlct.cloud.state import counters, meta, models, rejections, rounds, site_keys, twins, updates
+from ftlct.cloud.state.database import Database
+
+DB_NAME = "cloud.sqlite"
+_OWNERS = (meta, site_keys, models, rounds, updates, rejections, counters, twins)
+
+
+class StateStore:
+    def __init__(self, path: Path):
+        self.path = path
+        self.db = Database(path)
+        for owner in _OWNERS:
+            self.db.create(owner.SCHEMA)
+        self.meta = meta.FederationMeta(self.db)
+        self.sites = site_keys.SiteKeys(self.db)
+        self.models = models.ModelStore(self.db)
+        self.rounds = rounds.RoundLog(self.db)
+        self.updates = updates.UpdateStore(self.db)
+        self.rejections = rejections.RejectionLog(self.db)
+        self.counters = counters.Counters(self.db)
+        self.twins = twins.TwinTable(self.db)
+
+    @classmethod
+    def open(cls, state_dir: str | Path) -> StateStore:
+        state_dir = Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(state_dir / DB_NAME)
+
+    @classmethod
+    def open_existing(cls, state_dir: str | Path) -> StateStore | None:
+        """The store in ``state_dir`` if one was ever created there (status must not create one)."""
+        path = Path(state_dir) / DB_NAME
+        return cls(path) if path.is_file() else None
+
+    def transaction(self):
+        """Group writes of several owners into one commit (nests: inner ones are savepoints)."""
+        return self.db.transaction()
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,113 @@
+"""``updates``: the accepted site updates, one per (round, site), deltas kept until aggregation."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ftlct.cloud.state.database import Database
+from ftlct.cloud.state.models import blob_to_weights, weights_to_blob
+from ftlct.cloud.strategies import SiteUpdate
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS updates (
+    round INTEGER NOT NULL, site TEXT NOT NULL, update_id TEXT NOT NULL UNIQUE,
+    cluster TEXT NOT NULL, base_version TEXT NOT NULL, n_samples INTEGER NOT NULL,
+    metrics TEXT NOT NULL, norm REAL NOT NULL, delta BLOB, received_at REAL NOT NULL,
+    PRIMARY KEY (round, site));
+"""
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    round: int
+    site: str
+    update_id: str
+    cluster: str
+    base_version: str
+
+
+class UpdateStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def add(self, round_: int, message, norm: float) -> None:
+        self.db.execute(
+            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                round_,
+                message.site,
+                message.update_id,
+                message.cluster,
+                message.base_version,
+                message.n_samples,
+                json.dumps(message.metrics),
+                norm,
+                weights_to_blob(message.delta),
+                time.time(),
+            ),
+        )
+
+    def find(self, update_id: str) -> StoredUpdate | None:
+        row = self.db.execute(
+            "SELECT round, site, update_id, cluster, base_version FROM updates WHERE update_id = ?",
+            (update_id,),
+        ).fetchone()
+        return StoredUpdate(*row) if row else None
+
+    def of(self, round_: int, site: str) -> StoredUpdate | None:
+        row = self.db.execute(
+            "SELECT round, site, update_id, cluster, base_version FROM updates "
+            "WHERE round = ? AND site = ?",
+            (round_, site),
+        ).fetchone()
+        return StoredUpdate(*row) if row else None
+
+    def sites_of_round(self, round_: int) -> list[str]:
+        rows = self.db.execute("SELECT site FROM updates WHERE round = ? ORDER BY site", (round_,))
+        return [r[0] for r in rows]
+
+    def clusters_of_round(self, round_: int) -> set[str]:
+        rows = self.db.execute("SELECT DISTINCT cluster FROM updates WHERE round = ?", (round_,))
+        return {r[0] for r in rows}
+
+    def of_round(self, round_: int) -> StoredUpdates:
+        return StoredUpdates(self.db, round_)
+
+    def drop_deltas(self, round_: int) -> None:
+        """The deltas served their purpose; the metadata stays as the round's record."""
+        self.db.execute("UPDATE updates SET delta = NULL WHERE round = ?", (round_,))
+
+
+class StoredUpdates(Sequence):
+    """A round's updates as ``SiteUpdate``s, decoded one at a time (FedAvg stays O(model))."""
+
+    def __init__(self, db: Database, round_: int):
+        self._db = db
+        self._round = round_
+        self._sites = [
+            r[0]
+            for r in db.execute(
+                "SELECT site FROM updates WHERE round = ? AND delta IS NOT NULL ORDER BY site",
+                (round_,),
+            )
+        ]
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        site = self._sites[index]
+        row = self._db.execute(
+            "SELECT site, delta, n_samples, cluster FROM updates WHERE round = ? AND site = ?",
+            (self._round, site),
+        ).fetchone()
+        return SiteUpdate(row[0], blob_to_weights(row[1]), int(row[2]), row[3])
+
+    def __iter__(self) -> Iterator[SiteUpdate]:
+        for index in range(len(self)):
+            yield self[index]
