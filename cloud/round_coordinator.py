@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ftlct.cloud.current_models import CurrentModels
 from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, federation_kind, head_of
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state import RoundRow, StateStore
@@ -66,6 +67,7 @@ class RoundCoordinator:
         self.clock = clock
         self.topics = Topics(settings.federation)
         self.twins = TwinRegistry(store, settings.federation)
+        self.current: CurrentModels | None = None  # set by initialise()
 
     # ------------------------------------------------------------------ lifecycle
     def initialise(self, model: InitialModel | ModelDir | None) -> None:
@@ -80,8 +82,8 @@ class RoundCoordinator:
             raise CloudStateError(
                 f"{self.store.path} belongs to federation {federation!r}, not {self.settings.federation!r}"
             )
-        loaded = self.store.models.federation_state()
-        if loaded is None:
+        current = CurrentModels.load(self.store.models)
+        if current is None:
             if initial is None:
                 raise CloudStateError(
                     "a new federation needs --model (a head over a backbone) "
@@ -95,6 +97,7 @@ class RoundCoordinator:
                 self.store.meta.set("labels", ",".join(initial.labels))
                 self.store.models.add(DEFAULT_CLUSTER, initial.version, 0, None, initial.weights)
                 self.store.models.save_federation(0, {DEFAULT_CLUSTER: initial.version}, {}, {})
+            current = CurrentModels.load(self.store.models)
             log.info(
                 "new %s federation %s from %s (version %s)",
                 initial.kind,
@@ -105,9 +108,9 @@ class RoundCoordinator:
         else:
             if initial is not None:
                 self._check_same_pin(initial)
-            state, _ = loaded
-            current = next(iter(state.models.values()))
-            self._check_strategy_accepts(current, f"the federation in {self.store.path}")
+            some_model = next(iter(current.state.models.values()))
+            self._check_strategy_accepts(some_model, f"the federation in {self.store.path}")
+        self.current = current
         self._open_next_round_if_due()
 
     @property
@@ -147,8 +150,8 @@ class RoundCoordinator:
 
     def publish_all(self) -> None:
         """(Re-)publish the retained state: every current global model and the round."""
-        for cluster, version in self.store.models.current_versions().items():
-            self._publish_model(cluster, version)
+        for cluster in self.current.versions:
+            self._publish_model(cluster)
         self._publish_round()
 
     # ------------------------------------------------------------------ inputs
@@ -211,7 +214,7 @@ class RoundCoordinator:
                 message,
                 current,
                 self.store,
-                self._model_shapes(),
+                self.current.shapes,
                 self.settings.limits.max_delta_norm,
             )
         except (ProtocolError, Rejection) as exc:
@@ -238,23 +241,16 @@ class RoundCoordinator:
         self.tick()
         return "accepted"
 
-    def _model_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
-        loaded = self.store.models.federation_state()
-        assert loaded is not None
-        state, _ = loaded
-        return {c: {k: tuple(v.shape) for k, v in w.items()} for c, w in state.models.items()}
-
     # ------------------------------------------------------------------ rounds
     def _open_next_round_if_due(self) -> None:
         last = self.store.rounds.last()
         if (last is not None and last.status == "open") or self.finished:
             return
-        loaded = self.store.models.federation_state()
-        assert loaded is not None
-        state, versions = loaded
         with self.store.transaction():
             self.store.rounds.add(
-                self._next_round_row(last.round + 1 if last else 1, state, versions)
+                self._next_round_row(
+                    last.round + 1 if last else 1, self.current.state, self.current.versions
+                )
             )
 
     def _assignments(self, state: FederationState) -> tuple[str, dict[str, str]]:
@@ -286,9 +282,7 @@ class RoundCoordinator:
         )
 
     def _aggregate(self, row: RoundRow) -> None:
-        loaded = self.store.models.federation_state()
-        assert loaded is not None
-        state, versions = loaded
+        state, versions = self.current.state, self.current.versions
         updates = self.store.updates.of_round(row.round)
         touched = self.store.updates.clusters_of_round(row.round)
         new_state = self.strategy.aggregate(state, updates)
@@ -312,6 +306,7 @@ class RoundCoordinator:
             self.store.updates.drop_deltas(row.round)
             if not self.finished:
                 self.store.rounds.add(self._next_round_row(row.round + 1, new_state, new_versions))
+        self.current = CurrentModels(new_state, new_versions)
         log.info(
             "round %d aggregated with %s from %d sites: %s",
             row.round,
@@ -319,14 +314,15 @@ class RoundCoordinator:
             len(updates),
             ", ".join(f"{c}={v}" for c, v in sorted(new_versions.items())),
         )
-        for cluster, version, _, _ in created:
-            self._publish_model(cluster, version)
+        for cluster, _, _, _ in created:
+            self._publish_model(cluster)
         for dissolved in set(versions) - set(new_versions):
             self.publish(self.topics.model(dissolved), b"", True)  # clears the retained model
         self._publish_round()
 
     # ------------------------------------------------------------------ publishing
-    def _publish_model(self, cluster: str, version: str) -> None:
+    def _publish_model(self, cluster: str) -> None:
+        version = self.current.versions[cluster]
         round_no, base = self.store.models.row(cluster, version)
         kind = self.kind
         pin = self.store.meta.get(PIN_KEY[kind]) or ""
@@ -336,7 +332,7 @@ class RoundCoordinator:
             round=round_no,
             labels=(self.store.meta.get("labels") or "").split(","),
             backbone_sha256=pin if kind == HEAD else "",
-            weights=self.store.models.weights(cluster, version),
+            weights=self.current.weights(cluster),
             base_version=base,
             kind=kind,
             architecture_sha256=pin if kind == NETWORK else "",
@@ -354,10 +350,8 @@ class RoundCoordinator:
         if row.status != "open":
             # Finished: point every site at the final models. The last round's own
             # assignments may name a cluster that round split up (CFL).
-            loaded = self.store.models.federation_state()
-            assert loaded is not None
-            state, versions = loaded
-            default, assignments = self._assignments(state)
+            versions = self.current.versions
+            default, assignments = self._assignments(self.current.state)
         announcement = RoundAnnouncement(
             round=row.round,
             strategy=row.strategy,

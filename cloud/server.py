@@ -106,7 +106,7 @@ def _initial_model(settings: CloudSettings, store: StateStore) -> InitialModel |
     """
     if settings.initial_weights:
         return network_from_file(settings.initial_weights)
-    if store.models.federation_state() is not None and (
+    if store.models.current_versions() and (
         store.meta.get("kind") == NETWORK or not Path(settings.model, "manifest.json").is_file()
     ):
         return None

@@ -387,3 +387,22 @@ def test_a_split_in_the_last_round_points_every_site_at_its_final_cluster(tmp_pa
         model = rig.last_model(cluster)
         assert model.version == final.base_versions[cluster]
         np.testing.assert_allclose(model.weights["dense.0.weight"], np.full((2, 4), expected))
+
+
+def test_the_running_cloud_never_decodes_models_from_the_database(tmp_path, monkeypatch):
+    rig = Rig(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the current models are in memory; no decode from the database")
+
+    monkeypatch.setattr(rig.store.models, "weights", refuse)
+    monkeypatch.setattr(rig.store.models, "federation_state", refuse)
+    rig.coordinator.publish_all()
+    for round_ in (1, 2):
+        base = rig.last_round().base_versions["global"]
+        for site in "abc":
+            assert rig.send(
+                site, rig.update(site, delta(1.0, (0, 0)), round_=round_, base=base)
+            ) == ("accepted")
+    assert rig.store.rounds.completed() == 2
+    np.testing.assert_allclose(rig.last_model().weights["dense.0.weight"], np.full((2, 4), 2.0))

@@ -1,0 +1,37 @@
+"""The federation's current global models, held in memory by the running cloud.
+
+Loaded once from the state store when the round loop starts and replaced
+after each aggregation has committed, so checking an update's shapes or
+publishing a model never decodes weights from the database. Only the round
+loop makes new models, so the copy cannot go stale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftlct.cloud.state.models import ModelStore
+from ftlct.cloud.strategies import FederationState, Weights
+
+
+@dataclass(frozen=True)
+class CurrentModels:
+    state: FederationState  # weights of every live cluster, membership, strategy extras
+    versions: dict[str, str]  # cluster -> current version
+    shapes: dict[str, dict[str, tuple[int, ...]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        shapes = {
+            cluster: {name: tuple(value.shape) for name, value in weights.items()}
+            for cluster, weights in self.state.models.items()
+        }
+        object.__setattr__(self, "shapes", shapes)
+
+    @classmethod
+    def load(cls, models: ModelStore) -> CurrentModels | None:
+        """The committed current state; None before the federation is created."""
+        loaded = models.federation_state()
+        return None if loaded is None else cls(*loaded)
+
+    def weights(self, cluster: str) -> Weights:
+        return self.state.models[cluster]
