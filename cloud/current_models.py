@@ -8,7 +8,7 @@ loop makes new models, so the copy cannot go stale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ftlct.cloud.state.models import ModelStore
 from ftlct.cloud.strategies import FederationState, Weights
@@ -18,14 +18,6 @@ from ftlct.cloud.strategies import FederationState, Weights
 class CurrentModels:
     state: FederationState  # weights of every live cluster, membership, strategy extras
     versions: dict[str, str]  # cluster -> current version
-    shapes: dict[str, dict[str, tuple[int, ...]]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        shapes = {
-            cluster: {name: tuple(value.shape) for name, value in weights.items()}
-            for cluster, weights in self.state.models.items()
-        }
-        object.__setattr__(self, "shapes", shapes)
 
     @classmethod
     def load(cls, models: ModelStore) -> CurrentModels | None:

@@ -214,7 +214,8 @@ class RoundCoordinator:
                 message,
                 current,
                 self.store,
-                self.current.shapes,
+                self.current,
+                self.strategy,
                 self.settings.limits.max_delta_norm,
             )
         except (ProtocolError, Rejection) as exc:

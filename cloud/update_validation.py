@@ -1,17 +1,19 @@
 """Checks a signed, decoded update must pass before it counts for the open round.
 
 The wire layer (``protocol.exchange.open_update``) has already checked size,
-form, enrolment and signature. Here: the round's own rules. Each failure is a
+form, enrolment and signature. Here: the round's own rules, then the
+strategy's ``check_update`` (the same check its ``aggregate`` applies: tensor
+names, shapes, finite values), then the norm bound. Each failure is a
 ``Rejection`` with a stable reason, the key of ``updates_rejected`` in
 ``ftl-cloud status --json``.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
+from ftlct.cloud.current_models import CurrentModels
 from ftlct.cloud.state import RoundRow, StateStore
-from ftlct.cloud.strategies.strategy_utils import l2_norm
+from ftlct.cloud.strategies import SiteUpdate, Strategy
+from ftlct.cloud.strategies.strategy_utils import UpdateMismatch, l2_norm
 from ftlct.protocol.messages import UpdateMessage
 
 # every reason the cloud may count, wire-level ones included (for docs and tests)
@@ -30,6 +32,8 @@ REASONS = (
     "wrong_base_version",
     "already_submitted",
     "shape_mismatch",
+    "bad_dtype",
+    "bad_samples",
     "non_finite",
     "norm_bound",
 )
@@ -49,7 +53,8 @@ def check_update(
     message: UpdateMessage,
     current: RoundRow | None,
     store: StateStore,
-    model_shapes: dict[str, dict[str, tuple[int, ...]]],
+    models: CurrentModels,
+    strategy: Strategy,
     max_delta_norm: float,
 ) -> float:
     """The update's L2 norm if it may count for ``current``; else ``Rejection`` / ``Duplicate``."""
@@ -86,12 +91,11 @@ def check_update(
         raise Rejection(
             "already_submitted", f"{message.site} already has an update in round {current.round}"
         )
-    shapes = model_shapes[message.cluster]
-    got = {name: tuple(value.shape) for name, value in message.delta.items()}
-    if got != shapes:
-        raise Rejection("shape_mismatch", f"delta tensors {got} do not match the model {shapes}")
-    if not all(np.isfinite(value).all() for value in message.delta.values()):
-        raise Rejection("non_finite", "delta has NaN or infinite values")
+    update = SiteUpdate(message.site, message.delta, message.n_samples, message.cluster)
+    try:
+        strategy.check_update(models.state, update)  # what aggregate() will check again
+    except UpdateMismatch as exc:
+        raise Rejection(exc.reason, str(exc)) from exc
     norm = l2_norm(message.delta)
     if norm > max_delta_norm:
         raise Rejection("norm_bound", f"delta norm {norm:.4g} exceeds {max_delta_norm:.4g}")

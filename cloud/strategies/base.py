@@ -49,6 +49,16 @@ class Strategy(ABC):
         cluster, other tensor names or shapes, non-finite values, a site twice).
         """
 
+    def check_update(self, state: FederationState, update: SiteUpdate) -> None:
+        """Refuse (``strategy_utils.UpdateMismatch``) an update ``aggregate`` could not take.
+
+        The cloud calls this before it accepts an update, and ``aggregate``
+        calls it again, so there is one check, wherever an update comes from.
+        """
+        from ftlct.cloud.strategies.strategy_utils import check_update  # it imports this module
+
+        check_update(state, update)
+
     def cluster_of(self, state: FederationState, site: str) -> str:
         """The cluster whose global model ``site`` trains from next."""
         cluster = state.membership.get(site)

@@ -114,7 +114,7 @@ class CFL(Strategy):
         self.server = server_optimizer(**server)  # see server_optimizer.py
 
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
-        groups = group_by_cluster(check_updates(state, updates))
+        groups = group_by_cluster(check_updates(state, updates, self.check_update))
         models = dict(state.models)
         slots = {}  # cluster -> its server optimizer's buffers after this round
         assigned: dict[str, str] = {}  # site -> cluster after this round

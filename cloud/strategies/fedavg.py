@@ -31,14 +31,10 @@ class FedAvg(Strategy):
     def __init__(self, **server):
         self.server = server_optimizer(**server)
 
-    def check_update(self, update: SiteUpdate) -> None:
-        """Hook for stricter siblings (FTL); FedAvg accepts any tensors the model has."""
-
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
         sums: dict[str, WeightedSum] = {}
         participants: dict[str, str] = {}
-        for update in check_updates(state, updates):
-            self.check_update(update)
+        for update in check_updates(state, updates, self.check_update):
             sums.setdefault(update.cluster, WeightedSum()).add(update.delta, update.n_samples)
             participants[update.site] = update.cluster
         means = {cluster: running.mean() for cluster, running in sums.items()}

@@ -9,17 +9,20 @@ a site fine-tuned a part that must stay frozen.
 
 from __future__ import annotations
 
-from ftlct.cloud.strategies.base import SiteUpdate
+from ftlct.cloud.strategies.base import FederationState, SiteUpdate
 from ftlct.cloud.strategies.fedavg import FedAvg
+from ftlct.cloud.strategies.strategy_utils import UpdateMismatch
 from ftlct.protocol.messages import HEAD_TENSOR  # what a head is, on the wire and here
 
 
 class FTL(FedAvg):
     name = "ftl"
 
-    def check_update(self, update: SiteUpdate) -> None:
+    def check_update(self, state: FederationState, update: SiteUpdate) -> None:
         foreign = sorted(name for name in update.delta if not HEAD_TENSOR.match(name))
         if foreign:
-            raise ValueError(
-                f"update from {update.site}: FTL federates head tensors dense.* only, got {foreign}"
+            raise UpdateMismatch(
+                "shape_mismatch",
+                f"update from {update.site}: FTL federates head tensors dense.* only, got {foreign}",
             )
+        super().check_update(state, update)

@@ -22,6 +22,6 @@ class CoordinateMedian(Strategy):
 
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
         means, participants = coordinatewise_means(
-            state, updates, lambda stacked: np.median(stacked, axis=0)
+            state, updates, lambda stacked: np.median(stacked, axis=0), self.check_update
         )
         return self.server.advance(state, means, participants)

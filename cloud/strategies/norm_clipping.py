@@ -28,6 +28,9 @@ class NormClipping(Strategy):
         clipped = (replace(u, delta=clip_to_norm(u.delta, self.max_norm)) for u in updates)
         return self.inner.aggregate(state, _LazySequence(clipped))
 
+    def check_update(self, state: FederationState, update: SiteUpdate) -> None:
+        self.inner.check_update(state, update)
+
     def cluster_of(self, state: FederationState, site: str) -> str:
         return self.inner.cluster_of(state, site)
 

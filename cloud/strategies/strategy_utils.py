@@ -7,7 +7,7 @@ order in which updates arrive changes results only at float32 rounding.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -28,38 +28,71 @@ def copy_state(state: FederationState) -> FederationState:
     )
 
 
+class UpdateMismatch(ValueError):
+    """An update that does not fit the federation state.
+
+    ``reason`` is the stable code the cloud counts it under (``wrong_cluster``,
+    ``bad_samples``, ``shape_mismatch``, ``bad_dtype``, ``non_finite``,
+    ``already_submitted``): the cloud refuses an update with the very check
+    the strategy would apply when aggregating it.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def check_delta(model: Weights, delta: Weights, site: str = "?") -> None:
     """``delta`` has exactly ``model``'s tensor names and shapes, and finite values."""
     if set(delta) != set(model):
         missing = sorted(set(model) - set(delta))
         extra = sorted(set(delta) - set(model))
-        raise ValueError(
-            f"update from {site}: tensors differ (missing {missing}, unexpected {extra})"
+        raise UpdateMismatch(
+            "shape_mismatch",
+            f"update from {site}: tensors differ (missing {missing}, unexpected {extra})",
         )
     for name, value in delta.items():
         value = np.asarray(value)
         if value.shape != np.shape(model[name]):
-            raise ValueError(
-                f"update from {site}: {name} has shape {value.shape}, model has {np.shape(model[name])}"
+            raise UpdateMismatch(
+                "shape_mismatch",
+                f"update from {site}: {name} has shape {value.shape}, model has {np.shape(model[name])}",
             )
         if not np.issubdtype(value.dtype, np.floating):
-            raise ValueError(f"update from {site}: {name} has dtype {value.dtype}, expected float")
+            raise UpdateMismatch(
+                "bad_dtype", f"update from {site}: {name} has dtype {value.dtype}, expected float"
+            )
         if not np.isfinite(value).all():
-            raise ValueError(f"update from {site}: {name} has non-finite values")
+            raise UpdateMismatch("non_finite", f"update from {site}: {name} has non-finite values")
 
 
-def check_updates(state: FederationState, updates: Iterable[SiteUpdate]) -> Iterable[SiteUpdate]:
-    """Yield updates after checking cluster, sample count, shapes, and one update per site."""
+def check_update(state: FederationState, update: SiteUpdate) -> None:
+    """``update`` fits ``state``: a known cluster, a positive weight, a delta like its model."""
+    if update.cluster not in state.models:
+        raise UpdateMismatch(
+            "wrong_cluster", f"update from {update.site} names unknown cluster {update.cluster!r}"
+        )
+    if not update.n_samples > 0:
+        raise UpdateMismatch(
+            "bad_samples", f"update from {update.site} has n_samples={update.n_samples}"
+        )
+    check_delta(state.models[update.cluster], update.delta, update.site)
+
+
+def check_updates(
+    state: FederationState,
+    updates: Iterable[SiteUpdate],
+    check: Callable[[FederationState, SiteUpdate], None] = check_update,
+) -> Iterable[SiteUpdate]:
+    """Yield updates after ``check`` (a strategy's ``check_update``) and one update per site."""
     seen: set[str] = set()
     for update in updates:
         if update.site in seen:
-            raise ValueError(f"two updates from site {update.site} in one round")
+            raise UpdateMismatch(
+                "already_submitted", f"two updates from site {update.site} in one round"
+            )
         seen.add(update.site)
-        if update.cluster not in state.models:
-            raise ValueError(f"update from {update.site} names unknown cluster {update.cluster!r}")
-        if update.n_samples <= 0:
-            raise ValueError(f"update from {update.site} has n_samples={update.n_samples}")
-        check_delta(state.models[update.cluster], update.delta, update.site)
+        check(state, update)
         yield update
 
 
@@ -165,7 +198,7 @@ def next_state(
 
 
 def coordinatewise_means(
-    state: FederationState, updates: Sequence[SiteUpdate], reduce
+    state: FederationState, updates: Sequence[SiteUpdate], reduce, check=check_update
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """Per cluster: stack the deltas and ``reduce(stacked [n, ...]) -> [...]`` each tensor.
 
@@ -173,7 +206,7 @@ def coordinatewise_means(
     of a cluster in memory at once (O(sites x model)): a median or a trimmed
     mean cannot be computed from a running sum.
     """
-    groups = group_by_cluster(check_updates(state, updates))
+    groups = group_by_cluster(check_updates(state, updates, check))
     means = {}
     for cluster, members in groups.items():
         stacked = stack_deltas([u.delta for u in members])

@@ -35,6 +35,6 @@ class TrimmedMean(Strategy):
 
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
         means, participants = coordinatewise_means(
-            state, updates, lambda stacked: trimmed_mean(stacked, self.beta)
+            state, updates, lambda stacked: trimmed_mean(stacked, self.beta), self.check_update
         )
         return self.server.advance(state, means, participants)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ftlct.cloud.strategies import FederationState, SiteUpdate, make_strategy
+from ftlct.cloud.strategies.strategy_utils import UpdateMismatch
 
 
 def _state(**models):
@@ -81,27 +82,45 @@ def test_fedavg_streams_updates_without_keeping_them():
 
 
 @pytest.mark.parametrize(
-    ("update", "message"),
+    ("update", "message", "reason"),
     [
-        (SiteUpdate("a", {"w": np.zeros(2, np.float32)}, 1, "nope"), "unknown cluster"),
-        (SiteUpdate("a", {"w": np.zeros(3, np.float32)}, 1), "shape"),
-        (SiteUpdate("a", {"v": np.zeros(2, np.float32)}, 1), "tensors differ"),
-        (SiteUpdate("a", {"w": np.array([0.0, np.nan], np.float32)}, 1), "non-finite"),
-        (SiteUpdate("a", {"w": np.array([0.0, np.inf], np.float32)}, 1), "non-finite"),
-        (SiteUpdate("a", {"w": np.zeros(2, np.int32)}, 1), "dtype"),
-        (SiteUpdate("a", {"w": np.zeros(2, np.float32)}, 0), "n_samples"),
+        (
+            SiteUpdate("a", {"w": np.zeros(2, np.float32)}, 1, "nope"),
+            "unknown cluster",
+            "wrong_cluster",
+        ),
+        (SiteUpdate("a", {"w": np.zeros(3, np.float32)}, 1), "shape", "shape_mismatch"),
+        (SiteUpdate("a", {"v": np.zeros(2, np.float32)}, 1), "tensors differ", "shape_mismatch"),
+        (
+            SiteUpdate("a", {"w": np.array([0.0, np.nan], np.float32)}, 1),
+            "non-finite",
+            "non_finite",
+        ),
+        (
+            SiteUpdate("a", {"w": np.array([0.0, np.inf], np.float32)}, 1),
+            "non-finite",
+            "non_finite",
+        ),
+        (SiteUpdate("a", {"w": np.zeros(2, np.int32)}, 1), "dtype", "bad_dtype"),
+        (SiteUpdate("a", {"w": np.zeros(2, np.float32)}, 0), "n_samples", "bad_samples"),
     ],
 )
-def test_updates_that_do_not_fit_the_state_are_refused(update, message):
+def test_updates_that_do_not_fit_the_state_are_refused(update, message, reason):
     state = _state(**{"global": {"w": [0.0, 0.0]}})
-    with pytest.raises(ValueError, match=message):
-        make_strategy("fedavg").aggregate(state, [update])
+    for name in ("fedavg", "median", "cfl"):
+        strategy = make_strategy(name)
+        with pytest.raises(UpdateMismatch, match=message) as refused:
+            strategy.aggregate(state, [update])
+        assert refused.value.reason == reason
+        # the cloud asks the same question before it accepts an update
+        with pytest.raises(UpdateMismatch, match=message):
+            strategy.check_update(state, update)
 
 
 def test_two_updates_from_one_site_are_refused():
     state = _state(**{"global": {"w": [0.0]}})
     update = SiteUpdate("a", {"w": np.ones(1, np.float32)}, 1)
-    with pytest.raises(ValueError, match="two updates from site a"):
+    with pytest.raises(UpdateMismatch, match="two updates from site a"):
         make_strategy("fedavg").aggregate(state, [update, update])
 
 
