@@ -28,7 +28,7 @@ import signal
 import threading
 from typing import Protocol
 
-from ftlct.agent.dicom.destination import parse_destination
+from ftlct.agent.destination import parse_destination
 from ftlct.agent.dicom.scp import StorageScp
 from ftlct.agent.events import INSTANCE_STORED, MODEL_SWAPPED, EventBus
 from ftlct.agent.inference.embeddings import EmbeddingStore

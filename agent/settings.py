@@ -225,7 +225,7 @@ class AgentSettings:
 
     def validate(self) -> AgentSettings:
         """Raise ``SettingsError`` naming the first bad setting; returns self."""
-        from ftlct.agent.dicom.destination import parse_destination
+        from ftlct.agent.destination import parse_destination
 
         d = self.dicom
         _check_ae_title("dicom.ae_title", d.ae_title)

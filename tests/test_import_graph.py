@@ -36,9 +36,6 @@ NAMES = re.compile(
 )
 # Violations left to remove; each move of issue 11 deletes its lines (a stale line fails too).
 KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset(
-        {"ftlct.agent.settings", "ftlct.agent.logs", "ftlct.agent.store", "ftlct.agent.dicom"}
-    ),
     frozenset({"ftlct.agent.sync", "ftlct.agent.training"}),
 }
 KNOWN_FOREIGN_TABLES = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE
 
-from ftlct.agent.dicom.destination import Destination
+from ftlct.agent.destination import Destination
 
 
 class SendError(RuntimeError):

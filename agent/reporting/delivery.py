@@ -18,7 +18,7 @@ import time
 import pydicom
 
 from ftlct.agent.background import BackgroundLoop
-from ftlct.agent.dicom.destination import Destination
+from ftlct.agent.destination import Destination
 from ftlct.agent.dicom.sender import SendError, send_file
 from ftlct.agent.events import RESULT_DELIVERED, EventBus
 from ftlct.agent.inference.results import ResultStore, SeriesResult

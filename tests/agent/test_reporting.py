@@ -8,7 +8,7 @@ import time
 import pydicom
 import pytest
 
-from ftlct.agent.dicom.destination import Destination, parse_destination
+from ftlct.agent.destination import Destination, parse_destination
 from ftlct.agent.events import RESULT_DELIVERED, EventBus
 from ftlct.agent.inference.results import ResultStore, SeriesResult
 from ftlct.agent.metrics import AgentMetrics
