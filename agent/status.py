@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ftlct.agent.inference.results import ResultStore
 from ftlct.agent.store.database import Database
+from ftlct.agent.store.instance_index import InstanceIndex
 from ftlct.agent.sync.sync_status import federation_status
 
 
@@ -29,8 +30,9 @@ def collect_status(db: Database) -> dict:
         row["state"]: row["n"]
         for row in db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
     }
+    instances = InstanceIndex(db, create=False)
     return {
-        "instances_stored": _count(db, "SELECT COUNT(*) FROM instances"),
+        "instances_stored": instances.count(),
         # every series whose quiet period has passed, whatever came of it
         "series_complete": sum(n for state, n in series_by_state.items() if state != "open"),
         "series_inferred": _count(
@@ -41,7 +43,7 @@ def collect_status(db: Database) -> dict:
         "labels": _count(db, "SELECT COUNT(*) FROM labels") if db.has_table("labels") else 0,
         "model_version": db.get_meta("model_version"),
         "outbox": _count(db, "SELECT COUNT(*) FROM outbox") if db.has_table("outbox") else 0,
-        "bytes_stored": _count(db, "SELECT COALESCE(SUM(size), 0) FROM instances"),
+        "bytes_stored": instances.bytes_stored(),
         "series": {
             state: series_by_state.get(state, 0)
             for state in ("open", "complete", "inferred", "failed", "skipped")

@@ -229,9 +229,9 @@ class InferenceWorker(BackgroundLoop):
         snapshot = self.engine.current
         rows = []
         for uid in dict.fromkeys(uids):
-            row = self.db.query_one("SELECT * FROM instances WHERE sop_instance_uid = ?", (uid,))
+            row = self.store.instance(uid)
             if row is not None:
-                rows.append(dict(row))
+                rows.append(row)
         todo = self._not_embedded(rows, snapshot.backbone_sha256)
         with contextlib.suppress(Interrupted):  # the series job embeds what is missing
             self.embedder.embed(snapshot, todo, lambda: self.stopping)

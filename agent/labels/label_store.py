@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from ftlct.agent.store.database import Database
+from ftlct.agent.store.instance_index import InstanceIndex
 
 LEVELS = ("study", "series", "instance", "pending")
 # What a pending UID must look like (PS3.5 9.1: digits and dots, at most 64 characters).
@@ -55,7 +56,7 @@ class LabelSummary:
 
 def resolve_level(db: Database, uid: str) -> str | None:
     """``study``, ``series`` or ``instance`` if the index knows ``uid``, else None."""
-    if db.query_one("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (uid,)):
+    if InstanceIndex(db, create=False).get(uid) is not None:
         return "instance"
     if db.query_one("SELECT 1 FROM series WHERE series_uid = ?", (uid,)):
         return "series"

@@ -18,25 +18,6 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    sop_class_uid TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    modality TEXT,
-    transfer_syntax TEXT,
-    instance_number INTEGER,
-    number_of_frames INTEGER,
-    rows INTEGER,
-    columns INTEGER,
-    path TEXT NOT NULL,            -- relative to the data dir
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    calling_ae TEXT,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
-
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,

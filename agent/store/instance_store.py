@@ -23,6 +23,7 @@ from ftlct.agent.logs import log_event
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.header import HeaderError, InstanceHeader, read_header
+from ftlct.agent.store.instance_index import InstanceIndex
 from ftlct.agent.store.layout import DataDir
 from ftlct.agent.store.quarantine import Quarantine
 from ftlct.export.files import fsync_dir, sha256_bytes
@@ -75,6 +76,7 @@ class InstanceStore:
         self.db = db
         self.guard = guard
         self.clock = clock
+        self.index = InstanceIndex(db)
         self.quarantine = Quarantine(data_dir, db, guard, clock)
 
     # ------------------------------------------------------------------ receive
@@ -125,19 +127,14 @@ class InstanceStore:
     def _write(self, data: bytes, header: InstanceHeader, calling_ae: str) -> StoreResult:
         sha = sha256_bytes(data)
         sop = header.sop_instance_uid
-        existing = self.db.query_one(
-            "SELECT sha256, path, series_uid FROM instances WHERE sop_instance_uid = ?", (sop,)
-        )
+        existing = self.index.lookup(None, sop)
         if existing is not None and existing["sha256"] == sha:
             return StoreResult(Outcome.DUPLICATE, instance=self._record(sop, False))
         relpath = self.data_dir.instance_relpath(header.study_uid, header.series_uid, sop)
         temp = self._write_temp(data)
         try:
             with self.db.transaction() as conn:
-                existing = conn.execute(
-                    "SELECT sha256, path, series_uid FROM instances WHERE sop_instance_uid = ?",
-                    (sop,),
-                ).fetchone()
+                existing = self.index.lookup(conn, sop)
                 if existing is not None and existing["sha256"] == sha:
                     return StoreResult(Outcome.DUPLICATE, instance=self._record(sop, False))
                 target = self.data_dir.root / relpath
@@ -168,29 +165,7 @@ class InstanceStore:
     def _index(self, conn, header, relpath, size, sha, calling_ae, existing) -> bool:
         """Insert the instance row and update its series; True if a finished series re-opened."""
         now = self.clock()
-        conn.execute(
-            "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_uid,"
-            " series_uid, modality, transfer_syntax, instance_number, number_of_frames, rows,"
-            " columns, path, size, sha256, calling_ae, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                header.sop_instance_uid,
-                header.sop_class_uid,
-                header.study_uid,
-                header.series_uid,
-                header.modality,
-                header.transfer_syntax,
-                header.instance_number,
-                header.number_of_frames,
-                header.rows,
-                header.columns,
-                relpath,
-                size,
-                sha,
-                calling_ae,
-                now,
-            ),
-        )
+        self.index.put(conn, header, relpath, size, sha, calling_ae, now)
         conn.execute(
             "INSERT OR REPLACE INTO series_devices (series_uid, manufacturer, model_name, kernel,"
             " kvp, slice_thickness_mm) VALUES (?, ?, ?, ?, ?, ?)",
@@ -210,7 +185,7 @@ class InstanceStore:
         return _touch_series(conn, header.series_uid, header.study_uid, header.modality, added, now)
 
     def _record(self, sop: str, reopened: bool) -> StoredInstance:
-        row = self.db.query_one("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop,))
+        row = self.index.get(sop)
         return StoredInstance(
             sop_instance_uid=row["sop_instance_uid"],
             sop_class_uid=row["sop_class_uid"],
@@ -226,18 +201,16 @@ class InstanceStore:
 
     # ------------------------------------------------------------------ read
     def instances_of(self, series_uid: str) -> list[dict]:
-        rows = self.db.query(
-            "SELECT * FROM instances WHERE series_uid = ?"
-            " ORDER BY instance_number IS NULL, instance_number, sop_instance_uid",
-            (series_uid,),
-        )
-        return [dict(row) for row in rows]
+        return self.index.of_series(series_uid)
+
+    def instance(self, sop_uid: str) -> dict | None:
+        return self.index.get(sop_uid)
 
     def path_of(self, instance: dict) -> Path:
         return self.data_dir.resolve(instance["path"])
 
     def count(self) -> int:
-        return int(self.db.scalar("SELECT COUNT(*) FROM instances"))
+        return self.index.count()
 
     # ------------------------------------------------------------------ restart
     def recover(self) -> dict[str, int]:
@@ -250,7 +223,7 @@ class InstanceStore:
         for temp in self.data_dir.incoming.iterdir():
             temp.unlink(missing_ok=True)
             removed += 1
-        known = {row["path"] for row in self.db.query("SELECT path FROM instances")}
+        known = self.index.paths()
         indexed = dropped = 0
         for path in sorted(self.data_dir.instances.rglob("*.dcm")):
             relpath = path.relative_to(self.data_dir.root).as_posix()
@@ -261,7 +234,11 @@ class InstanceStore:
                 header = read_header(data)
             except HeaderError:
                 header = None
-            if header is None or _mismatch(header, None, None) or self._indexed(header):
+            if (
+                header is None
+                or _mismatch(header, None, None)
+                or self.index.lookup(None, header.sop_instance_uid) is not None
+            ):
                 path.unlink(missing_ok=True)  # a stale copy of something indexed elsewhere
                 dropped += 1
                 continue
@@ -277,14 +254,6 @@ class InstanceStore:
                 stale_removed=dropped,
             )
         return {"temp_removed": removed, "orphans_indexed": indexed, "stale_removed": dropped}
-
-    def _indexed(self, header: InstanceHeader) -> bool:
-        return (
-            self.db.query_one(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
-            )
-            is not None
-        )
 
 
 def _mismatch(header: InstanceHeader, sop_class: str | None, sop_instance: str | None) -> str:
