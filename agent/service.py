@@ -39,6 +39,7 @@ from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.reporting.delivery import DeliveryQueue
 from ftlct.agent.series.assembler import SeriesAssembler
 from ftlct.agent.series.jobs import JobQueue
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import AgentSettings
 from ftlct.agent.status import collect_status
 from ftlct.agent.store.database import Database
@@ -86,14 +87,16 @@ class AgentService:
         self.guard = DiskGuard(
             free_bytes or free_bytes_of(self.data_dir.root), settings.storage.min_free_bytes
         )
-        self.store = InstanceStore(self.data_dir, self.db, self.guard)
+        self.series = SeriesIndex(self.db)
+        self.store = InstanceStore(self.data_dir, self.db, self.guard, series=self.series)
         self.embeddings = EmbeddingStore(self.data_dir)
         self.jobs = JobQueue(self.db)
         self.assembler = SeriesAssembler(
-            self.db, self.jobs, settings.series, self.events, self.metrics
+            self.db, self.series, self.jobs, settings.series, self.events, self.metrics
         )
         self.worker = InferenceWorker(
             self.db,
+            self.series,
             self.store,
             self.jobs,
             self.embeddings,

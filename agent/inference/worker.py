@@ -32,6 +32,7 @@ from ftlct.agent.inference.results import ResultStore, SeriesResult
 from ftlct.agent.logs import log_event
 from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.series.jobs import Job, JobQueue
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import InferenceSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_store import InstanceStore, StoredInstance
@@ -48,6 +49,7 @@ class InferenceWorker(BackgroundLoop):
     def __init__(
         self,
         db: Database,
+        series: SeriesIndex,
         store: InstanceStore,
         jobs: JobQueue,
         embeddings: EmbeddingStore,
@@ -59,6 +61,7 @@ class InferenceWorker(BackgroundLoop):
     ):
         super().__init__()
         self.db = db
+        self.series = series
         self.store = store
         self.jobs = jobs
         self.embeddings = embeddings
@@ -125,7 +128,7 @@ class InferenceWorker(BackgroundLoop):
 
     def _infer_series(self, job: Job, started: float) -> SeriesResult | None:
         snapshot = self.engine.current  # one model for the whole job
-        series = self.db.query_one("SELECT * FROM series WHERE series_uid = ?", (job.series_uid,))
+        series = self.series.get(job.series_uid)
         if series is None:
             raise LookupError(f"series {job.series_uid} is not indexed")
         instances = self.store.instances_of(job.series_uid)
@@ -189,12 +192,7 @@ class InferenceWorker(BackgroundLoop):
         return result
 
     def _set_series_state(self, conn, job: Job, state: str, reason: str | None) -> None:
-        # Only if nothing arrived meanwhile: a re-opened series waits for its own next job.
-        conn.execute(
-            "UPDATE series SET state = ?, reason = ? WHERE series_uid = ? AND generation = ?"
-            " AND state = 'complete'",
-            (state, reason, job.series_uid, job.generation),
-        )
+        self.series.finish(conn, job.series_uid, job.generation, state, reason)
 
     def _finish_without_result(self, job: Job, state: str, reason: str) -> None:
         with self.db.transaction() as conn:

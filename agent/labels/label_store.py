@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_index import InstanceIndex
 
@@ -58,9 +59,10 @@ def resolve_level(db: Database, uid: str) -> str | None:
     """``study``, ``series`` or ``instance`` if the index knows ``uid``, else None."""
     if InstanceIndex(db, create=False).get(uid) is not None:
         return "instance"
-    if db.query_one("SELECT 1 FROM series WHERE series_uid = ?", (uid,)):
+    series = SeriesIndex(db, create=False)
+    if series.has_series(uid):
         return "series"
-    if db.query_one("SELECT 1 FROM series WHERE study_uid = ? LIMIT 1", (uid,)):
+    if series.has_study(uid):
         return "study"
     return None
 

@@ -1,9 +1,9 @@
 """Series assembly: a series is complete once no instance arrived for the quiet period.
 
-State lives in the ``series`` table (the store opens and re-opens series as
-instances land); this stage only closes them and queues a job in the same
-transaction, so a restart never loses a completion: series still ``open`` are
-judged against their persisted ``last_received_at`` on the next tick.
+State lives in the series index (``SeriesIndex``: the store opens and re-opens
+series as instances land); this stage only closes them and queues a job in the
+same transaction, so a restart never loses a completion: series still ``open``
+are judged against their persisted ``last_received_at`` on the next tick.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ftlct.agent.events import SERIES_COMPLETED, EventBus
 from ftlct.agent.logs import log_event
 from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.series.jobs import JobQueue
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import SeriesSettings
 from ftlct.agent.store.database import Database
 
@@ -28,6 +29,7 @@ class SeriesAssembler(BackgroundLoop):
     def __init__(
         self,
         db: Database,
+        series: SeriesIndex,
         jobs: JobQueue,
         settings: SeriesSettings,
         events: EventBus,
@@ -37,6 +39,7 @@ class SeriesAssembler(BackgroundLoop):
         super().__init__()
         self.idle_wait_s = settings.poll_interval_s
         self.db = db
+        self.series = series
         self.jobs = jobs
         self.settings = settings
         self.events = events
@@ -48,18 +51,9 @@ class SeriesAssembler(BackgroundLoop):
         """Close every series quiet for long enough and queue its inference; returns them."""
         cutoff = self.clock() - self.settings.quiet_period_s
         with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT series_uid, generation, n_instances FROM series"
-                " WHERE state = 'open' AND last_received_at <= ?",
-                (cutoff,),
-            ).fetchall()
-            for row in rows:
-                conn.execute(
-                    "UPDATE series SET state = 'complete', completed_at = ? WHERE series_uid = ?",
-                    (self.clock(), row["series_uid"]),
-                )
-                self.jobs.enqueue(conn, row["series_uid"], row["generation"])
-        completed = [dict(row) for row in rows]
+            completed = self.series.complete_quiet(conn, cutoff, self.clock())
+            for series in completed:
+                self.jobs.enqueue(conn, series["series_uid"], series["generation"])
         for series in completed:
             self.metrics.series_completed.inc()
             log_event(
@@ -74,7 +68,7 @@ class SeriesAssembler(BackgroundLoop):
         return completed
 
     def open_count(self) -> int:
-        return int(self.db.scalar("SELECT COUNT(*) FROM series WHERE state = 'open'"))
+        return self.series.open_count()
 
     def run_once(self) -> bool:
         self.tick()

@@ -18,20 +18,6 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    modality TEXT,
-    state TEXT NOT NULL,           -- open, complete, inferred, failed, skipped
-    generation INTEGER NOT NULL,   -- +1 for every instance that changes the series
-    n_instances INTEGER NOT NULL,
-    first_received_at REAL NOT NULL,
-    last_received_at REAL NOT NULL,
-    completed_at REAL,
-    reason TEXT                    -- why failed or skipped
-);
-CREATE INDEX IF NOT EXISTS series_state ON series (state, last_received_at);
-
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     received_at REAL NOT NULL,
@@ -94,16 +80,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sent_at REAL
 );
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_at);
-
--- The device that made each series (last instance wins), for the scanner profile of the twin.
-CREATE TABLE IF NOT EXISTS series_devices (
-    series_uid TEXT PRIMARY KEY,
-    manufacturer TEXT,
-    model_name TEXT,
-    kernel TEXT,
-    kvp REAL,
-    slice_thickness_mm REAL
-);
 """
 
 

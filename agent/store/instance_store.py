@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from ftlct.agent.logs import log_event
 from ftlct.agent.store.database import Database
@@ -70,12 +72,36 @@ class StoreResult:
         return self.outcome.ok
 
 
+class SeriesArrivals(Protocol):
+    """The series stage, told of every indexed instance inside the transaction that indexes it
+    (``ftlct.agent.series.series_index.SeriesIndex``); the store does not know series."""
+
+    def instance_indexed(
+        self,
+        conn: sqlite3.Connection,
+        header: InstanceHeader,
+        previous_series: str | None,
+        now: float,
+    ) -> bool:
+        """True if the instance re-opened a series that had finished."""
+        ...
+
+
 class InstanceStore:
-    def __init__(self, data_dir: DataDir, db: Database, guard: DiskGuard, clock=time.time):
+    def __init__(
+        self,
+        data_dir: DataDir,
+        db: Database,
+        guard: DiskGuard,
+        clock=time.time,
+        *,
+        series: SeriesArrivals,
+    ):
         self.data_dir = data_dir.create()
         self.db = db
         self.guard = guard
         self.clock = clock
+        self.series = series
         self.index = InstanceIndex(db)
         self.quarantine = Quarantine(data_dir, db, guard, clock)
 
@@ -163,26 +189,11 @@ class InstanceStore:
         return Path(name)
 
     def _index(self, conn, header, relpath, size, sha, calling_ae, existing) -> bool:
-        """Insert the instance row and update its series; True if a finished series re-opened."""
+        """Index the instance and count it into its series; True if a finished series re-opened."""
         now = self.clock()
         self.index.put(conn, header, relpath, size, sha, calling_ae, now)
-        conn.execute(
-            "INSERT OR REPLACE INTO series_devices (series_uid, manufacturer, model_name, kernel,"
-            " kvp, slice_thickness_mm) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                header.series_uid,
-                header.manufacturer,
-                header.model_name,
-                header.kernel,
-                header.kvp,
-                header.slice_thickness_mm,
-            ),
-        )
-        moved = existing is not None and existing["series_uid"] != header.series_uid
-        if moved:
-            _touch_series(conn, existing["series_uid"], None, None, -1, now)
-        added = 1 if existing is None or moved else 0
-        return _touch_series(conn, header.series_uid, header.study_uid, header.modality, added, now)
+        previous = existing["series_uid"] if existing is not None else None
+        return self.series.instance_indexed(conn, header, previous, now)
 
     def _record(self, sop: str, reopened: bool) -> StoredInstance:
         row = self.index.get(sop)
@@ -267,25 +278,6 @@ def _mismatch(header: InstanceHeader, sop_class: str | None, sop_instance: str |
     if not header.study_uid or not header.series_uid:
         return "dataset has no Study or Series Instance UID"
     return ""
-
-
-def _touch_series(conn, series_uid, study_uid, modality, added: int, now: float) -> bool:
-    """Count an instance into its series and (re-)open it; True if it had finished before."""
-    row = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
-    if row is None:
-        conn.execute(
-            "INSERT INTO series (series_uid, study_uid, modality, state, generation, n_instances,"
-            " first_received_at, last_received_at) VALUES (?, ?, ?, 'open', 1, ?, ?, ?)",
-            (series_uid, study_uid or "", modality, max(added, 0), now, now),
-        )
-        return False
-    conn.execute(
-        "UPDATE series SET state = 'open', generation = generation + 1,"
-        " n_instances = MAX(n_instances + ?, 0), last_received_at = ?, completed_at = NULL,"
-        " reason = NULL WHERE series_uid = ?",
-        (added, now, series_uid),
-    )
-    return row["state"] != "open"
 
 
 def _make_dirs_durable(directory: Path, root: Path) -> None:

@@ -13,7 +13,7 @@ import statistics
 import time
 from collections import Counter
 
-from ftlct.agent.store.database import Database
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.protocol.twin_state import ScannerProfile
 
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9 ._+:()/-]+")
@@ -36,13 +36,9 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def scanner_profile(db: Database, now: float | None = None) -> ScannerProfile:
+def scanner_profile(series: SeriesIndex, now: float | None = None) -> ScannerProfile:
     now = time.time() if now is None else now
-    rows = db.query(
-        "SELECT s.modality, s.n_instances, s.first_received_at, d.manufacturer, d.model_name,"
-        " d.kernel, d.kvp, d.slice_thickness_mm FROM series s"
-        " LEFT JOIN series_devices d ON d.series_uid = s.series_uid"
-    )
+    rows = series.with_devices()
     manufacturers, models, kernels, modalities = Counter(), Counter(), Counter(), Counter()
     kvps, thicknesses, slices = [], [], []
     recent = 0

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from ftlct import agent as agent_package
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync.sync_status import privacy_spent
 from ftlct.agent.twin.scanner_profile import scanner_profile
@@ -94,7 +95,7 @@ def build_twin_state(
             epsilon_last_round=round(spent["epsilon_last_round"], 6),
             rounds=spent["rounds"],
         ),
-        scanner=scanner_profile(db),
+        scanner=scanner_profile(SeriesIndex(db, create=False)),
         uptime_s=round(max(0.0, time.time() - started_at), 1),
     )
     return validate_twin_state(state.to_json())

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ftlct.agent.inference.embeddings import EmbeddingStore
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.instance_store import InstanceStore
@@ -38,7 +39,7 @@ def site_with_embeddings(
     class c's vectors sit around +-2 on the first axis."""
     layout = DataDir(root).create()
     db = Database(layout.index)
-    store = InstanceStore(layout, db, DiskGuard(lambda: 10**15, 0))
+    store = InstanceStore(layout, db, DiskGuard(lambda: 10**15, 0), series=SeriesIndex(db))
     embeddings = EmbeddingStore(layout)
     rng = np.random.default_rng(seed)
     records = []

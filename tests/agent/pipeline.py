@@ -9,6 +9,7 @@ from ftlct.agent.inference.worker import InferenceWorker
 from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.series.assembler import SeriesAssembler
 from ftlct.agent.series.jobs import JobQueue
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import InferenceSettings, SeriesSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
@@ -25,12 +26,21 @@ class Agent:
         clock = lambda: self.now  # noqa: E731
         self.data_dir = DataDir(root).create()
         self.db = Database(self.data_dir.index)
-        self.store = InstanceStore(self.data_dir, self.db, DiskGuard(lambda: 10**15, 0), clock)
+        self.series = SeriesIndex(self.db)
+        self.store = InstanceStore(
+            self.data_dir, self.db, DiskGuard(lambda: 10**15, 0), clock, series=self.series
+        )
         self.jobs = JobQueue(self.db, clock)
         self.events = EventBus()
         self.metrics = AgentMetrics()
         self.assembler = SeriesAssembler(
-            self.db, self.jobs, SeriesSettings(quiet_period_s=5), self.events, self.metrics, clock
+            self.db,
+            self.series,
+            self.jobs,
+            SeriesSettings(quiet_period_s=5),
+            self.events,
+            self.metrics,
+            clock,
         )
         self.embeddings = EmbeddingStore(self.data_dir)
         self.engine = InferenceEngine.load(model_path, threads=1)
@@ -38,6 +48,7 @@ class Agent:
         settings = InferenceSettings(model_dir=model_path, batch_size=4, **inference)
         self.worker = InferenceWorker(
             self.db,
+            self.series,
             self.store,
             self.jobs,
             self.embeddings,

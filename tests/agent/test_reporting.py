@@ -14,6 +14,7 @@ from ftlct.agent.inference.results import ResultStore, SeriesResult
 from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.reporting.delivery import DeliveryQueue
 from ftlct.agent.reporting.sr import build_result_sr
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import ResultsSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
@@ -110,7 +111,9 @@ class Pipeline:
         clock = lambda: self.now  # noqa: E731
         self.data_dir = DataDir(root).create()
         self.db = Database(self.data_dir.index)
-        self.store = InstanceStore(self.data_dir, self.db, DiskGuard(lambda: 10**15, 0), clock)
+        self.store = InstanceStore(
+            self.data_dir, self.db, DiskGuard(lambda: 10**15, 0), clock, series=SeriesIndex(self.db)
+        )
         self.events = EventBus()
         self.delivered = []
         self.events.subscribe(RESULT_DELIVERED, self.delivered.append)

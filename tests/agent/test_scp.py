@@ -14,6 +14,7 @@ from ftlct.agent.dicom.scp import StorageScp
 from ftlct.agent.events import INSTANCE_STORED, EventBus
 from ftlct.agent.logs import JsonFormatter
 from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import DicomSettings, TlsSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
@@ -31,7 +32,7 @@ def scp(tmp_path):
     data_dir = DataDir(tmp_path / "data").create()
     db = Database(data_dir.index)
     guard = DiskGuard(lambda: 10**15, 0)
-    store = InstanceStore(data_dir, db, guard)
+    store = InstanceStore(data_dir, db, guard, series=SeriesIndex(db))
     events = EventBus()
     stored = []
     events.subscribe(INSTANCE_STORED, stored.append)

@@ -8,6 +8,7 @@ from ftlct.agent.events import SERIES_COMPLETED, EventBus
 from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.series.assembler import SeriesAssembler
 from ftlct.agent.series.jobs import JobQueue
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import SeriesSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
@@ -31,13 +32,21 @@ def pipeline(tmp_path):
     clock = Clock()
     data_dir = DataDir(tmp_path / "data").create()
     db = Database(data_dir.index)
-    store = InstanceStore(data_dir, db, DiskGuard(lambda: 10**15, 0), clock=clock)
+    store = InstanceStore(
+        data_dir, db, DiskGuard(lambda: 10**15, 0), clock=clock, series=SeriesIndex(db)
+    )
     jobs = JobQueue(db, clock=clock)
     events = EventBus()
     completed = []
     events.subscribe(SERIES_COMPLETED, completed.append)
     assembler = SeriesAssembler(
-        db, jobs, SeriesSettings(quiet_period_s=5.0), events, AgentMetrics(), clock=clock
+        db,
+        store.series,
+        jobs,
+        SeriesSettings(quiet_period_s=5.0),
+        events,
+        AgentMetrics(),
+        clock=clock,
     )
     yield clock, store, jobs, assembler, completed
     db.close()

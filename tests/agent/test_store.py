@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.instance_store import InstanceStore, Outcome
@@ -35,7 +36,7 @@ def disk():
 def store(tmp_path, disk):
     data_dir = DataDir(tmp_path / "data").create()
     db = Database(data_dir.index)
-    yield InstanceStore(data_dir, db, DiskGuard(disk, min_free_bytes=10**6))
+    yield InstanceStore(data_dir, db, DiskGuard(disk, min_free_bytes=10**6), series=SeriesIndex(db))
     db.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.header import read_header
@@ -39,7 +40,7 @@ def test_device_fields_are_read_from_the_header():
 def test_the_profile_counts_series_per_device_and_takes_medians(tmp_path):
     layout = DataDir(tmp_path / "agent").create()
     db = Database(layout.index)
-    store = InstanceStore(layout, db, DiskGuard(lambda: 10**15, 0))
+    store = InstanceStore(layout, db, DiskGuard(lambda: 10**15, 0), series=SeriesIndex(db))
     _series(
         store,
         3,
@@ -67,7 +68,7 @@ def test_the_profile_counts_series_per_device_and_takes_medians(tmp_path):
         KVP=140,
         SliceThickness=2.5,
     )
-    profile = scanner_profile(db)
+    profile = scanner_profile(SeriesIndex(db))
     db.close()
     assert profile.manufacturers == {"SIEMENS": 2, "GE _Healthcare": 1}
     assert profile.manufacturer == "SIEMENS" and profile.model_name == "SOMATOM"
