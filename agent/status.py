@@ -7,6 +7,7 @@ process uses the same functions for its own view (e.g. a digital twin).
 from __future__ import annotations
 
 from ftlct.agent.inference.results import ResultStore
+from ftlct.agent.series.jobs import JobQueue
 from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_index import InstanceIndex
@@ -24,10 +25,7 @@ def collect_status(db: Database) -> dict:
         row["state"]: row["n"]
         for row in db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
     }
-    jobs = {
-        row["state"]: row["n"]
-        for row in db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-    }
+    jobs = JobQueue(db, create=False).counts_by_state()
     instances = InstanceIndex(db, create=False)
     return {
         "instances_stored": instances.count(),

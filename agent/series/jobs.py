@@ -1,4 +1,4 @@
-"""The durable inference job queue (a table of ``index.sqlite``).
+"""The durable inference job queue: the ``jobs`` table of ``index.sqlite``, owned here.
 
 One job per completed series generation. A series that re-opens while its job
 is still pending has the job's generation bumped rather than a second job
@@ -14,6 +14,23 @@ from dataclasses import dataclass
 
 from ftlct.agent.store.database import Database
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,           -- pending, running, done, failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before, id);
+"""
+STATES = ("pending", "running", "done", "failed")
+
 
 @dataclass(frozen=True)
 class Job:
@@ -24,9 +41,14 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, db: Database, clock=time.time):
+    def __init__(self, db: Database, clock=time.time, create: bool = True):
+        """``create=False`` for readers (``ftl-agent status``): no DDL, and an index that
+        never had a job queue reads as empty."""
         self.db = db
         self.clock = clock
+        if create:
+            db.ensure(SCHEMA)
+        self._exists = create or db.has_table("jobs")
 
     def enqueue(self, conn: sqlite3.Connection, series_uid: str, generation: int) -> None:
         """Queue inference of ``series_uid`` (inside the caller's transaction)."""
@@ -95,6 +117,15 @@ class JobQueue:
             ).rowcount
 
     def depth(self) -> int:
+        """Jobs waiting or running."""
         return int(
             self.db.scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')")
         )
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Every state of ``STATES`` -> how many jobs are in it."""
+        if not self._exists:
+            return dict.fromkeys(STATES, 0)
+        rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        found = {row["state"]: row["n"] for row in rows}
+        return {state: found.get(state, 0) for state in STATES} | found

@@ -47,10 +47,12 @@ STATES = ("open", "complete", "inferred", "failed", "skipped")
 
 class SeriesIndex:
     def __init__(self, db: Database, create: bool = True):
-        """``create=False`` for readers (``ftl-agent status``): no DDL."""
+        """``create=False`` for readers (``ftl-agent status``): no DDL, and an index without
+        the tables reads as empty."""
         self.db = db
         if create:
             db.ensure(SCHEMA)
+        self._exists = create or db.has_table("series")
 
     # ------------------------------------------------------------------ the store: arrivals
     def instance_indexed(
@@ -140,29 +142,41 @@ class SeriesIndex:
 
     # ------------------------------------------------------------------ reads
     def get(self, series_uid: str) -> dict | None:
+        if not self._exists:
+            return None
         row = self.db.query_one("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
         return None if row is None else dict(row)
 
     def has_series(self, uid: str) -> bool:
+        if not self._exists:
+            return False
         return self.db.query_one("SELECT 1 FROM series WHERE series_uid = ?", (uid,)) is not None
 
     def has_study(self, uid: str) -> bool:
+        if not self._exists:
+            return False
         return (
             self.db.query_one("SELECT 1 FROM series WHERE study_uid = ? LIMIT 1", (uid,))
             is not None
         )
 
     def open_count(self) -> int:
+        if not self._exists:
+            return 0
         return int(self.db.scalar("SELECT COUNT(*) FROM series WHERE state = 'open'") or 0)
 
     def counts_by_state(self) -> dict[str, int]:
         """Every state of ``STATES`` -> how many series are in it."""
+        if not self._exists:
+            return dict.fromkeys(STATES, 0)
         rows = self.db.query("SELECT state, COUNT(*) AS n FROM series GROUP BY state")
         found = {row["state"]: row["n"] for row in rows}
         return {state: found.get(state, 0) for state in STATES} | found
 
     def with_devices(self) -> list[dict]:
         """Per series: modality, n_instances, first_received_at and the device fields."""
+        if not self._exists:
+            return []
         rows = self.db.query(
             "SELECT s.modality, s.n_instances, s.first_received_at, d.manufacturer, d.model_name,"
             " d.kernel, d.kvp, d.slice_thickness_mm FROM series s"

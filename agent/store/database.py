@@ -30,20 +30,6 @@ CREATE TABLE IF NOT EXISTS quarantine (
     sop_instance_uid TEXT
 );
 
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    series_uid TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    state TEXT NOT NULL,           -- pending, running, done, failed
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before, id);
-
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY,
     series_uid TEXT NOT NULL,

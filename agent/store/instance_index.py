@@ -35,10 +35,12 @@ CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
 
 class InstanceIndex:
     def __init__(self, db: Database, create: bool = True):
-        """``create=False`` for readers (``ftl-agent status``): no DDL."""
+        """``create=False`` for readers (``ftl-agent status``): no DDL, and an index without
+        the table reads as empty."""
         self.db = db
         if create:
             db.ensure(SCHEMA)
+        self._exists = create or db.has_table("instances")
 
     # ------------------------------------------------------------------ the store's writes
     def lookup(self, conn: sqlite3.Connection | None, sop_uid: str) -> Mapping | None:
@@ -86,6 +88,8 @@ class InstanceIndex:
     # ------------------------------------------------------------------ reads
     def get(self, sop_uid: str) -> dict | None:
         """The whole row of one instance, or None."""
+        if not self._exists:
+            return None
         row = self.db.query_one("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_uid,))
         return None if row is None else dict(row)
 
@@ -102,7 +106,11 @@ class InstanceIndex:
         return {row["path"] for row in self.db.query("SELECT path FROM instances")}
 
     def count(self) -> int:
+        if not self._exists:
+            return 0
         return int(self.db.scalar("SELECT COUNT(*) FROM instances") or 0)
 
     def bytes_stored(self) -> int:
+        if not self._exists:
+            return 0
         return int(self.db.scalar("SELECT COALESCE(SUM(size), 0) FROM instances") or 0)
