@@ -11,6 +11,7 @@ from ftlct.agent.series.jobs import JobQueue
 from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_index import InstanceIndex
+from ftlct.agent.store.quarantine import quarantined
 from ftlct.agent.sync.sync_status import federation_status
 
 
@@ -34,7 +35,7 @@ def collect_status(db: Database) -> dict:
         "series_inferred": _count(
             db, "SELECT COUNT(DISTINCT series_uid) FROM results WHERE superseded = 0"
         ),
-        "quarantined": _count(db, "SELECT COUNT(*) FROM quarantine"),
+        "quarantined": quarantined(db),
         # labels and the update outbox exist once labels were set or federation ran
         "labels": _count(db, "SELECT COUNT(*) FROM labels") if db.has_table("labels") else 0,
         "model_version": db.get_meta("model_version"),

@@ -18,18 +18,6 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY,
-    received_at REAL NOT NULL,
-    reason TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    path TEXT,                     -- relative to the data dir; NULL when it could not be kept
-    size INTEGER NOT NULL,
-    calling_ae TEXT,
-    sop_class_uid TEXT,            -- as the sender announced them
-    sop_instance_uid TEXT
-);
-
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY,
     series_uid TEXT NOT NULL,

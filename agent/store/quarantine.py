@@ -1,4 +1,7 @@
-"""Keep what could not be stored, with the reason, for an operator to inspect."""
+"""Keep what could not be stored, with the reason, for an operator to inspect.
+
+Owns ``quarantine/`` in the data dir and the ``quarantine`` table indexing it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,20 @@ from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.layout import DataDir
 from ftlct.export.files import atomic_write_bytes, atomic_write_text, sha256_bytes
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    path TEXT,                     -- relative to the data dir; NULL when it could not be kept
+    size INTEGER NOT NULL,
+    calling_ae TEXT,
+    sop_class_uid TEXT,            -- as the sender announced them
+    sop_instance_uid TEXT
+);
+"""
+
 
 class Quarantine:
     def __init__(self, data_dir: DataDir, db: Database, guard: DiskGuard, clock=time.time):
@@ -18,6 +35,7 @@ class Quarantine:
         self.db = db
         self.guard = guard
         self.clock = clock
+        db.ensure(SCHEMA)
 
     def keep(
         self,
@@ -76,7 +94,7 @@ class Quarantine:
             return int(cursor.lastrowid)
 
     def count(self) -> int:
-        return int(self.db.scalar("SELECT COUNT(*) FROM quarantine"))
+        return quarantined(self.db)
 
     def entries(self) -> list[dict]:
         rows = self.db.query("SELECT * FROM quarantine ORDER BY id")
@@ -84,3 +102,10 @@ class Quarantine:
 
     def path_of(self, entry: dict) -> Path | None:
         return self.data_dir.resolve(entry["path"]) if entry.get("path") else None
+
+
+def quarantined(db: Database) -> int:
+    """How many refused objects the index records (0 for an index without a quarantine yet)."""
+    if not db.has_table("quarantine"):
+        return 0
+    return int(db.scalar("SELECT COUNT(*) FROM quarantine") or 0)
