@@ -32,9 +32,7 @@ def collect_status(db: Database) -> dict:
         "instances_stored": instances.count(),
         # every series whose quiet period has passed, whatever came of it
         "series_complete": sum(n for state, n in series_by_state.items() if state != "open"),
-        "series_inferred": _count(
-            db, "SELECT COUNT(DISTINCT series_uid) FROM results WHERE superseded = 0"
-        ),
+        "series_inferred": ResultStore(db, create=False).series_with_result(),
         "quarantined": quarantined(db),
         # labels and the update outbox exist once labels were set or federation ran
         "labels": _count(db, "SELECT COUNT(*) FROM labels") if db.has_table("labels") else 0,
@@ -63,4 +61,4 @@ def collect_status(db: Database) -> dict:
 
 def list_results(db: Database) -> list[dict]:
     """The ``results --json`` list: the current result of every series, oldest first."""
-    return [result.to_json() for result in ResultStore(db).current()]
+    return [result.to_json() for result in ResultStore(db, create=False).current()]

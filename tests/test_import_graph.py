@@ -40,14 +40,11 @@ KNOWN_CYCLES: set[frozenset[str]] = {
 }
 KNOWN_FOREIGN_TABLES = {
     ("ftlct.agent.inference.embeddings", "instances"),
-    ("ftlct.agent.inference.results", "results"),
     ("ftlct.agent.inference.worker", "embeddings"),
     ("ftlct.agent.reporting.delivery", "deliveries"),
-    ("ftlct.agent.reporting.delivery", "results"),
     ("ftlct.agent.status", "deliveries"),
     ("ftlct.agent.status", "labels"),
     ("ftlct.agent.status", "outbox"),
-    ("ftlct.agent.status", "results"),
     ("ftlct.agent.sync.federation_store", "meta"),
     ("ftlct.agent.sync.federation_sync", "meta"),
     ("ftlct.agent.sync.sync_status", "federation_updates"),
@@ -61,7 +58,6 @@ KNOWN_FOREIGN_TABLES = {
     ("ftlct.agent.training.local_round", "outbox"),
     ("ftlct.agent.training.local_round", "privacy_ledger"),
     ("ftlct.agent.training.local_round", "training_runs"),
-    ("ftlct.agent.twin.twin_builder", "results"),
 }
 
 

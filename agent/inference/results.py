@@ -1,4 +1,8 @@
-"""Series results: one current row per series; a newer result supersedes (not deletes) the old."""
+"""Series results: one current row per series; a newer result supersedes (not deletes) the old.
+
+The ``results`` table is owned here: the worker inserts, delivery, the twin and
+status read through ``ResultStore``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,29 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 
 from ftlct.agent.store.database import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    n_instances INTEGER NOT NULL,
+    n_slices INTEGER NOT NULL,
+    n_skipped INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    probabilities TEXT NOT NULL,   -- JSON label -> float
+    key_instances TEXT NOT NULL,   -- JSON list of SOP Instance UIDs that decided the result
+    aggregation TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    backbone_sha256 TEXT NOT NULL,
+    latency_s REAL NOT NULL,       -- last instance received -> result stored
+    inference_s REAL NOT NULL,     -- compute time of the job
+    created_at REAL NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS results_series ON results (series_uid, superseded);
+"""
 
 
 @dataclass(frozen=True)
@@ -60,8 +87,13 @@ class SeriesResult:
 
 
 class ResultStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, create: bool = True):
+        """``create=False`` for readers (``ftl-agent status``): no DDL, and an index without
+        the table reads as empty."""
         self.db = db
+        if create:
+            db.ensure(SCHEMA)
+        self._exists = create or db.has_table("results")
 
     def insert(self, conn: sqlite3.Connection, result: SeriesResult) -> SeriesResult:
         """Write ``result`` as the series' current one (inside the caller's transaction)."""
@@ -96,6 +128,8 @@ class ResultStore:
 
     def current(self) -> list[SeriesResult]:
         """The current result of every series, oldest first."""
+        if not self._exists:
+            return []
         rows = self.db.query("SELECT * FROM results WHERE superseded = 0 ORDER BY created_at, id")
         return [SeriesResult.from_row(row) for row in rows]
 
@@ -108,3 +142,26 @@ class ResultStore:
             "SELECT * FROM results WHERE series_uid = ? ORDER BY id", (series_uid,)
         )
         return [SeriesResult.from_row(row) for row in rows]
+
+    def is_superseded(self, result_id: int) -> bool:
+        row = self.db.query_one("SELECT superseded FROM results WHERE id = ?", (result_id,))
+        return row is not None and bool(row["superseded"])
+
+    def series_with_result(self) -> int:
+        """Series that have a current result."""
+        if not self._exists:
+            return 0
+        return int(
+            self.db.scalar("SELECT COUNT(DISTINCT series_uid) FROM results WHERE superseded = 0")
+            or 0
+        )
+
+    def recent_latencies(self, limit: int) -> list[float]:
+        """``latency_s`` of the ``limit`` newest current results, newest first."""
+        if not self._exists:
+            return []
+        rows = self.db.query(
+            "SELECT latency_s FROM results WHERE superseded = 0 ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [row["latency_s"] for row in rows]

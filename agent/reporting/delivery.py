@@ -163,8 +163,7 @@ class DeliveryQueue(BackgroundLoop):
         )
 
     def _superseded(self, result: SeriesResult) -> bool:
-        row = self.db.query_one("SELECT superseded FROM results WHERE id = ?", (result.id,))
-        return bool(row["superseded"])
+        return self.results.is_superseded(result.id)
 
     def _write_sr(self, result: SeriesResult) -> tuple[str, str]:
         from ftlct.agent.reporting.sr import build_result_sr  # highdicom: only when sending

@@ -18,27 +18,6 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY,
-    series_uid TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    n_instances INTEGER NOT NULL,
-    n_slices INTEGER NOT NULL,
-    n_skipped INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    probabilities TEXT NOT NULL,   -- JSON label -> float
-    key_instances TEXT NOT NULL,   -- JSON list of SOP Instance UIDs that decided the result
-    aggregation TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    backbone_sha256 TEXT NOT NULL,
-    latency_s REAL NOT NULL,       -- last instance received -> result stored
-    inference_s REAL NOT NULL,     -- compute time of the job
-    created_at REAL NOT NULL,
-    superseded INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS results_series ON results (series_uid, superseded);
-
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
     result_id INTEGER NOT NULL,
@@ -88,8 +67,13 @@ class Database:
             self._conn.execute("ATTACH DATABASE ? AS " + alias, (str(path),))
 
     def ensure(self, ddl: str) -> None:
-        """Create tables and indexes (idempotent ``CREATE ... IF NOT EXISTS`` script)."""
+        """Create tables and indexes (idempotent ``CREATE ... IF NOT EXISTS`` script).
+
+        Refused inside a transaction: ``executescript`` would commit it half done.
+        """
         with self._lock:
+            if self._conn.in_transaction:
+                raise RuntimeError("schema changes inside a transaction would commit it")
             self._conn.executescript(ddl)
 
     @contextmanager

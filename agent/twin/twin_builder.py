@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from ftlct import agent as agent_package
+from ftlct.agent.inference.results import ResultStore
 from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync.sync_status import privacy_spent
@@ -36,12 +37,8 @@ def agent_version() -> str:
         return getattr(agent_package, "__version__", "0")
 
 
-def latency(db: Database) -> Latency:
-    rows = db.query(
-        "SELECT latency_s FROM results WHERE superseded = 0 ORDER BY id DESC LIMIT ?",
-        (LATENCY_WINDOW,),
-    )
-    values = np.asarray([row["latency_s"] for row in rows], dtype=np.float64)
+def latency(results: ResultStore) -> Latency:
+    values = np.asarray(results.recent_latencies(LATENCY_WINDOW), dtype=np.float64)
     if values.size == 0:
         return Latency()
     return Latency(
@@ -86,7 +83,7 @@ def build_twin_state(
             training=1 if training else 0,
             results=status["queues"]["delivery"],
         ),
-        latency=latency(db),
+        latency=latency(ResultStore(db, create=False)),
         outbox=status["outbox"],
         privacy=PrivacyBudget(
             epsilon_spent=round(spent["epsilon_spent"], 6),

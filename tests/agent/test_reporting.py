@@ -133,8 +133,9 @@ class Pipeline:
             ds = ct_instance(SERIES, STUDY, instance_number=n)
             self.store.put(part10_bytes(ds))
             uids.append(str(ds.SOPInstanceUID))
+        results = ResultStore(self.db)
         with self.db.transaction() as conn:
-            result = ResultStore(self.db).insert(conn, a_result(uids, result_id=None))
+            result = results.insert(conn, a_result(uids, result_id=None))
             self.queue.result_hook(conn, result)
         return result
 
