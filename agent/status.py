@@ -7,6 +7,7 @@ process uses the same functions for its own view (e.g. a digital twin).
 from __future__ import annotations
 
 from ftlct.agent.inference.results import ResultStore
+from ftlct.agent.reporting.deliveries import Deliveries
 from ftlct.agent.series.jobs import JobQueue
 from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
@@ -22,10 +23,7 @@ def _count(db: Database, sql: str, params: tuple = ()) -> int:
 def collect_status(db: Database) -> dict:
     """The ``status --json`` object: DESIGN.md keys first, then queue depths and detail."""
     series_by_state = SeriesIndex(db, create=False).counts_by_state()
-    deliveries = {
-        row["state"]: row["n"]
-        for row in db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-    }
+    deliveries = Deliveries(db, create=False).counts_by_state()
     jobs = JobQueue(db, create=False).counts_by_state()
     instances = InstanceIndex(db, create=False)
     return {

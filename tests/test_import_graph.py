@@ -41,8 +41,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
 KNOWN_FOREIGN_TABLES = {
     ("ftlct.agent.inference.embeddings", "instances"),
     ("ftlct.agent.inference.worker", "embeddings"),
-    ("ftlct.agent.reporting.delivery", "deliveries"),
-    ("ftlct.agent.status", "deliveries"),
     ("ftlct.agent.status", "labels"),
     ("ftlct.agent.status", "outbox"),
     ("ftlct.agent.sync.federation_store", "meta"),

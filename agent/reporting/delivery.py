@@ -1,6 +1,6 @@
 """Deliver series results as DICOM SR to the configured destination, retrying until it works.
 
-A delivery row is written in the same transaction as its result (a result
+A delivery row (``reporting.deliveries``) is written in the same transaction as its result (a result
 hook of the inference worker), so no result can lose its SR to a crash. This
 thread builds the SR file under ``reports/`` on the first attempt and C-STOREs
 it; failures back off exponentially and end as ``failed`` after
@@ -24,6 +24,7 @@ from ftlct.agent.events import RESULT_DELIVERED, EventBus
 from ftlct.agent.inference.results import ResultStore, SeriesResult
 from ftlct.agent.logs import log_event
 from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.reporting.deliveries import Deliveries
 from ftlct.agent.settings import ResultsSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_store import InstanceStore
@@ -50,6 +51,7 @@ class DeliveryQueue(BackgroundLoop):
         super().__init__()
         self.db = db
         self.store = store
+        self.deliveries = Deliveries(db)
         self.results = ResultStore(db)
         self.destination = destination
         self.settings = settings
@@ -61,26 +63,18 @@ class DeliveryQueue(BackgroundLoop):
     # ------------------------------------------------------------------ feeding
     def result_hook(self, conn: sqlite3.Connection, result: SeriesResult) -> None:
         """Queue the SR of ``result`` (runs inside the result's transaction)."""
-        conn.execute(
-            "INSERT INTO deliveries (result_id, series_uid, destination, state, created_at)"
-            " VALUES (?, ?, ?, 'pending', ?)",
-            (result.id, result.series_uid, str(self.destination), self.clock()),
-        )
+        self.deliveries.add(conn, result.id, result.series_uid, str(self.destination), self.clock())
         self.wake()
 
     def pending(self) -> int:
-        return int(self.db.scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"))
+        return self.deliveries.pending()
 
     def run_once(self) -> bool:
         """Attempt the oldest due delivery; False if none is due."""
-        row = self.db.query_one(
-            "SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT 1",
-            (self.clock(),),
-        )
-        if row is None:
+        delivery = self.deliveries.next_due(self.clock())
+        if delivery is None:
             return False
-        self._attempt(dict(row))
+        self._attempt(delivery)
         return True
 
     # ------------------------------------------------------------------ one attempt
@@ -180,10 +174,5 @@ class DeliveryQueue(BackgroundLoop):
         return relpath, str(sr.SOPInstanceUID)
 
     def _update(self, delivery: dict, **changes) -> None:
-        assignments = ", ".join(f"{key} = ?" for key in changes)
-        with self.db.transaction() as conn:
-            conn.execute(
-                f"UPDATE deliveries SET {assignments} WHERE id = ?",
-                (*changes.values(), delivery["id"]),
-            )
+        self.deliveries.update(delivery["id"], **changes)
         delivery.update(changes)

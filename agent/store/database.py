@@ -1,9 +1,11 @@
 """The agent's SQLite databases (WAL): one connection per file and process, under a lock.
 
 Every stage keeps its durable state here, so a restart resumes where the
-process stopped: instances and series (store), inference jobs (series),
-results (inference), SR deliveries (reporting). Parts added later create
-their own tables with ``Database.ensure``.
+process stopped. Each table belongs to one owner module, which holds its
+schema and creates it with ``Database.ensure`` (instances: ``store.instance_index``,
+series: ``series.series_index``, jobs: ``series.jobs``, results:
+``inference.results``, ...; README "Who owns what"); this module owns only
+``meta``, a key-value table written through ``set_meta``.
 """
 
 from __future__ import annotations
@@ -17,22 +19,6 @@ from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    result_id INTEGER NOT NULL,
-    series_uid TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    state TEXT NOT NULL,           -- pending, sent, failed
-    path TEXT,                     -- the SR file once built, relative to the data dir
-    sop_instance_uid TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    sent_at REAL
-);
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, next_attempt_at);
 """
 
 
