@@ -15,6 +15,7 @@ Training reads them with::
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ftlct.agent.store.database import Database
+from ftlct.agent.store.instance_index import InstanceIndex
 from ftlct.agent.store.layout import DataDir
 
 SCHEMA = """
@@ -68,7 +70,8 @@ class EmbeddingStore:
         # The only writer of embeddings.sqlite: DEFERRED, so that reading the attached index
         # never locks out the store's writes to it.
         self.db = Database(data_dir.embeddings, schema=SCHEMA, begin="DEFERRED")
-        # Read the index beside it so only the current copy of each instance counts.
+        # Read the index's current_instances view beside it, so only the current copy of
+        # each instance counts (store.instance_index publishes the view).
         self.db.attach(data_dir.index, "idx")
         self.clock = clock
 
@@ -108,6 +111,15 @@ class EmbeddingStore:
                 (instance["sop_instance_uid"], instance["sha256"], reason),
             )
 
+    def has_embedding(self, instance: dict, backbone_sha256: str) -> bool:
+        """Whether these bytes of ``instance`` were embedded by ``backbone_sha256``."""
+        row = self.db.query_one(
+            "SELECT 1 FROM embeddings WHERE sop_instance_uid = ? AND instance_sha256 = ?"
+            " AND backbone_sha256 = ? LIMIT 1",
+            (instance["sop_instance_uid"], instance["sha256"], backbone_sha256),
+        )
+        return row is not None
+
     def unembeddable(self, instances: list[dict]) -> dict[str, str]:
         """SOP Instance UID -> reason, for those of ``instances`` known to have no usable pixels."""
         found = {}
@@ -124,7 +136,7 @@ class EmbeddingStore:
         """SOP Instance UID -> ``[frames, D]`` for the current copies of a series' instances."""
         rows = self.db.query(
             "SELECT e.sop_instance_uid, e.frame, e.dim, e.vector FROM embeddings e"
-            " JOIN idx.instances i ON i.sop_instance_uid = e.sop_instance_uid"
+            " JOIN idx.current_instances i ON i.sop_instance_uid = e.sop_instance_uid"
             "  AND i.sha256 = e.instance_sha256"
             " WHERE e.series_uid = ? AND e.backbone_sha256 = ? ORDER BY e.sop_instance_uid, e.frame",
             (series_uid, backbone_sha256),
@@ -138,8 +150,8 @@ class EmbeddingStore:
         """Every current embedding made by ``backbone_sha256``, in study/series/instance order."""
         rows = self.db.query(
             "SELECT e.sop_instance_uid, e.series_uid, e.study_uid, e.frame, e.dim, e.vector"
-            " FROM embeddings e JOIN idx.instances i ON i.sop_instance_uid = e.sop_instance_uid"
-            "  AND i.sha256 = e.instance_sha256"
+            " FROM embeddings e JOIN idx.current_instances i"
+            " ON i.sop_instance_uid = e.sop_instance_uid AND i.sha256 = e.instance_sha256"
             " WHERE e.backbone_sha256 = ?"
             " ORDER BY e.study_uid, e.series_uid, i.instance_number, e.sop_instance_uid, e.frame",
             (backbone_sha256,),
@@ -153,6 +165,25 @@ class EmbeddingStore:
         dim = int(rows[0]["dim"]) if rows else 0
         vectors = np.stack([_vector(row) for row in rows]) if rows else np.zeros((0, dim), "f4")
         return keys, vectors.astype(np.float32, copy=False)
+
+    def count_of(self, backbone_sha256: str, uids: set[str]) -> int:
+        """Current slice embeddings of ``backbone_sha256`` whose instance, series or study UID
+        is in ``uids`` (counted in SQL: serve asks often, nothing is loaded)."""
+        if not uids:
+            return 0
+        wanted = json.dumps(sorted(uids))
+        return int(
+            self.db.scalar(
+                "SELECT COUNT(*) FROM embeddings e JOIN idx.current_instances i"
+                " ON i.sop_instance_uid = e.sop_instance_uid AND i.sha256 = e.instance_sha256"
+                " WHERE e.backbone_sha256 = :backbone"
+                " AND (e.sop_instance_uid IN (SELECT value FROM json_each(:uids))"
+                "  OR e.series_uid IN (SELECT value FROM json_each(:uids))"
+                "  OR e.study_uid IN (SELECT value FROM json_each(:uids)))",
+                {"backbone": backbone_sha256, "uids": wanted},
+            )
+            or 0
+        )
 
     def count(self) -> int:
         return int(self.db.scalar("SELECT COUNT(*) FROM embeddings"))
@@ -178,8 +209,19 @@ def load_embeddings(
     data_dir = DataDir(Path(source))
     if not data_dir.embeddings.is_file() or not data_dir.index.is_file():
         return EmbeddingKeys([], [], [], []), np.zeros((0, 0), dtype=np.float32)
+    publish_current_instances(data_dir)
     store = EmbeddingStore(data_dir)
     try:
         return store.load(backbone_sha256)
     finally:
         store.close()
+
+
+def publish_current_instances(data_dir: DataDir) -> None:
+    """Make sure the index has the view the embedding joins read (an index last written by
+    an older agent lacks it; ``InstanceIndex`` creates it)."""
+    index = Database(data_dir.index)
+    try:
+        InstanceIndex(index)
+    finally:
+        index.close()

@@ -254,11 +254,6 @@ class InferenceWorker(BackgroundLoop):
         for row in rows:
             if row["sop_instance_uid"] in skipped:
                 continue
-            done = self.embeddings.db.query_one(
-                "SELECT 1 FROM embeddings WHERE sop_instance_uid = ? AND instance_sha256 = ?"
-                " AND backbone_sha256 = ? LIMIT 1",
-                (row["sop_instance_uid"], row["sha256"], backbone_sha256),
-            )
-            if done is None:
+            if not self.embeddings.has_embedding(row, backbone_sha256):
                 todo.append(row)
         return todo

@@ -68,9 +68,12 @@ def resolve_level(db: Database, uid: str) -> str | None:
 
 
 class LabelStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, create: bool = True):
+        """``create=False`` for readers: no DDL, and an index without labels reads as empty."""
         self.db = db
-        db.ensure(SCHEMA)
+        if create:
+            db.ensure(SCHEMA)
+        self._exists = create or db.has_table("labels")
 
     def set_many(
         self,
@@ -139,9 +142,17 @@ class LabelStore:
 
     def all(self) -> dict[str, str]:
         """uid -> label, every level (pending ones too: training matches them again)."""
+        if not self._exists:
+            return {}
         return {row["uid"]: row["label"] for row in self.db.query("SELECT uid, label FROM labels")}
 
+    def uids(self) -> set[str]:
+        """Every labelled UID, whatever its level."""
+        return set(self.all())
+
     def count(self) -> int:
+        if not self._exists:
+            return 0
         return int(self.db.scalar("SELECT COUNT(*) FROM labels") or 0)
 
     def counts_by_level(self) -> dict[str, int]:

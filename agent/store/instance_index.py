@@ -1,6 +1,10 @@
 """The ``instances`` table: one row per stored SOP Instance, the current copy only.
 
-Owned here (``InstanceStore`` writes through it); the other stages ask ``InstanceIndex``.
+Owned here (``InstanceStore`` writes through it); the other stages ask
+``InstanceIndex``. Joins inside SQLite (the embeddings database attaches the
+index to count only the current copy of each instance) read the view
+``current_instances`` published below, never the table, so the table can
+change without breaking them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+
+-- The read interface for joins from another database: which bytes are current, in slice order.
+CREATE VIEW IF NOT EXISTS current_instances AS
+    SELECT sop_instance_uid, sha256, instance_number FROM instances;
 """
 
 

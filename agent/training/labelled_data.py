@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ftlct.agent.inference.embeddings import load_embeddings
+from ftlct.agent.inference.embeddings import (
+    EmbeddingStore,
+    load_embeddings,
+    publish_current_instances,
+)
 from ftlct.agent.labels.label_store import LabelStore
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.layout import DataDir
@@ -66,27 +70,23 @@ def labelled_data(
 
 
 def count_labelled(data_root: Path, backbone_sha256: str) -> int:
-    """Labelled slice embeddings, counted in SQL (serve checks this often; nothing is loaded)."""
+    """Labelled slice embeddings (serve checks this often: counted in SQL, nothing loaded)."""
     layout = DataDir(data_root)
-    if not layout.embeddings.is_file():
+    if not layout.embeddings.is_file() or not layout.index.is_file():
         return 0
-    db = Database(layout.embeddings, create=False, begin="DEFERRED")
+    index = Database(layout.index, create=False)
     try:
-        db.attach(layout.index, "idx")
-        if not db.scalar("SELECT 1 FROM idx.sqlite_master WHERE type='table' AND name='labels'"):
-            return 0
-        return int(
-            db.scalar(
-                "SELECT COUNT(*) FROM embeddings e JOIN idx.instances i"
-                " ON i.sop_instance_uid = e.sop_instance_uid AND i.sha256 = e.instance_sha256"
-                " WHERE e.backbone_sha256 = ? AND EXISTS (SELECT 1 FROM idx.labels l"
-                "  WHERE l.uid IN (e.sop_instance_uid, e.series_uid, e.study_uid))",
-                (backbone_sha256,),
-            )
-            or 0
-        )
+        uids = LabelStore(index, create=False).uids()
     finally:
-        db.close()
+        index.close()
+    if not uids:
+        return 0
+    publish_current_instances(layout)
+    embeddings = EmbeddingStore(layout)
+    try:
+        return embeddings.count_of(backbone_sha256, uids)
+    finally:
+        embeddings.close()
 
 
 def holdout_split(data: LabelledData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
