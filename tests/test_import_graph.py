@@ -44,15 +44,12 @@ KNOWN_CYCLES: set[frozenset[str]] = {
 KNOWN_FOREIGN_TABLES = {
     ("ftlct.agent.status", "labels"),
     ("ftlct.agent.status", "outbox"),
-    ("ftlct.agent.sync.federation_store", "meta"),
     ("ftlct.agent.sync.federation_sync", "meta"),
     ("ftlct.agent.sync.sync_status", "federation_updates"),
     ("ftlct.agent.sync.sync_status", "model_events"),
-    ("ftlct.agent.sync.sync_status", "privacy_ledger"),
     ("ftlct.agent.sync.sync_status", "training_runs"),
     ("ftlct.agent.training.local_round", "federation_updates"),
     ("ftlct.agent.training.local_round", "outbox"),
-    ("ftlct.agent.training.local_round", "privacy_ledger"),
     ("ftlct.agent.training.local_round", "training_runs"),
 }
 

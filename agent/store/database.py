@@ -95,8 +95,14 @@ class Database:
         return self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
 
     def set_meta(self, key: str, value: str) -> None:
+        self.set_meta_many({key: value})
+
+    def set_meta_many(self, values: dict[str, str]) -> None:
+        """Set several keys in one transaction (readers see all of them or none)."""
         with self.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items())
+            )
 
     def close(self) -> None:
         with self._lock:

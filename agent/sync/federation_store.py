@@ -6,7 +6,6 @@
 * ``outbox``: signed updates not yet acknowledged by the broker (PUBACK). A row is
   deleted only when the broker has acknowledged it, so a crash, a restart or a
   broker outage never loses one; resending is safe (the cloud knows update ids);
-* ``privacy_ledger``: the zCDP cost of every noised delta (``training.privacy``);
 * ``training_runs`` and ``model_events``: what training and model installs did, and why.
 
 Written by ``ftl-agent serve`` and ``ftl-agent train``; read by ``ftl-agent status``.
@@ -53,15 +52,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
-);
-
-CREATE TABLE IF NOT EXISTS privacy_ledger (
-    update_id TEXT PRIMARY KEY,
-    round INTEGER NOT NULL,
-    rho REAL NOT NULL,             -- zCDP cost of this release
-    clip_norm REAL NOT NULL,
-    noise_multiplier REAL NOT NULL,
-    created_at REAL NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS training_runs (
@@ -201,20 +191,4 @@ class FederationStore:
                 "SELECT 1 FROM model_events WHERE version = ? AND outcome = 'gate_refused'",
                 (version,),
             )
-        )
-
-    def privacy_rho_spent(self) -> float:
-        return float(self.db.scalar("SELECT COALESCE(SUM(rho), 0) FROM privacy_ledger") or 0.0)
-
-
-def remember_privacy(db: Database, settings) -> None:
-    """Record the ``[privacy]`` settings in force so status and the twin report epsilon with them."""
-    with db.transaction() as conn:
-        conn.executemany(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            [
-                ("privacy.enabled", "1" if settings.enabled else "0"),
-                ("privacy.delta", repr(settings.delta)),
-                ("privacy.epsilon_limit", repr(settings.epsilon_limit)),
-            ],
         )

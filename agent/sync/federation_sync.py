@@ -28,8 +28,9 @@ import time
 from ftlct.agent.background import BackgroundLoop
 from ftlct.agent.labels.label_store import SCHEMA as LABELS_SCHEMA
 from ftlct.agent.logs import log_event
+from ftlct.agent.privacy.ledger import PrivacyLedger
 from ftlct.agent.settings import AgentSettings
-from ftlct.agent.sync.federation_store import FederationStore, remember_privacy
+from ftlct.agent.sync.federation_store import FederationStore
 from ftlct.agent.sync.model_install import ModelInstaller
 from ftlct.agent.sync.mqtt_link import MqttLink
 from ftlct.agent.sync.site_identity import remember_names, site_identity
@@ -74,7 +75,7 @@ class FederationSync(BackgroundLoop):
         self.fed = FederationStore(self.db)
         self.data_root = service.data_dir.root
         remember_names(self.db, self.site, self.federation)
-        remember_privacy(self.db, self.settings.privacy)
+        PrivacyLedger(self.db).remember(self.settings.privacy)
         self.identity = site_identity(self.data_root, self.site)
         self.installer = ModelInstaller(service, self.settings, self.fed)
         self.runner = TrainingRunner(self.settings, self.data_root)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+from ftlct.agent.privacy.ledger import PrivacyLedger
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync.federation_store import FederationStore
-from ftlct.agent.training import privacy
 
 STALE_HEARTBEAT_S = 15.0  # serve writes one every 2 s; older means it is not running
 
@@ -71,20 +71,5 @@ def federation_status(db: Database) -> dict:
 
 
 def privacy_spent(db: Database) -> dict:
-    """epsilon per round and in total (zCDP composition), with the settings serve/train recorded."""
-    delta = float(db.get_meta("privacy.delta") or 1e-5)
-    rows = (
-        db.query("SELECT rho FROM privacy_ledger ORDER BY created_at")
-        if db.has_table("privacy_ledger")
-        else []
-    )
-    rho_total = sum(row["rho"] for row in rows)
-    return {
-        "enabled": db.get_meta("privacy.enabled") == "1",
-        "epsilon_spent": privacy.epsilon_of(rho_total, delta),
-        "epsilon_last_round": privacy.epsilon_of(rows[-1]["rho"], delta) if rows else 0.0,
-        "epsilon_limit": float(db.get_meta("privacy.epsilon_limit") or 0.0),
-        "delta": delta,
-        "rho_spent": rho_total,
-        "rounds": len(rows),
-    }
+    """epsilon per round and in total, with the settings serve/train recorded."""
+    return PrivacyLedger(db, create=False).spent()

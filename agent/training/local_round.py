@@ -29,12 +29,13 @@ from pathlib import Path
 
 from ftlct.agent.labels.label_store import SCHEMA as LABELS_SCHEMA
 from ftlct.agent.logs import log_event
+from ftlct.agent.privacy import mechanism as privacy
+from ftlct.agent.privacy.ledger import PrivacyLedger
 from ftlct.agent.settings import AgentSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.layout import DataDir
-from ftlct.agent.sync.federation_store import FederationStore, remember_privacy
+from ftlct.agent.sync.federation_store import FederationStore
 from ftlct.agent.sync.site_identity import federation_names, site_identity
-from ftlct.agent.training import privacy
 from ftlct.agent.training.labelled_data import count_labelled, holdout_split, labelled_data
 from ftlct.agent.training.metrics import classification_metrics
 from ftlct.agent.training.recipe import Recipe, recipe_for
@@ -110,7 +111,7 @@ def plan_round(settings: AgentSettings, db: Database, data_root: Path) -> RoundP
     p = settings.privacy
     rho = privacy.rho_per_release(p.noise_multiplier) if p.enabled else 0.0
     if p.enabled:
-        budget = privacy.Budget(fed.privacy_rho_spent(), p.delta, p.epsilon_limit)
+        budget = privacy.Budget(PrivacyLedger(db).rho_spent(), p.delta, p.epsilon_limit)
         if not budget.allows(rho):
             return _skip(
                 f"privacy budget exhausted: epsilon {budget.epsilon_spent:.3f} spent, one more "
@@ -138,7 +139,7 @@ def run_local_round(settings: AgentSettings, data_root: Path) -> RoundOutcome:
     try:
         db.ensure(LABELS_SCHEMA)
         fed = FederationStore(db)
-        remember_privacy(db, settings.privacy)
+        PrivacyLedger(db).remember(settings.privacy)
         plan = plan_round(settings, db, layout.root)
         if isinstance(plan, RoundOutcome):
             outcome = plan
@@ -259,6 +260,7 @@ def _shape_delta(delta, plan: RoundPlan, settings: AgentSettings) -> tuple[dict,
 def _queue_update(db, plan: RoundPlan, update_id, payload, n_samples, metrics, settings) -> None:
     now = time.time()
     topic = Topics(plan.federation).updates(plan.site)
+    ledger = PrivacyLedger(db)
     with db.transaction() as conn:
         conn.execute(
             "INSERT INTO federation_updates (update_id, round, cluster, base_version, n_samples,"
@@ -279,18 +281,7 @@ def _queue_update(db, plan: RoundPlan, update_id, payload, n_samples, metrics, s
             (update_id, topic, payload, now),
         )
         if settings.privacy.enabled:
-            conn.execute(
-                "INSERT INTO privacy_ledger (update_id, round, rho, clip_norm, noise_multiplier,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    update_id,
-                    plan.announcement.round,
-                    plan.rho,
-                    settings.privacy.clip_norm,
-                    settings.privacy.noise_multiplier,
-                    now,
-                ),
-            )
+            ledger.charge(conn, update_id, plan.announcement.round, plan.rho, settings.privacy, now)
         conn.execute(
             "INSERT INTO training_runs (round, outcome, reason, metrics, at) VALUES (?, ?, ?, ?, ?)",
             (plan.announcement.round, "trained", "", json.dumps(metrics), now),

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from ftlct.agent.labels.label_store import LabelStore
+from ftlct.agent.privacy import mechanism as privacy
 from ftlct.agent.settings import load_settings
 from ftlct.agent.status import collect_status
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync.federation_store import FederationStore
-from ftlct.agent.training import privacy
 from ftlct.agent.training.labelled_data import holdout_split, labelled_data
 from ftlct.agent.training.local_round import run_local_round
 from ftlct.protocol.exchange import open_global_model, open_round, open_update

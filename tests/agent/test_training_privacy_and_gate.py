@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ftlct.agent.training import privacy
+from ftlct.agent.privacy import mechanism as privacy
 from ftlct.agent.training.gate import judge_head
 
 

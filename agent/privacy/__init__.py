@@ -1,0 +1,1 @@
+"""Differential privacy on the released delta: the mechanism and the ledger of what was spent."""
