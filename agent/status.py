@@ -7,17 +7,15 @@ process uses the same functions for its own view (e.g. a digital twin).
 from __future__ import annotations
 
 from ftlct.agent.inference.results import ResultStore
+from ftlct.agent.labels.label_store import LabelStore
 from ftlct.agent.reporting.deliveries import Deliveries
 from ftlct.agent.series.jobs import JobQueue
 from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_index import InstanceIndex
 from ftlct.agent.store.quarantine import quarantined
+from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.sync_status import federation_status
-
-
-def _count(db: Database, sql: str, params: tuple = ()) -> int:
-    return int(db.scalar(sql, params) or 0)
 
 
 def collect_status(db: Database) -> dict:
@@ -26,6 +24,7 @@ def collect_status(db: Database) -> dict:
     deliveries = Deliveries(db, create=False).counts_by_state()
     jobs = JobQueue(db, create=False).counts_by_state()
     instances = InstanceIndex(db, create=False)
+    labels = LabelStore(db, create=False)
     return {
         "instances_stored": instances.count(),
         # every series whose quiet period has passed, whatever came of it
@@ -33,9 +32,9 @@ def collect_status(db: Database) -> dict:
         "series_inferred": ResultStore(db, create=False).series_with_result(),
         "quarantined": quarantined(db),
         # labels and the update outbox exist once labels were set or federation ran
-        "labels": _count(db, "SELECT COUNT(*) FROM labels") if db.has_table("labels") else 0,
+        "labels": labels.count(),
         "model_version": db.get_meta("model_version"),
-        "outbox": _count(db, "SELECT COUNT(*) FROM outbox") if db.has_table("outbox") else 0,
+        "outbox": Outbox(db, create=False).count(),
         "bytes_stored": instances.bytes_stored(),
         "series": {
             state: series_by_state.get(state, 0)
@@ -50,9 +49,7 @@ def collect_status(db: Database) -> dict:
             state: deliveries.get(state, 0) for state in ("pending", "sent", "failed", "superseded")
         },
         "jobs_failed": jobs.get("failed", 0),
-        "labels_pending": _count(db, "SELECT COUNT(*) FROM labels WHERE level = 'pending'")
-        if db.has_table("labels")
-        else 0,
+        "labels_pending": labels.counts_by_level().get("pending", 0),
         "federation": federation_status(db),
     }
 

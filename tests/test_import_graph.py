@@ -37,20 +37,9 @@ NAMES = re.compile(
     r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?:\s+IF\s+NOT\s+EXISTS)?"
     r"|INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON)\s+([A-Za-z_][\w.]*)"
 )
-# Violations left to remove; each move of issue 11 deletes its lines (a stale line fails too).
+# Cycles left to remove; each move of issue 11 deletes its line (a stale line fails too).
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"ftlct.agent.sync", "ftlct.agent.training"}),
-}
-KNOWN_FOREIGN_TABLES = {
-    ("ftlct.agent.status", "labels"),
-    ("ftlct.agent.status", "outbox"),
-    ("ftlct.agent.sync.federation_sync", "meta"),
-    ("ftlct.agent.sync.sync_status", "federation_updates"),
-    ("ftlct.agent.sync.sync_status", "model_events"),
-    ("ftlct.agent.sync.sync_status", "training_runs"),
-    ("ftlct.agent.training.local_round", "federation_updates"),
-    ("ftlct.agent.training.local_round", "outbox"),
-    ("ftlct.agent.training.local_round", "training_runs"),
 }
 
 
@@ -199,10 +188,8 @@ def test_each_table_is_named_in_sql_only_by_its_owner_module():
     named = {m: tables - views for m, tables in named.items()}
     unknown = sorted((m, t) for m, tables in named.items() for t in tables if t not in owners)
     assert unknown == [], "SQL names a table no agent module creates"
-    foreign = {(m, t) for m, tables in named.items() for t in tables if owners[t] != m}
-    assert foreign - KNOWN_FOREIGN_TABLES == set(), "a stage reaches into another's table"
-    stale = KNOWN_FOREIGN_TABLES - foreign
-    assert stale == set(), "fixed: delete these from KNOWN_FOREIGN_TABLES"
+    foreign = sorted((m, t) for m, tables in named.items() for t in tables if owners[t] != m)
+    assert foreign == [], "a stage reaches into another's table: ask its owner module"
 
 
 def test_the_table_rule_sees_joins_attachments_indexes_and_writes():

@@ -156,6 +156,8 @@ class LabelStore:
         return int(self.db.scalar("SELECT COUNT(*) FROM labels") or 0)
 
     def counts_by_level(self) -> dict[str, int]:
+        if not self._exists:
+            return {}
         rows = self.db.query("SELECT level, COUNT(*) AS n FROM labels GROUP BY level")
         return {row["level"]: row["n"] for row in rows}
 

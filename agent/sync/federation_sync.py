@@ -30,9 +30,11 @@ from ftlct.agent.labels.label_store import SCHEMA as LABELS_SCHEMA
 from ftlct.agent.logs import log_event
 from ftlct.agent.privacy.ledger import PrivacyLedger
 from ftlct.agent.settings import AgentSettings
-from ftlct.agent.sync.federation_store import FederationStore
+from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.sync.model_install import ModelInstaller
 from ftlct.agent.sync.mqtt_link import MqttLink
+from ftlct.agent.sync.outbox import Outbox
+from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.sync.site_identity import remember_names, site_identity
 from ftlct.agent.training.local_round import RoundOutcome, RoundPlan, plan_round
 from ftlct.agent.training.runner import TrainingRunner
@@ -72,12 +74,14 @@ class FederationSync(BackgroundLoop):
         self.service = service
         self.db = service.db
         self.db.ensure(LABELS_SCHEMA)
-        self.fed = FederationStore(self.db)
+        self.received = ReceivedMessages(self.db)
+        self.outbox = Outbox(self.db)
+        self.model_events = ModelEvents(self.db)
         self.data_root = service.data_dir.root
         remember_names(self.db, self.site, self.federation)
         PrivacyLedger(self.db).remember(self.settings.privacy)
         self.identity = site_identity(self.data_root, self.site)
-        self.installer = ModelInstaller(service, self.settings, self.fed)
+        self.installer = ModelInstaller(service, self.settings, self.model_events)
         self.runner = TrainingRunner(self.settings, self.data_root)
         will = build_offline_will(self.identity, self.federation, service.engine.current.version)
         self.link = MqttLink(
@@ -154,10 +158,10 @@ class FederationSync(BackgroundLoop):
             self._bump("sync.rounds_refused")
             log_event(log, "round_refused", logging.WARNING, reason=exc.reason, detail=str(exc))
             return
-        known = self.fed.load_round()
+        known = self.received.load_round()
         if known is not None and announcement.round < known.round:
             return  # an older announcement replayed: keep the newer one
-        self.fed.save_round(payload, announcement)
+        self.received.save_round(payload, announcement)
         log_event(
             log,
             "round_announced",
@@ -168,7 +172,7 @@ class FederationSync(BackgroundLoop):
         )
         self._next_plan = 0.0
         # A new round may put this site in another cluster: its model may already be here.
-        model = self.fed.load_model(announcement.cluster_for(self.site))
+        model = self.received.load_model(announcement.cluster_for(self.site))
         if model is not None:
             self._install(model)
 
@@ -183,7 +187,7 @@ class FederationSync(BackgroundLoop):
                 labels=current.labels,
             )
         except ProtocolError as exc:
-            self.fed.record_model_event(cluster, None, "refused", f"{exc.reason}: {exc}")
+            self.model_events.record(cluster, None, "refused", f"{exc.reason}: {exc}")
             log_event(
                 log,
                 "model_refused",
@@ -194,11 +198,11 @@ class FederationSync(BackgroundLoop):
             )
             return
         if model.cluster != cluster:
-            self.fed.record_model_event(cluster, model.version, "refused", "wrong_cluster")
+            self.model_events.record(cluster, model.version, "refused", "wrong_cluster")
             return
-        self.fed.save_model(payload, model)
+        self.received.save_model(payload, model)
         self._next_plan = 0.0
-        announcement = self.fed.load_round()
+        announcement = self.received.load_round()
         mine = announcement.cluster_for(self.site) if announcement else "global"
         if cluster == mine:
             self._install(model)
@@ -207,7 +211,7 @@ class FederationSync(BackgroundLoop):
         try:
             outcome = self.installer.consider(model)
         except Exception as exc:  # a head that does not load: the old model stays in use
-            self.fed.record_model_event(model.cluster, model.version, "refused", str(exc))
+            self.model_events.record(model.cluster, model.version, "refused", str(exc))
             log_event(
                 log, "model_install_failed", logging.ERROR, version=model.version, error=str(exc)
             )
@@ -221,18 +225,18 @@ class FederationSync(BackgroundLoop):
             return False
         worked = False
         now = time.monotonic()
-        for row in self.fed.outbox_rows():
-            row_id = row["id"]
+        for entry in self.outbox.entries():
+            row_id = entry.id
             sent = self._in_flight.get(row_id)
             if sent is not None and now - sent[1] < RESEND_AFTER_S:
                 continue
             if self._retry_at.get(row_id, 0.0) > now:
                 continue
-            info = self.link.publish(row["topic"], bytes(row["payload"]))
+            info = self.link.publish(entry.topic, entry.payload)
             self._in_flight[row_id] = (info.mid, now)
             self._mid_rows[info.mid] = row_id
             worked = True
-            log_event(log, "update_published", update_id=row["update_id"], mid=info.mid)
+            log_event(log, "update_published", update_id=entry.update_id, mid=info.mid)
         return worked
 
     def _drain_acks(self) -> bool:
@@ -248,11 +252,11 @@ class FederationSync(BackgroundLoop):
             worked = True
             self._in_flight.pop(row_id, None)
             if failed:
-                self.fed.publish_failed(row_id, reason)
+                self.outbox.publish_failed(row_id, reason)
                 self._retry_at[row_id] = time.monotonic() + RETRY_FAILED_S
                 log_event(log, "update_refused_by_broker", logging.WARNING, reason=reason)
                 continue
-            update_id = self.fed.acknowledged(row_id)
+            update_id = self.outbox.acknowledged(row_id)
             if update_id:
                 log_event(log, "update_acknowledged", update_id=update_id)
 
@@ -314,14 +318,9 @@ class FederationSync(BackgroundLoop):
 
     # ------------------------------------------------------------------ status
     def _set_connected(self, connected: bool) -> None:
-        with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("sync.connected", "1" if connected else "0"),
-                    ("sync.heartbeat_at", repr(time.time())),
-                ],
-            )
+        self.db.set_meta_many(
+            {"sync.connected": "1" if connected else "0", "sync.heartbeat_at": repr(time.time())}
+        )
 
     def _bump(self, key: str) -> None:
         self.db.set_meta(key, str(int(self.db.get_meta(key) or 0) + 1))

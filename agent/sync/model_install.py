@@ -20,7 +20,7 @@ from pathlib import Path
 from ftlct.agent.logs import log_event
 from ftlct.agent.settings import AgentSettings
 from ftlct.agent.store.database import Database
-from ftlct.agent.sync.federation_store import FederationStore
+from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.training.gate import GateResult, judge_head
 from ftlct.agent.training.labelled_data import holdout_split, labelled_data
 from ftlct.export.files import atomic_write_text
@@ -70,10 +70,10 @@ def choose_model_dir(configured: Path, data_root: Path) -> Path:
 
 
 class ModelInstaller:
-    def __init__(self, service, settings: AgentSettings, fed: FederationStore):
+    def __init__(self, service, settings: AgentSettings, events: ModelEvents):
         self.service = service
         self.settings = settings
-        self.fed = fed
+        self.events = events
         self.data_root = Path(service.data_dir.root)
 
     def consider(self, model: GlobalModel) -> str:
@@ -83,11 +83,11 @@ class ModelInstaller:
             return "current"
         if model.round < installed_round(self.service.db):
             return "older"
-        if self.fed.gate_refused(model.version):
+        if self.events.gate_refused(model.version):
             return "refused_before"
         gate = self.gate(model)
         if not gate.accepted:
-            self.fed.record_model_event(
+            self.events.record(
                 model.cluster,
                 model.version,
                 "gate_refused",
@@ -105,7 +105,7 @@ class ModelInstaller:
             )
             return "gate_refused"
         self.install(model)
-        self.fed.record_model_event(
+        self.events.record(
             model.cluster,
             model.version,
             "installed",

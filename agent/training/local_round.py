@@ -18,7 +18,6 @@ round (serve and ``train`` at once, say) fail instead of sending twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sqlite3
@@ -34,8 +33,10 @@ from ftlct.agent.privacy.ledger import PrivacyLedger
 from ftlct.agent.settings import AgentSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.layout import DataDir
-from ftlct.agent.sync.federation_store import FederationStore
+from ftlct.agent.sync.outbox import MadeUpdate, Outbox
+from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.sync.site_identity import federation_names, site_identity
+from ftlct.agent.sync.training_log import TrainingLog
 from ftlct.agent.training.labelled_data import count_labelled, holdout_split, labelled_data
 from ftlct.agent.training.metrics import classification_metrics
 from ftlct.agent.training.recipe import Recipe, recipe_for
@@ -82,11 +83,11 @@ def _skip(reason: str, round_no: int | None = None) -> RoundOutcome:
 
 def plan_round(settings: AgentSettings, db: Database, data_root: Path) -> RoundPlan | RoundOutcome:
     """Whether this site can train now, and on what; cheap and torch-free."""
-    fed = FederationStore(db)
+    received = ReceivedMessages(db)
     site, federation = federation_names(settings, db)
     if not site or not federation:
         return _skip("no site/federation configured (serve with --site and --federation once)")
-    announcement = fed.load_round()
+    announcement = received.load_round()
     if announcement is None:
         return _skip("no round announced yet (the agent has not reached the broker)")
     number = announcement.round
@@ -94,9 +95,9 @@ def plan_round(settings: AgentSettings, db: Database, data_root: Path) -> RoundP
         return _skip(f"round {number} is finished; waiting for the next round", number)
     cluster = announcement.cluster_for(site)
     base = announcement.base_version_for(site)
-    if fed.update_for(number, cluster) is not None:
+    if Outbox(db).made_for(number, cluster):
         return _skip(f"already made this site's update for round {number}", number)
-    model = fed.load_model(cluster)
+    model = received.load_model(cluster)
     if model is None or model.version != base:
         have = model.version if model else "none"
         return _skip(f"round {number} trains from {base}; global model received: {have}", number)
@@ -138,14 +139,13 @@ def run_local_round(settings: AgentSettings, data_root: Path) -> RoundOutcome:
     db = Database(layout.index, create=False)
     try:
         db.ensure(LABELS_SCHEMA)
-        fed = FederationStore(db)
         PrivacyLedger(db).remember(settings.privacy)
         plan = plan_round(settings, db, layout.root)
         if isinstance(plan, RoundOutcome):
             outcome = plan
         else:
             try:
-                outcome = _train(settings, db, fed, layout.root, plan)
+                outcome = _train(settings, db, layout.root, plan)
             except sqlite3.IntegrityError:
                 outcome = _skip(
                     f"already made this site's update for round {plan.announcement.round}",
@@ -156,15 +156,13 @@ def run_local_round(settings: AgentSettings, data_root: Path) -> RoundOutcome:
                     "failed", f"{type(exc).__name__}: {exc}", plan.announcement.round
                 )
         if outcome.outcome != "trained":
-            fed.record_training(outcome.round, outcome.outcome, outcome.reason, outcome.metrics)
+            TrainingLog(db).record(outcome.round, outcome.outcome, outcome.reason, outcome.metrics)
         return outcome
     finally:
         db.close()
 
 
-def _train(
-    settings: AgentSettings, db: Database, fed: FederationStore, data_root: Path, plan: RoundPlan
-) -> RoundOutcome:
+def _train(settings: AgentSettings, db: Database, data_root: Path, plan: RoundPlan) -> RoundOutcome:
     t = settings.training
     number = plan.announcement.round
     data = labelled_data(data_root, db, plan.model.backbone_sha256, plan.model.labels)
@@ -259,30 +257,20 @@ def _shape_delta(delta, plan: RoundPlan, settings: AgentSettings) -> tuple[dict,
 
 def _queue_update(db, plan: RoundPlan, update_id, payload, n_samples, metrics, settings) -> None:
     now = time.time()
-    topic = Topics(plan.federation).updates(plan.site)
-    ledger = PrivacyLedger(db)
+    update = MadeUpdate(
+        update_id=update_id,
+        round=plan.announcement.round,
+        cluster=plan.cluster,
+        base_version=plan.model.version,
+        n_samples=n_samples,
+        codec=plan.recipe.codec,
+        metrics=metrics,
+        topic=Topics(plan.federation).updates(plan.site),
+        payload=payload,
+    )
+    outbox, ledger, log_ = Outbox(db), PrivacyLedger(db), TrainingLog(db)
     with db.transaction() as conn:
-        conn.execute(
-            "INSERT INTO federation_updates (update_id, round, cluster, base_version, n_samples,"
-            " codec, metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                update_id,
-                plan.announcement.round,
-                plan.cluster,
-                plan.model.version,
-                n_samples,
-                plan.recipe.codec,
-                json.dumps(metrics),
-                now,
-            ),
-        )
-        conn.execute(
-            "INSERT INTO outbox (update_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
-            (update_id, topic, payload, now),
-        )
+        outbox.queue(conn, update, now)
         if settings.privacy.enabled:
-            ledger.charge(conn, update_id, plan.announcement.round, plan.rho, settings.privacy, now)
-        conn.execute(
-            "INSERT INTO training_runs (round, outcome, reason, metrics, at) VALUES (?, ?, ?, ?, ?)",
-            (plan.announcement.round, "trained", "", json.dumps(metrics), now),
-        )
+            ledger.charge(conn, update_id, update.round, plan.rho, settings.privacy, now)
+        log_.record(update.round, "trained", "", metrics, conn=conn, now=now)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from ftlct.agent.store.database import Database
-from ftlct.agent.sync.federation_store import FederationStore
+from ftlct.agent.sync.outbox import MadeUpdate, Outbox
 from ftlct.agent.sync.site_identity import site_identity
 from ftlct.protocol.exchange import build_update
 from ftlct.protocol.topics import Topics
@@ -32,18 +32,12 @@ def queue_update(data_root) -> bytes:
         update_id="a1b2c3d4e5f6",
     )
     db = Database(data_root / "index.sqlite")
-    FederationStore(db)
+    outbox = Outbox(db)
+    update = MadeUpdate(
+        "a1b2c3d4e5f6", 1, "global", "v0", 12, "fp32", {}, Topics(FED).updates(SITE), payload
+    )
     with db.transaction() as conn:
-        conn.execute(
-            "INSERT INTO federation_updates (update_id, round, cluster, base_version, n_samples,"
-            " codec, metrics, created_at) VALUES ('a1b2c3d4e5f6', 1, 'global', 'v0', 12, 'fp32',"
-            " '{}', ?)",
-            (time.time(),),
-        )
-        conn.execute(
-            "INSERT INTO outbox (update_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
-            ("a1b2c3d4e5f6", Topics(FED).updates(SITE), payload, time.time()),
-        )
+        outbox.queue(conn, update, time.time())
     db.close()
     return payload
 

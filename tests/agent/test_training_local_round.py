@@ -10,7 +10,8 @@ from ftlct.agent.privacy import mechanism as privacy
 from ftlct.agent.settings import load_settings
 from ftlct.agent.status import collect_status
 from ftlct.agent.store.database import Database
-from ftlct.agent.sync.federation_store import FederationStore
+from ftlct.agent.sync.outbox import Outbox
+from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.training.labelled_data import holdout_split, labelled_data
 from ftlct.agent.training.local_round import run_local_round
 from ftlct.protocol.exchange import open_global_model, open_round, open_update
@@ -50,7 +51,7 @@ def settings_for(layout, **overrides):
 
 def receive(layout, cloud, round_payload=None, model_payload=None):
     db = Database(layout.index)
-    fed = FederationStore(db)
+    fed = ReceivedMessages(db)
     if round_payload is not None:
         fed.save_round(round_payload, open_round(round_payload, cloud.key, FED))
     if model_payload is not None:
@@ -86,12 +87,12 @@ def test_a_round_trains_from_the_global_head_and_queues_a_signed_delta(site):
     assert outcome.metrics["global_val_f1"] < outcome.metrics["val_f1"]
 
     db = Database(layout.index)
-    rows = FederationStore(db).outbox_rows()
-    assert len(rows) == 1 and rows[0]["topic"] == f"ftl/{FED}/updates/{SITE}"
+    rows = Outbox(db).entries()
+    assert len(rows) == 1 and rows[0].topic == f"ftl/{FED}/updates/{SITE}"
     assert collect_status(db)["outbox"] == 1
     db.close()
     key = load_identity(layout.root / "keys", SITE).public_b64
-    update = open_update(bytes(rows[0]["payload"]), lambda site: key if site == SITE else None, FED)
+    update = open_update(rows[0].payload, lambda site: key if site == SITE else None, FED)
     assert (update.round, update.base_version, update.cluster) == (1, "v0", "global")
     assert update.update_id == outcome.update_id and update.n_samples == 18
     assert set(update.delta) == {"dense.0.weight", "dense.0.bias"}
@@ -172,7 +173,7 @@ def test_differential_privacy_spends_budget_and_stops_at_the_limit(site):
     assert first.trained
     # only data-independent metrics travel under DP
     db = Database(layout.index)
-    payload = bytes(FederationStore(db).outbox_rows()[0]["payload"])
+    payload = Outbox(db).entries()[0].payload
     db.close()
     key = load_identity(layout.root / "keys", SITE).public_b64
     update = open_update(payload, lambda _: key, FED)
