@@ -58,11 +58,12 @@ bench: install
 	$(VENV)/bin/ftl-bench perf --out $(BENCH_OUT)
 	$(VENV)/bin/pytest -m perf $(PYTEST_ARGS)
 
-# The real peers the suite and the demo talk to (root: apt-get).
+# The real peers the suite and the demo talk to (root: apt-get); chromium drives the
+# dashboard test, systemd brings systemd-analyze for the unit-file tests.
 system-deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-		mosquitto mosquitto-clients dcmtk orthanc
+		mosquitto mosquitto-clients dcmtk orthanc chromium systemd
 
 clean:
 	rm -rf $(VENV) models .cache build *.egg-info .pytest_cache .ruff_cache
