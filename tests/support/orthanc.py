@@ -112,17 +112,20 @@ def orthanc_config(
 
 @contextlib.contextmanager
 def running_orthanc(
-    workdir: Path, modalities: dict[str, tuple[str, str, int]], ae_title: str = "ORTHANC"
+    workdir: Path,
+    modalities: dict[str, tuple[str, str, int]],
+    ae_title: str = "ORTHANC",
+    extra: dict | None = None,
 ) -> Iterator[Orthanc]:
+    """Orthanc with ``orthanc_config``; ``extra`` keys (e.g. "LuaScripts") are added or win."""
     program = require_program(ORTHANC)
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     while dicom_port == http_port:
         dicom_port = free_port()
     config = workdir / "orthanc.json"
-    config.write_text(
-        json.dumps(orthanc_config(workdir, http_port, dicom_port, ae_title, modalities), indent=2)
-    )
+    settings = orthanc_config(workdir, http_port, dicom_port, ae_title, modalities)
+    config.write_text(json.dumps({**settings, **(extra or {})}, indent=2))
     log_path = workdir / "orthanc.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
