@@ -17,4 +17,7 @@ for part in PARTS:
     package_dir[f"ftlct.{part}"] = part
     packages += [f"ftlct.{part}.{sub}" for sub in find_packages(part)]
 
-setup(packages=packages, package_dir=package_dir)
+# Files besides the modules that a part reads at run time (through importlib.resources).
+package_data = {"ftlct.cloud.dashboard": ["*.css"]}
+
+setup(packages=packages, package_dir=package_dir, package_data=package_data)

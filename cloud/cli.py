@@ -62,6 +62,12 @@ def serve(
         help="DEVELOPMENT ONLY: enrol unknown sites from their first signed update.",
     ),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
+    http: str = typer.Option(
+        None,
+        "--http",
+        help="Serve the read-only dashboard on HOST:PORT (a bare PORT binds 127.0.0.1); "
+        "its token is in STATE_DIR/dashboard.token.",
+    ),
 ) -> None:
     """Run federated rounds: publish global models, collect and validate updates, aggregate."""
     import logging
@@ -87,6 +93,7 @@ def serve(
         initial_weights=str(initial_weights) if initial_weights else None,
         state_dir=str(state_dir) if state_dir else None,
         dev_trust_on_first_use=dev_trust_on_first_use,
+        http=http,
     )
     if model is not None and initial_weights is not None:
         raise CliError(
@@ -111,10 +118,26 @@ def serve(
         logging.getLogger("ftlct.cloud").warning(
             "DEV MODE: --dev-trust-on-first-use accepts any site that signs its first update"
         )
+    dashboard = _start_dashboard(settings) if settings.http else None
     try:
         run_server(settings)
     except (CloudStateError, ModelDirError, InitialModelError, IdentityError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+
+
+def _start_dashboard(settings):
+    from ftlct.cloud.dashboard.http_server import DashboardServer, parse_http_address
+
+    try:
+        host, port = parse_http_address(settings.http)
+        return DashboardServer(settings.state_path, host, port).start()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"--http {settings.http}: {exc.strerror or exc}") from exc
 
 
 @app.command()

@@ -48,6 +48,7 @@ class CloudSettings:
     client_id: str = ""  # default ftl-cloud-{federation}; must be stable for the persistent session
     dev_trust_on_first_use: bool = False  # DEV ONLY: enrol unknown sites from their first update
     tick_s: float = 0.5  # how often deadlines are checked
+    http: str = ""  # HOST:PORT of the read-only dashboard (cloud.dashboard); "" = off
     training: dict = field(default_factory=_default_training)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)

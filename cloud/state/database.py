@@ -22,6 +22,19 @@ class Database:
         self.connection.execute("PRAGMA synchronous = FULL")
         self._depth = 0
 
+    @classmethod
+    def read_only(cls, path: Path) -> Database:
+        """A connection that cannot write (``mode=ro``, ``query_only``), for other readers;
+        usable from any thread (the dashboard opens one per request)."""
+        database = cls.__new__(cls)
+        database.path = path
+        database.connection = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0, check_same_thread=False
+        )
+        database.connection.execute("PRAGMA query_only = ON")
+        database._depth = 0
+        return database
+
     def create(self, schema: str) -> None:
         self.connection.executescript(schema)
 

@@ -27,3 +27,10 @@ class RejectionLog:
         """reason -> how many updates were refused for it."""
         rows = self.db.execute("SELECT reason, COUNT(*) FROM rejections GROUP BY reason")
         return dict(rows.fetchall())
+
+    def counts_of_round(self, round_: int) -> dict[str, int]:
+        """reason -> refusals recorded while ``round_`` was the open round."""
+        rows = self.db.execute(
+            "SELECT reason, COUNT(*) FROM rejections WHERE round = ? GROUP BY reason", (round_,)
+        )
+        return dict(rows.fetchall())

@@ -61,6 +61,13 @@ class RoundLog:
         row = self.db.execute("SELECT * FROM rounds ORDER BY round DESC LIMIT 1").fetchone()
         return _round_row(row) if row else None
 
+    def history(self, limit: int = 500) -> list[RoundRow]:
+        """The last ``limit`` rounds, oldest first."""
+        rows = self.db.execute(
+            "SELECT * FROM rounds ORDER BY round DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_round_row(row) for row in reversed(rows)]
+
     def completed(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM rounds WHERE status = 'done'").fetchone()[0]
 

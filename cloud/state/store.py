@@ -31,9 +31,13 @@ _OWNERS = (meta, site_keys, models, rounds, updates, rejections, counters, twins
 class StateStore:
     def __init__(self, path: Path):
         self.path = path
-        self.db = Database(path)
+        db = Database(path)
         for owner in _OWNERS:
-            self.db.create(owner.SCHEMA)
+            db.create(owner.SCHEMA)
+        self._attach(db)
+
+    def _attach(self, db: Database) -> None:
+        self.db = db
         self.meta = meta.FederationMeta(self.db)
         self.sites = site_keys.SiteKeys(self.db)
         self.models = models.ModelStore(self.db)
@@ -54,6 +58,18 @@ class StateStore:
         """The store in ``state_dir`` if one was ever created there (status must not create one)."""
         path = Path(state_dir) / DB_NAME
         return cls(path) if path.is_file() else None
+
+    @classmethod
+    def open_read_only(cls, state_dir: str | Path) -> StateStore | None:
+        """A view that never writes (the dashboard, the doctor), or None if there is no state;
+        no schema is created, every owner reads as usual."""
+        path = Path(state_dir) / DB_NAME
+        if not path.is_file():
+            return None
+        store = cls.__new__(cls)
+        store.path = path
+        store._attach(Database.read_only(path))
+        return store
 
     def transaction(self):
         """Group writes of several owners into one commit (nests: inner ones are savepoints)."""

@@ -69,6 +69,17 @@ class UpdateStore:
         rows = self.db.execute("SELECT site FROM updates WHERE round = ? ORDER BY site", (round_,))
         return [r[0] for r in rows]
 
+    def records_of_round(self, round_: int) -> list[dict]:
+        """Site, cluster, sample count and local metrics of each update of ``round_`` (no delta)."""
+        rows = self.db.execute(
+            "SELECT site, cluster, n_samples, metrics FROM updates WHERE round = ? ORDER BY site",
+            (round_,),
+        )
+        return [
+            {"site": r[0], "cluster": r[1], "n_samples": r[2], "metrics": json.loads(r[3])}
+            for r in rows
+        ]
+
     def clusters_of_round(self, round_: int) -> set[str]:
         rows = self.db.execute("SELECT DISTINCT cluster FROM updates WHERE round = ?", (round_,))
         return {r[0] for r in rows}
