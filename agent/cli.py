@@ -1,5 +1,5 @@
 """``ftl-agent``: the edge agent beside a CT scanner (serve, status, results, infer, label,
-train, identity)."""
+train, identity, doctor)."""
 
 from __future__ import annotations
 
@@ -310,6 +310,50 @@ def identity(
     except (IdentityError, OSError) as exc:
         raise CliError(f"site key: {exc}") from exc
     print(f"{name} {key.public_b64}")
+
+
+@app.command()
+def doctor(
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    model: Path = typer.Option(None, "--model", help="Model directory (default models/default)."),
+    host: str = typer.Option(None, "--host", help="Address serve listens on."),
+    port: int = typer.Option(None, "--port", help="DICOM port serve listens on."),
+    broker: str = typer.Option(None, "--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT."),
+    site: str = typer.Option(None, "--site", help="This site's id in the federation."),
+    federation: str = typer.Option(None, "--federation", help="Federation name."),
+    cloud_key: str = typer.Option(None, "--cloud-key", help="The cloud's public key."),
+    result_destination: str = typer.Option(
+        None, "--result-destination", help="AE@HOST:PORT the SR results go to."
+    ),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.5, help="Seconds per network check."),
+    json_out: bool = typer.Option(False, "--json", help="Print every check as JSON."),
+) -> None:
+    """Check settings, ports, disk, model, keys, broker, AE and clock; say what fixes each
+    problem; exit 1 on any error. Changes nothing."""
+    from ftlct.agent.doctor import diagnose
+
+    report = diagnose(
+        config,
+        {
+            "storage.data_dir": data_dir,
+            "inference.model_dir": model,
+            "dicom.host": host,
+            "dicom.port": port,
+            "federation.broker": broker,
+            "federation.site": site,
+            "federation.name": federation,
+            "federation.cloud_key": cloud_key,
+            "results.destination": result_destination,
+        },
+        timeout,
+    )
+    if json_out:
+        echo_json(report.to_json())
+    else:
+        print(report.render())
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

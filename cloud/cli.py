@@ -213,6 +213,39 @@ def enroll(
         print(f"re-enrolled {site} with a new key (the old one is no longer accepted)")
 
 
+@app.command()
+def doctor(
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    state_dir: Path = typer.Option(None, "--state-dir", help=STATE_HELP),
+    broker: str = typer.Option(None, "--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT."),
+    federation: str = typer.Option(None, "--federation", help="Federation name."),
+    model: Path = typer.Option(None, "--model", help="Model directory of the first global head."),
+    http: str = typer.Option(None, "--http", help="The dashboard's HOST:PORT."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.5, help="Seconds per network check."),
+    json_out: bool = typer.Option(False, "--json", help="Print every check as JSON."),
+) -> None:
+    """Check settings, state dir, disk, keys, model, broker, dashboard, sites and clock; say
+    what fixes each problem; exit 1 on any error. Changes nothing."""
+    from ftlct.cloud.doctor import diagnose
+
+    if config is not None and not config.is_file():
+        raise CliError(f"--config {config}: no such file")
+    flags = {
+        "state_dir": str(state_dir) if state_dir else None,
+        "broker": broker,
+        "federation": federation,
+        "model": str(model) if model else None,
+        "http": http,
+    }
+    report = diagnose(config, flags, timeout)
+    if json_out:
+        echo_json(report.to_json())
+    else:
+        print(report.render())
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command("broker-config")
 def broker_config(
     sites: str = typer.Option(..., "--sites", help="Comma-separated site ids."),
