@@ -262,11 +262,30 @@ def broker_config(
         None, "--run-as", help="Account mosquitto switches to when started as root (writes `user`)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the written paths as JSON."),
+    region: str = typer.Option(
+        None,
+        "--region",
+        help="Write a regional broker for --sites, bridged over TLS to the central broker "
+        "(needs --central and --central-address).",
+    ),
+    central: Path = typer.Option(
+        None, "--central", help="With --region: the central broker's broker-config directory."
+    ),
+    central_address: str = typer.Option(
+        None, "--central-address", help="With --region: HOST:PORT the bridge dials."
+    ),
 ) -> None:
-    """Write a mosquitto config: TLS (own CA), per-site passwords and client certs, ACLs."""
+    """Write a mosquitto config: TLS (own CA), per-site passwords and client certs, ACLs;
+    with --region, a regional broker bridged to the central one."""
     from ftlct.cloud.mosquitto_config import write_broker_config
 
     names = [s.strip() for s in sites.split(",") if s.strip()]
+    if region is not None:
+        _region_config(region, names, out, port, bind, hostname, run_as, central, central_address,
+                       json_out)  # fmt: skip
+        return
+    if central is not None or central_address is not None:
+        raise CliError("--central and --central-address go with --region")
     try:
         files = write_broker_config(out, names, port, bind, hostname or None, cloud_user, run_as)
     except ValueError as exc:
@@ -279,6 +298,37 @@ def broker_config(
     print(f"broker config: {files.conf}  (run: mosquitto -c {files.conf})")
     print(f"CA private key: {files.out / 'ca.key'} (move it offline once clients are issued)")
     for user, folder in files.clients.items():
+        print(f"credentials for {user}: {folder}/ (mqtt.toml, password, {user}.crt/.key, ca.crt)")
+
+
+def _region_config(region, sites, out, port, bind, hostname, run_as, central, address, json_out):
+    from ftlct.cloud.broker_bridge import write_region_config
+
+    if central is None or not address:
+        raise CliError("--region needs --central DIR and --central-address HOST:PORT")
+    try:
+        files = write_region_config(
+            out, region, sites, central, address, port, bind, hostname or None, run_as
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    broker = files.broker
+    if json_out:
+        echo_json(
+            {
+                "conf": str(broker.conf),
+                "clients": {k: str(v) for k, v in broker.clients.items()},
+                "bridge": str(files.bridge_dir),
+                "central_user": files.central_user,
+            }
+        )
+        return
+    print(f"regional broker config: {broker.conf}  (run: mosquitto -c {broker.conf})")
+    print(
+        f"bridge credentials at the central broker: {files.bridge_dir}/ (user {files.central_user})"
+    )
+    print(f"central passwd and acl updated in {central}: send the central mosquitto SIGHUP")
+    for user, folder in broker.clients.items():
         print(f"credentials for {user}: {folder}/ (mqtt.toml, password, {user}.crt/.key, ca.crt)")
 
 
