@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import stat
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -161,3 +164,28 @@ def test_page_before_any_state_says_so(tmp_path):
 def test_snapshot_never_creates_a_state_dir(tmp_path):
     read_snapshot(tmp_path / "absent")
     assert not (tmp_path / "absent").exists()
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ftlct.cloud", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_with_a_bad_http_address_says_so_in_one_line(tmp_path):
+    result = _serve("--state-dir", str(tmp_path / "s"), "--http", "localhost")
+    assert result.returncode == 1 and "--http wants HOST:PORT" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_with_the_http_port_taken_says_so_in_one_line(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = _serve("--state-dir", str(tmp_path / "s"), "--http", f"127.0.0.1:{port}")
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
