@@ -23,6 +23,7 @@ from ftlct.protocol.diagnostics import (
 )
 
 PRIVATE_KEY_SUFFIX = ".ed25519"
+REJECTED = "association rejected (calling or called AE title not accepted)"
 
 
 def diagnose(config: Path | None, overrides: dict, timeout: float = 5.0) -> Diagnosis:
@@ -92,7 +93,13 @@ def _dicom_port(report: Diagnosis, settings, timeout: float) -> None:
         report.error("dicom port", f"{d.host} is not an address of this machine", "fix dicom.host")
         return
     echo = _c_echo(d.ae_title, connectable_host(d.host), d.port, d.ae_title, timeout)
-    if echo is None:
+    if echo == REJECTED and d.allow_ae:
+        report.ok(
+            "dicom port",
+            f"{d.host}:{d.port} in use by a DICOM node that refuses AE {d.ae_title} "
+            "(the running agent with dicom.allow_ae)",
+        )
+    elif echo is None:
         report.ok(
             "dicom port",
             f"{d.host}:{d.port} in use by a DICOM node answering as {d.ae_title} (the agent, running)",
@@ -254,7 +261,7 @@ def _c_echo(calling: str, host: str, port: int, called: str, timeout: float) -> 
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
         if assoc.is_rejected:
-            return "association rejected (calling or called AE title not accepted)"
+            return REJECTED
         return "no DICOM association (nothing listening, or not a DICOM node)"
     try:
         status = assoc.send_c_echo()

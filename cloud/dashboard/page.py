@@ -209,7 +209,7 @@ def _twins(sites: dict, now: float) -> str:
 
 
 def _twin(site: str, info: dict, now: float) -> str:
-    twin = info.get("twin") or {}
+    twin = info.get("twin") if isinstance(info.get("twin"), dict) else {}
     online = bool(info.get("online"))
     queues = _get(twin, "queue_depths") or {}
     scanner = _get(twin, "scanner") or {}

@@ -22,6 +22,7 @@ from ftlct.protocol.exchange import build_round
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.messages import RoundAnnouncement
 from tests.cloud.harness import MqttPeer, make_tiny_model
+from tests.support.dicom_peers import running_agent
 from tests.support.mosquitto import running_mosquitto
 from tests.support.paths import require_program
 from tests.support.ports import LOOPBACK, free_port, wait_for_port
@@ -297,3 +298,13 @@ def test_cli_prints_the_fix_and_exits_non_zero_and_json_lists_every_check(box):
     key.chmod(0o600)
     fixed = subprocess.run(args, **env_run)
     assert fixed.returncode == 0, fixed.stdout
+
+
+@pytest.mark.parametrize("allow", [[], ["PACS"]])
+def test_dicom_port_held_by_the_running_agent_is_fine(box, model_path, tmp_path, allow):
+    extra = [arg for ae in allow for arg in ("--allow-ae", ae)]
+    with running_agent(tmp_path / "agent", model_path, *extra) as agent:
+        report = diagnose(
+            None, overrides(box, **{"dicom.port": agent.port, "dicom.allow_ae": allow})
+        )
+    assert levels(report, "dicom port") == {"ok"}, report.render()
