@@ -67,7 +67,7 @@ def diagnose(config: Path | None, flags: dict, timeout: float = 5.0) -> Diagnosi
 
 
 def _state_dir(report: Diagnosis, settings):
-    from ftlct.cloud.state_store import StateStore
+    from ftlct.cloud.state import StateStore
 
     state = settings.state_path
     if not state.exists():
@@ -85,7 +85,7 @@ def _state_dir(report: Diagnosis, settings):
         return None
     try:
         verdict = store.db.execute("PRAGMA quick_check").fetchone()[0]
-        federation = store.meta("federation")
+        federation = store.meta.get("federation")
     except sqlite3.Error as exc:
         report.error(
             "state dir",
@@ -138,7 +138,7 @@ def _model(report: Diagnosis, settings, store) -> None:
     from ftlct.cloud.initial_model import InitialModelError, network_from_file
     from ftlct.export.model_dir import ModelDir, ModelDirError
 
-    running = store is not None and store.meta("kind") is not None
+    running = store is not None and store.meta.get("kind") is not None
     if settings.initial_weights:
         try:
             network = network_from_file(settings.initial_weights)
@@ -150,7 +150,7 @@ def _model(report: Diagnosis, settings, store) -> None:
         report.ok("model", f"{settings.initial_weights}: {len(network.weights)} tensors")
         return
     path = Path(settings.model)
-    if running and (store.meta("kind") == "network" or not (path / "manifest.json").is_file()):
+    if running and (store.meta.get("kind") == "network" or not (path / "manifest.json").is_file()):
         report.ok("model", "the federation's state holds its model (no --model needed)")
         return
     try:
@@ -165,7 +165,7 @@ def _model(report: Diagnosis, settings, store) -> None:
             f"ftl-export verify {path}; rebuild with ftl-export build --out {path}",
         )
         return
-    pinned = store.meta("backbone_sha256") if running else None
+    pinned = store.meta.get("backbone_sha256") if running else None
     if pinned and pinned != model.backbone_sha256:
         report.error(
             "model",
@@ -177,7 +177,7 @@ def _model(report: Diagnosis, settings, store) -> None:
 
 
 def _sites(report: Diagnosis, settings, store) -> None:
-    enrolled = store.enrolled_sites() if store is not None else {}
+    enrolled = store.sites.enrolled() if store is not None else {}
     if not enrolled:
         report.warning(
             "sites",
@@ -196,7 +196,7 @@ def _sites(report: Diagnosis, settings, store) -> None:
 
 
 def _clock(report: Diagnosis, store) -> None:
-    last = store.last_round() if store is not None else None
+    last = store.rounds.last() if store is not None else None
     if last is None:
         return
     ahead = last.opened_at - time.time()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ftlct.cloud.doctor import diagnose
-from ftlct.cloud.state_store import RoundRow, StateStore
+from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.protocol.identity import load_or_create_identity
 from tests.support.ports import LOOPBACK, free_port
 
@@ -32,8 +32,8 @@ def cloud(tmp_path, mosquitto_broker, tiny_model):
     load_or_create_identity(state / "keys", "cloud")
     state.chmod(0o700)
     store = StateStore.open(state)
-    store.enroll("a", "A" * 44)
-    store.enroll("b", "B" * 44)
+    store.sites.enroll("a", "A" * 44)
+    store.sites.enroll("b", "B" * 44)
     store.close()
     flags = {
         "state_dir": str(state),
@@ -69,7 +69,7 @@ def test_state_dir_open_to_others_is_an_error(cloud):
 
 def test_state_of_another_federation_is_an_error(cloud):
     store = StateStore.open(cloud["state"])
-    store.set_meta("federation", "other")
+    store.meta.set("federation", "other")
     store.close()
     (finding,) = errors(diagnose(None, cloud["flags"]), "state dir")
     assert (
@@ -102,7 +102,9 @@ def test_too_few_sites_for_min_sites_is_a_warning(cloud):
 def test_clock_gone_back_behind_the_last_round_is_an_error(cloud):
     store = StateStore.open(cloud["state"])
     later = time.time() + 7200
-    store.add_round(RoundRow(1, "open", "ftl", later, later + 600, 0, {}, {}, "global", None, None))
+    store.rounds.add(
+        RoundRow(1, "open", "ftl", later, later + 600, 0, {}, {}, "global", None, None)
+    )
     store.close()
     (finding,) = errors(diagnose(None, cloud["flags"]), "clock")
     assert "clock went back" in finding.message
