@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -30,10 +31,19 @@ def run(*args, cwd: Path, timeout: float = 900, env: dict | None = None):
     return result
 
 
+# what a build must not see: local state, caches, the built model, earlier builds
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "models", "out", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+)
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # built from a copy of the source tree, so the build leaves nothing in the checkout
+    source = tmp_path_factory.mktemp("source") / "ftl-ct"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCE)
     dist = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, REPO, cwd=dist)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, source, cwd=dist)
     (built,) = dist.glob("ftl_ct-*.whl")
     return built
 
