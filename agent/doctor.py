@@ -220,7 +220,7 @@ def _broker(report: Diagnosis, settings, timeout: float):
 
 
 def _ae(report: Diagnosis, settings, timeout: float) -> None:
-    from ftlct.agent.dicom.destination import parse_destination
+    from ftlct.agent.destination import parse_destination
 
     d = settings.dicom
     if not d.allow_ae and connectable_host(d.host) not in ("127.0.0.1", "::1", "localhost"):
