@@ -28,6 +28,9 @@ def read_snapshot(state_dir: str | Path) -> dict | None:
     if store is None:
         return None
     try:
+        # one read transaction: one snapshot of the WAL, so a round the loop closes between
+        # two of the reads below cannot show as closed and still open at once
+        store.db.execute("BEGIN")
         report = status_report(store)
         twins = store.twins.all()
         history = round_history(store)
