@@ -144,7 +144,9 @@ def _model(report: Diagnosis, model_dir: Path, data_dir: Path) -> None:
         elif what == "model":
             report.error(
                 "model",
-                f"{what} {path}: {'; '.join(problems)}",
+                f"{what}: {'; '.join(problems)}"
+                if str(path) in problems[0]
+                else f"{what} {path}: {'; '.join(problems)}",
                 f"ftl-export verify {path}; rebuild with ftl-export build --out {path} (or set --model)",
             )
         else:  # serve falls back to --model's head; say so, do not fail the box
@@ -185,12 +187,21 @@ def _broker(report: Diagnosis, settings, timeout: float):
     from ftlct.protocol.broker_probe import probe_broker
     from ftlct.protocol.errors import ProtocolError
     from ftlct.protocol.exchange import open_round
+    from ftlct.protocol.identity import IdentityError, public_key_from_b64
     from ftlct.protocol.topics import Topics
 
     f = settings.federation
     if not f.broker:
         report.ok("broker", "no federation configured (inference only)")
         return None
+    try:
+        public_key_from_b64(f.cloud_key)
+    except IdentityError as exc:
+        report.error(
+            "config",
+            f"federation.cloud_key: {exc}",
+            "set it to the line `ftl-cloud identity` prints at the operator",
+        )
     topics = Topics(f.name)
     probe = probe_broker(f.broker, settings.mqtt, f.site or "agent", timeout, topics.rounds_current)
     for finding in probe.findings:

@@ -308,3 +308,15 @@ def test_dicom_port_held_by_the_running_agent_is_fine(box, model_path, tmp_path,
             None, overrides(box, **{"dicom.port": agent.port, "dicom.allow_ae": allow})
         )
     assert levels(report, "dicom port") == {"ok"}, report.render()
+
+
+def test_a_cloud_key_that_is_no_public_key_is_a_config_error(box):
+    fed = {
+        "federation.broker": f"mqtt://{LOOPBACK}:{free_port()}",
+        "federation.site": SITE,
+        "federation.name": FED,
+        "federation.cloud_key": "not-a-key",
+    }
+    report = diagnose(None, overrides(box, **fed), timeout=2)
+    (finding,) = errors(report, "config")
+    assert "federation.cloud_key" in finding.message and "ftl-cloud identity" in finding.fix
