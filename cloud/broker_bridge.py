@@ -6,14 +6,15 @@ cloud runs, over mutual TLS. Writes into OUT what ``write_broker_config`` writes
 for the region's sites (its own CA, per-site credentials, ACLs: a site writes
 only its own topics), plus::
 
-    bridge/          central-ca.crt, bridge-R.crt/.key (issued by the central CA),
-                     password: the bridge's credentials at the central broker
+    bridge/          central-ca.crt, region-R.crt/.key (issued by the central CA, common
+                     name region-R: the bridge's identity at the central broker)
     mosquitto.conf   ... and the bridge section (BRIDGE_TOPICS, QoS 1, persistent session)
 
-and adds the user ``region-R`` to the central broker's ``passwd`` and ``acl``
-(in the central broker-config directory): it may write exactly the region's
-sites' topics and read what the cloud publishes for them. Send the central
-mosquitto SIGHUP (or restart it) to load them.
+and adds the user ``region-R`` to the central broker's ``acl`` (in the central
+broker-config directory): it may write exactly the region's sites' topics and
+read what the cloud publishes for them. A central broker that still checks
+passwords (a ``passwd`` file beside its ``acl``) also gets the bridge's password
+(``bridge/password``). Send the central mosquitto SIGHUP (or restart it) to load them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ftlct.cloud.mosquitto_config import BrokerFiles, mosquitto_password_hash, write_broker_config
+from ftlct.cloud.mosquitto_config import BrokerFiles, write_broker_config
 from ftlct.cloud.pki import KeyAndCert, issue
 from ftlct.export.files import atomic_write_bytes
 from ftlct.protocol.topics import check_name
@@ -35,12 +36,12 @@ from ftlct.protocol.topics import check_name
 # Every topic the bridge carries, under ftl/+/ (any federation), with its direction seen
 # from the region: "out" = site -> cloud, "in" = cloud -> site. "{site}" expands once per
 # site of the region. The same table writes the central ACL of the region's bridge user.
-# The cloud's signed receipts (receipts/{site}, cloud -> site) are one more line here.
 BRIDGE_TOPICS: tuple[tuple[str, str], ...] = (
     ("updates/{site}", "out"),
     ("twins/{site}/#", "out"),
     ("rounds/#", "in"),
     ("model/#", "in"),
+    ("receipts/{site}", "in"),  # the cloud's signed verdict on each of the site's updates
 )
 BRIDGE_QOS = 1
 BRIDGE_DIR = "bridge"
@@ -71,7 +72,7 @@ def central_acl_block(region: str, sites: list[str]) -> str:
 
 
 def bridge_section(
-    region: str, sites: list[str], central_address: str, bridge_dir: Path, password: str
+    region: str, sites: list[str], central_address: str, bridge_dir: Path, password: str | None
 ) -> str:
     user = region_user(region)
     lines = [
@@ -82,7 +83,7 @@ def bridge_section(
         f"remote_clientid ftl-bridge-{region}",
         f"local_clientid ftl-bridge-{region}-local",
         f"remote_username {user}",
-        f"remote_password {password}",
+        *([f"remote_password {password}"] if password else []),
         f"bridge_cafile {bridge_dir / 'central-ca.crt'}",
         f"bridge_certfile {bridge_dir / f'{user}.crt'}",
         f"bridge_keyfile {bridge_dir / f'{user}.key'}",
@@ -131,7 +132,7 @@ def write_region_config(
     if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", central_address):
         raise ValueError(f"--central-address wants HOST:PORT, got {central_address!r}")
     central_dir = central_dir.resolve()
-    for name in ("ca.crt", "ca.key", "passwd", "acl"):
+    for name in ("ca.crt", "ca.key", "acl"):
         if not (central_dir / name).is_file():
             raise ValueError(
                 f"--central {central_dir}: no {name} (give the directory "
@@ -145,16 +146,19 @@ def write_region_config(
     bridge_dir = broker.out / BRIDGE_DIR
     bridge_dir.mkdir(exist_ok=True, mode=0o700)
     leaf = issue(central_ca, user)
-    password = secrets.token_urlsafe(24)
     atomic_write_bytes(bridge_dir / "central-ca.crt", central_ca.cert_pem())
     atomic_write_bytes(bridge_dir / f"{user}.crt", leaf.cert_pem())
     atomic_write_bytes(bridge_dir / f"{user}.key", leaf.key_pem(), mode=0o600)
-    atomic_write_bytes(bridge_dir / "password", (password + "\n").encode(), mode=0o600)
+    password = None
+    if (central_dir / "passwd").is_file():  # a central broker that checks passwords
+        password = secrets.token_urlsafe(24)
+        atomic_write_bytes(bridge_dir / "password", (password + "\n").encode(), mode=0o600)
+        _add_central_password(central_dir / "passwd", user, password)
     conf = broker.conf.read_text() + bridge_section(
         region, sites, central_address, bridge_dir, password
     )
     _rewrite(broker.conf, conf)
-    _add_central_user(central_dir, user, password, central_acl_block(region, sites))
+    _add_central_acl(central_dir / "acl", user, central_acl_block(region, sites))
     if run_as:  # the regional broker reads the bridge's key after dropping to run_as
         _same_owner(broker.conf, bridge_dir, bridge_dir / f"{user}.key")
     return RegionFiles(broker, bridge_dir, user)
@@ -166,13 +170,17 @@ def _load_ca(central_dir: Path) -> KeyAndCert:
     return KeyAndCert(key, cert)
 
 
-def _add_central_user(central_dir: Path, user: str, password: str, acl_block: str) -> None:
-    """Replace (or add) ``user``'s password line and ACL block, keeping everything else."""
-    passwd = central_dir / "passwd"
+def _add_central_password(passwd: Path, user: str, password: str) -> None:
+    """Replace (or add) ``user``'s line in mosquitto's password file, keeping the others."""
+    from ftlct.cloud.mosquitto_config import mosquitto_password_hash
+
     lines = [ln for ln in passwd.read_text().splitlines() if not ln.startswith(f"{user}:")]
     lines.append(f"{user}:{mosquitto_password_hash(password)}")
     _rewrite(passwd, "\n".join(lines) + "\n")
-    acl = central_dir / "acl"
+
+
+def _add_central_acl(acl: Path, user: str, acl_block: str) -> None:
+    """Replace (or add) ``user``'s block of the ACL, keeping every other block."""
     blocks = [b for b in acl.read_text().split("\n\n") if b.strip()]
     blocks = [b for b in blocks if b.strip().splitlines()[0].strip() != f"user {user}"]
     blocks.append(acl_block.strip())
