@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ftlct.agent.training.local_training import Weights
 from ftlct.bench.federation import Transport
 from ftlct.bench.mqtt_site import ModelPin, SiteClient, TransportError
 from ftlct.cloud.strategies import SiteUpdate
+from ftlct.export.tensors import Weights
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.messages import weights_layout_sha256
 from ftlct.protocol.mqtt_connection import parse_broker_url

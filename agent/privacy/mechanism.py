@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Weights = dict[str, np.ndarray]
+from ftlct.export.tensors import Weights
 
 
 def rho_per_release(noise_multiplier: float) -> float:

@@ -14,8 +14,7 @@ import numpy as np
 
 from ftlct.agent.training.metrics import macro_f1
 from ftlct.export.head_onnx import numpy_head_logits
-
-Weights = dict[str, np.ndarray]
+from ftlct.export.tensors import Weights
 
 
 @dataclass(frozen=True)

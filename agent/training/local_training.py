@@ -27,8 +27,8 @@ from torch import nn
 from ftlct.agent.settings import CLASS_WEIGHTING, OPTIMIZERS
 from ftlct.agent.training.metrics import classification_metrics
 from ftlct.export.heads import head_from_arrays
+from ftlct.export.tensors import Weights
 
-Weights = dict[str, np.ndarray]
 # (batch of inputs, generator) -> augmented batch; called in training only.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
