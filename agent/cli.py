@@ -267,7 +267,7 @@ def train(
 ) -> None:
     """One local round now, from the last round announcement received; the delta goes to the
     outbox (serve publishes it when connected)."""
-    from ftlct.agent.training.local_round import run_local_round
+    from ftlct.agent.sync.local_rounds import run_local_round
 
     settings = _settings(
         config,

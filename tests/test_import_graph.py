@@ -37,14 +37,10 @@ NAMES = re.compile(
     r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE(?:\s+IF\s+NOT\s+EXISTS)?"
     r"|INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON)\s+([A-Za-z_][\w.]*)"
 )
-# Cycles left to remove; each move of issue 11 deletes its line (a stale line fails too).
 # Outside the agent, owned by another part (no stale check: its owner removes it).
 KNOWN_MODULE_CYCLES = {
     # Strategy.check_update imports strategy_utils lazily, which imports base.
     frozenset({"ftlct.cloud.strategies.base", "ftlct.cloud.strategies.strategy_utils"}),
-}
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"ftlct.agent.sync", "ftlct.agent.training"}),
 }
 
 
@@ -172,9 +168,29 @@ def test_no_import_cycle_between_agent_packages():
                 for t in targets
                 if t.startswith("ftlct.agent.") and _agent_package(t) != _agent_package(module)
             }
-    cycles = {frozenset(c) for c in _cycles(packages)}
-    assert cycles - KNOWN_CYCLES == set(), "new import cycle between agent packages"
-    assert KNOWN_CYCLES - cycles == set(), "a known cycle is gone: delete it from KNOWN_CYCLES"
+    assert _cycles(packages) == [], "an import cycle between agent packages"
+
+
+def test_training_returns_results_and_sync_uses_only_its_entry_points():
+    # Training takes a plan and returns (delta, n_samples, metrics); sync plans, seals and
+    # sends. So training knows nothing of sync, and sync calls training's public modules only.
+    entry_points = {"local_round", "runner", "recipe", "labelled_data", "gate"}
+    training_to_sync = sorted(
+        (m, t)
+        for m, targets in GRAPH.items()
+        if m.startswith("ftlct.agent.training.")
+        for t in targets
+        if t.startswith("ftlct.agent.sync")
+    )
+    assert training_to_sync == []
+    sync_to_internals = sorted(
+        (m, t)
+        for m, targets in GRAPH.items()
+        if m.startswith("ftlct.agent.sync.")
+        for t in targets
+        if t.startswith("ftlct.agent.training.") and t.rpartition(".")[2] not in entry_points
+    )
+    assert sync_to_internals == []
 
 
 def test_agent_cloud_protocol_and_export_import_only_what_they_may():

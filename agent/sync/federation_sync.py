@@ -10,9 +10,10 @@ One loop thread (``BackgroundLoop``) does everything the MQTT link queues:
   only when the broker's PUBACK for that message id arrives; paho resends
   unacknowledged messages after a reconnect, and rows left from an earlier
   run are published again at start (update ids make resends harmless);
-* training: every ``training.check_interval_s`` the round is re-planned (new
-  labels count for the open round) and, when it can train, a child process
-  trains (``TrainingRunner``);
+* training (``TrainingSchedule``): every ``training.check_interval_s`` the round
+  is planned (new labels count for the open round) and, when it can train, a
+  child process trains from the plan; the delta it returns is sealed, signed
+  and queued in the outbox (``UpdateRelease``);
 * a heartbeat in the index so ``ftl-agent status`` can tell whether serve is connected.
 
 Messages that fail verification are logged with their reason, counted in
@@ -30,13 +31,17 @@ from ftlct.agent.labels.label_store import SCHEMA as LABELS_SCHEMA
 from ftlct.agent.logs import log_event
 from ftlct.agent.privacy.ledger import PrivacyLedger
 from ftlct.agent.settings import AgentSettings
+from ftlct.agent.sync.local_rounds import TrainingSchedule
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.sync.model_install import ModelInstaller
 from ftlct.agent.sync.mqtt_link import MqttLink
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.received_messages import ReceivedMessages
+from ftlct.agent.sync.round_plan import RoundPlanner
 from ftlct.agent.sync.site_identity import remember_names, site_identity
-from ftlct.agent.training.local_round import RoundOutcome, RoundPlan, plan_round
+from ftlct.agent.sync.training_log import TrainingLog
+from ftlct.agent.sync.update_release import UpdateRelease
+from ftlct.agent.training.labelled_data import count_labelled
 from ftlct.agent.training.runner import TrainingRunner
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.exchange import build_offline_will, open_global_model, open_round
@@ -61,13 +66,10 @@ class FederationSync(BackgroundLoop):
         self.topics = Topics(self.federation)
         self.service = None
         self.link: MqttLink | None = None
-        self.training_active = False
         self._in_flight: dict[int, tuple[int, float]] = {}  # outbox id -> (mid, published at)
         self._mid_rows: dict[int, int] = {}  # mid -> outbox id
         self._retry_at: dict[int, float] = {}
-        self._next_plan = 0.0
         self._next_heartbeat = 0.0
-        self._last_skip = ""
 
     # ------------------------------------------------------------------ component
     def start(self, service) -> None:  # type: ignore[override]
@@ -82,7 +84,27 @@ class FederationSync(BackgroundLoop):
         PrivacyLedger(self.db).remember(self.settings.privacy)
         self.identity = site_identity(self.data_root, self.site)
         self.installer = ModelInstaller(service, self.settings, self.model_events)
-        self.runner = TrainingRunner(self.settings, self.data_root)
+        training_log = TrainingLog(self.db)
+        ledger = PrivacyLedger(self.db)
+        planner = RoundPlanner(
+            self.settings.training,
+            self.settings.privacy,
+            self.received,
+            self.outbox,
+            ledger,
+            lambda model: count_labelled(self.data_root, model.backbone_sha256),
+        )
+        self.schedule = TrainingSchedule(
+            self.settings.training,
+            (self.site, self.federation),
+            self.db,
+            planner,
+            TrainingRunner(self.settings.training, self.settings.logging, self.data_root),
+            UpdateRelease(
+                self.db, self.identity, self.settings.privacy, self.outbox, ledger, training_log
+            ),
+            training_log,
+        )
         will = build_offline_will(self.identity, self.federation, service.engine.current.version)
         self.link = MqttLink(
             f"ftl-agent-{self.federation}-{self.site}",
@@ -98,7 +120,7 @@ class FederationSync(BackgroundLoop):
 
     def stop(self) -> None:  # type: ignore[override]
         super().stop()
-        self.runner.stop()
+        self.schedule.stop()
         if self.link is not None:
             self.link.stop()
         self._set_connected(False)
@@ -110,6 +132,10 @@ class FederationSync(BackgroundLoop):
         return self.link.publish(topic, payload, retain=True)
 
     @property
+    def training_active(self) -> bool:
+        return self.schedule.active
+
+    @property
     def connected(self) -> bool:
         return self.link is not None and self.link.connected
 
@@ -118,7 +144,7 @@ class FederationSync(BackgroundLoop):
         worked = self._drain_inbox()
         worked |= self._drain_acks()
         worked |= self._publish_outbox()
-        worked |= self._training()
+        worked |= self.schedule.tick()
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_S
@@ -170,7 +196,7 @@ class FederationSync(BackgroundLoop):
             cluster=announcement.cluster_for(self.site),
             base_version=announcement.base_version_for(self.site),
         )
-        self._next_plan = 0.0
+        self.schedule.replan_now()
         # A new round may put this site in another cluster: its model may already be here.
         model = self.received.load_model(announcement.cluster_for(self.site))
         if model is not None:
@@ -201,7 +227,7 @@ class FederationSync(BackgroundLoop):
             self.model_events.record(cluster, model.version, "refused", "wrong_cluster")
             return
         self.received.save_model(payload, model)
-        self._next_plan = 0.0
+        self.schedule.replan_now()
         announcement = self.received.load_round()
         mine = announcement.cluster_for(self.site) if announcement else "global"
         if cluster == mine:
@@ -259,62 +285,6 @@ class FederationSync(BackgroundLoop):
             update_id = self.outbox.acknowledged(row_id)
             if update_id:
                 log_event(log, "update_acknowledged", update_id=update_id)
-
-    # ------------------------------------------------------------------ training
-    def _training(self) -> bool:
-        outcome = self.runner.poll()
-        if outcome is not None:
-            self.training_active = False
-            self._next_plan = 0.0
-            self._training_done(outcome)
-            return True
-        if self.runner.running or not self.settings.training.auto:
-            return False
-        now = time.monotonic()
-        if now < self._next_plan:
-            return False
-        self._next_plan = now + self.settings.training.check_interval_s
-        plan = plan_round(self.settings, self.db, self.data_root)
-        if isinstance(plan, RoundOutcome):
-            self._skipped(plan.reason)
-            return False
-        self._start_training(plan)
-        return True
-
-    def _start_training(self, plan: RoundPlan) -> None:
-        log_event(
-            log,
-            "training_started",
-            round=plan.announcement.round,
-            cluster=plan.cluster,
-            labelled_slices=plan.n_labelled,
-        )
-        self.training_active = True
-        self.db.set_meta("training.last_skip", "")
-        self._last_skip = ""
-        self.runner.start()
-
-    def _training_done(self, outcome: RoundOutcome) -> None:
-        level = logging.INFO if outcome.outcome != "failed" else logging.ERROR
-        log_event(
-            log,
-            "training_" + outcome.outcome,
-            level,
-            round=outcome.round,
-            reason=outcome.reason or None,
-            update_id=outcome.update_id,
-        )
-        if outcome.outcome == "failed":
-            # do not spin on a failing round: the next plan waits a minute
-            self._next_plan = time.monotonic() + 60.0
-        elif outcome.outcome == "skipped":
-            self._skipped(outcome.reason)
-
-    def _skipped(self, reason: str) -> None:
-        if reason != self._last_skip:
-            self._last_skip = reason
-            self.db.set_meta("training.last_skip", reason)
-            log_event(log, "training_skipped", reason=reason)
 
     # ------------------------------------------------------------------ status
     def _set_connected(self, connected: bool) -> None:

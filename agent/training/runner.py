@@ -1,13 +1,17 @@
 """Run a local round in a child process, so ``serve`` never imports torch and DICOM keeps its core.
 
 The child is ``python -c 'child_main()'`` at lower CPU priority; it gets the
-settings object and the data dir on stdin (pickled: same user, same code) and
-prints its ``RoundOutcome`` as one JSON line. It shares nothing with serve but
-the SQLite files (WAL: serve keeps receiving while it reads embeddings).
+round's ``TrainingPlan``, the ``[training]`` and ``[logging]`` settings and the
+data dir on stdin (pickled: same user, same code), trains
+(``train_from_data_dir``) and prints the result as one JSON line, the delta
+as base64 safetensors. It shares nothing with serve but the SQLite files
+(WAL: serve keeps receiving while it reads embeddings) and writes nothing:
+serve releases what it returns.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -17,18 +21,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ftlct.agent.settings import AgentSettings
-from ftlct.agent.training.local_round import RoundOutcome
+from ftlct.agent.settings import LoggingSettings, TrainingSettings
+from ftlct.agent.training.local_round import LocalRoundResult, NoResult, TrainingPlan
+from ftlct.protocol.messages import body_to_tensors, tensors_to_body
 
 log = logging.getLogger(__name__)
 
 CHILD = "from ftlct.agent.training.runner import child_main; child_main()"
 NICENESS = 10
+RESULT_PREFIX = "ftlct-training-result "  # marks the one stdout line that carries the result
 
 
 class TrainingRunner:
-    def __init__(self, settings: AgentSettings, data_root: Path):
+    def __init__(
+        self, settings: TrainingSettings, logging_settings: LoggingSettings, data_root: Path
+    ):
         self.settings = settings
+        self.logging = logging_settings
         self.data_root = Path(data_root)
         self._process: subprocess.Popen | None = None
 
@@ -36,7 +45,7 @@ class TrainingRunner:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
+    def start(self, plan: TrainingPlan) -> None:
         if self.running:
             return
         self._process = subprocess.Popen(
@@ -46,11 +55,12 @@ class TrainingRunner:
             stderr=None,  # the child's log lines join serve's
         )
         assert self._process.stdin is not None
-        self._process.stdin.write(pickle.dumps((self.settings, str(self.data_root))))
+        job = (plan, self.settings, self.logging, str(self.data_root))
+        self._process.stdin.write(pickle.dumps(job))
         self._process.stdin.close()
 
-    def poll(self) -> RoundOutcome | None:
-        """The outcome once the child has exited (then the runner is free again), else None."""
+    def poll(self) -> LocalRoundResult | NoResult | None:
+        """The result once the child has exited (then the runner is free again), else None."""
         process = self._process
         if process is None or process.poll() is None:
             return None
@@ -58,36 +68,54 @@ class TrainingRunner:
         output = process.stdout.read().decode(errors="replace") if process.stdout else ""
         process.stdout.close()
         for line in reversed(output.splitlines()):
-            try:
-                return RoundOutcome(**json.loads(line))
-            except (ValueError, TypeError):
-                continue
-        return RoundOutcome("failed", f"training process exited with {process.returncode}")
+            if line.startswith(RESULT_PREFIX):
+                try:
+                    return decode_result(line[len(RESULT_PREFIX) :])
+                except (ValueError, TypeError, KeyError):
+                    break
+        return NoResult("failed", f"training process exited with {process.returncode}")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process = self._process
         if process is None or process.poll() is not None:
             return
-        process.terminate()  # a round cut short commits nothing: the transaction is all or none
+        process.terminate()  # a round cut short has released nothing
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        self._process = None
+
+
+def encode_result(result: LocalRoundResult | NoResult) -> str:
+    if isinstance(result, NoResult):
+        return json.dumps({"outcome": result.outcome, "reason": result.reason})
+    body = base64.b64encode(tensors_to_body(result.delta)).decode("ascii")
+    doc = {"outcome": "trained", "n_samples": result.n_samples, "metrics": result.metrics}
+    return json.dumps({**doc, "delta": body})
+
+
+def decode_result(text: str) -> LocalRoundResult | NoResult:
+    doc = json.loads(text)
+    if doc["outcome"] != "trained":
+        return NoResult(str(doc["outcome"]), str(doc["reason"]))
+    delta = body_to_tensors(base64.b64decode(doc["delta"]))
+    return LocalRoundResult(delta, int(doc["n_samples"]), dict(doc["metrics"]))
 
 
 def child_main() -> None:
     from ftlct.agent.logs import configure_logging
-    from ftlct.agent.training.local_round import run_local_round
+    from ftlct.agent.training.local_round import train_from_data_dir
 
-    settings, data_root = pickle.loads(sys.stdin.buffer.read())
-    configure_logging(settings.logging)
+    plan, settings, logging_settings, data_root = pickle.loads(sys.stdin.buffer.read())
+    configure_logging(logging_settings)
     with contextlib.suppress(OSError):  # lower priority is a courtesy, not a requirement
         os.nice(NICENESS)
     try:
-        outcome = run_local_round(settings, Path(data_root))
+        result = train_from_data_dir(plan, settings, Path(data_root))
     except Exception as exc:  # reported to serve, which records it and carries on
         logging.getLogger(__name__).exception("local round failed")
-        outcome = RoundOutcome("failed", f"{type(exc).__name__}: {exc}")
-    sys.stdout.write(json.dumps(outcome.to_json()) + "\n")
+        result = NoResult("failed", f"{type(exc).__name__}: {exc}")
+    sys.stdout.write(RESULT_PREFIX + encode_result(result) + "\n")
     sys.stdout.flush()

@@ -10,10 +10,10 @@ from ftlct.agent.privacy import mechanism as privacy
 from ftlct.agent.settings import load_settings
 from ftlct.agent.status import collect_status
 from ftlct.agent.store.database import Database
+from ftlct.agent.sync.local_rounds import run_local_round
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.training.labelled_data import holdout_split, labelled_data
-from ftlct.agent.training.local_round import run_local_round
 from ftlct.protocol.exchange import open_global_model, open_round, open_update
 from ftlct.protocol.identity import load_identity
 from tests.agent.federation_support import (
