@@ -64,9 +64,10 @@ def serve(
     ),
 ) -> None:
     """Receive studies over DICOM, classify each series, send results back; until SIGTERM."""
+    from ftlct.agent.components import optional_components
     from ftlct.agent.inference.engine import ModelError
     from ftlct.agent.logs import configure_logging
-    from ftlct.agent.service import AgentService, optional_components
+    from ftlct.agent.service import AgentService
 
     settings = _settings(
         config,
@@ -91,7 +92,7 @@ def serve(
         raise CliError(f"model: {exc} (build one with `make model` or pass --model)") from exc
     except OSError as exc:
         raise CliError(f"data dir {settings.storage.data_dir}: {exc.strerror or exc}") from exc
-    for component in optional_components(settings):
+    for component in optional_components(settings, service):
         service.add_component(component)
     try:
         service.run_until_signal()

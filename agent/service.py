@@ -4,18 +4,11 @@
             -> JobQueue -> InferenceWorker (engine, embeddings) -> results
             -> DeliveryQueue (SR to the PACS)
 
-Other parts plug in as *components* (``ftlct.agent.sync.FederationSync``: MQTT,
-rounds, global models, local training, the outbox; ``ftlct.agent.twin.TwinPublisher``:
-the scanner's digital twin). A component is any object with ``start(service)`` and
-``stop()``; it finds what it needs on the service:
-
-* ``service.events``: subscribe to ``instance_stored``, ``series_completed``,
-  ``result_ready``, ``result_delivered``, ``model_swapped`` (ftlct.agent.events);
-* ``service.status()``: the ``ftl-agent status`` object (counts, queues, model version);
-* ``service.engine.current`` / ``service.swap_model(dir)``: the model, and a hot swap;
-* ``service.data_dir``, ``service.db``, ``service.embeddings``: durable state;
-* ``service.metrics``: the Prometheus registry to add its own metrics to;
-* ``service.settings``: the whole typed settings object (its own section included).
+Other parts plug in as *components*: objects with ``start()`` and ``stop()``
+that were handed what they use when built (``agent/components.py`` builds the
+federation sync and the scanner's twin from this service's parts: the engine,
+the index, the event bus, the data dir). A component never reaches into the
+service.
 
 Components start after the pipeline and stop before it, in reverse order.
 """
@@ -52,25 +45,9 @@ log = logging.getLogger(__name__)
 
 
 class Component(Protocol):
-    def start(self, service: AgentService) -> None: ...
+    def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def optional_components(settings: AgentSettings) -> list[Component]:
-    """Components the settings ask for: with ``--broker``, federation sync (rounds, models,
-    training, the outbox) and then the scanner's twin, which publishes over sync's connection."""
-    components: list[Component] = []
-    if settings.federation.broker:
-        from ftlct.agent.sync.federation_sync import FederationSync
-
-        sync = FederationSync(settings)
-        components.append(sync)
-        if settings.twin.enabled:
-            from ftlct.agent.twin.twin_publisher import TwinPublisher
-
-            components.append(TwinPublisher(settings, sync))
-    return components
 
 
 class AgentService:
@@ -151,7 +128,7 @@ class AgentService:
             self.metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
         self.scp.start()
         for component in self.components:
-            component.start(self)
+            component.start()
         log_event(
             log,
             "agent_started",

@@ -143,6 +143,11 @@ class TrainingSchedule:
             log_event(log, "training_skipped", reason=reason)
 
 
+def waiting_for(db: Database) -> str | None:
+    """Why serve's open round is not trained yet (None: nothing recorded)."""
+    return db.get_meta(LAST_SKIP_META) or None
+
+
 def run_local_round(settings: AgentSettings, data_root: Path) -> RoundOutcome:
     """``ftl-agent train``: plan, train in this process and release one update."""
     layout = DataDir(Path(data_root))

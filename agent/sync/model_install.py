@@ -2,7 +2,7 @@
 
 A new head becomes ``DATA_DIR/models/{version}/`` (``ModelDir.with_head``:
 backbone hard-linked, ``head.onnx`` built with numpy/onnx, manifest written
-last), then ``service.swap_model`` makes it current in one reference
+last), then ``engine.swap`` makes it current in one reference
 assignment: jobs in flight finish on the old snapshot, later ones use the new
 one, none fails. ``DATA_DIR/models/current`` names the installed dir so a
 restart serves it (``choose_model_dir``), as long as it still fits the
@@ -17,8 +17,9 @@ import re
 import shutil
 from pathlib import Path
 
+from ftlct.agent.inference.engine import InferenceEngine
 from ftlct.agent.logs import log_event
-from ftlct.agent.settings import AgentSettings
+from ftlct.agent.settings import TrainingSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.training.gate import GateResult, judge_head
@@ -30,6 +31,7 @@ from ftlct.protocol.messages import GlobalModel
 log = logging.getLogger(__name__)
 
 MODELS = "models"
+MODEL_ROUND_META = "federation.model_round"
 POINTER = "current"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -70,18 +72,41 @@ def choose_model_dir(configured: Path, data_root: Path) -> Path:
 
 
 class ModelInstaller:
-    def __init__(self, service, settings: AgentSettings, events: ModelEvents):
-        self.service = service
+    """Gates and installs the global heads the inbox offers (``offer``), for one engine."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        db: Database,
+        data_root: Path,
+        settings: TrainingSettings,
+        events: ModelEvents,
+    ):
+        self.engine = engine
+        self.db = db
+        self.data_root = Path(data_root)
         self.settings = settings
         self.events = events
-        self.data_root = Path(service.data_dir.root)
+
+    def offer(self, model: GlobalModel) -> None:
+        """``consider`` a head for this site; a head that does not load leaves the old one."""
+        try:
+            outcome = self.consider(model)
+        except Exception as exc:
+            self.events.record(model.cluster, model.version, "refused", str(exc))
+            log_event(
+                log, "model_install_failed", logging.ERROR, version=model.version, error=str(exc)
+            )
+            return
+        if outcome == "installed":
+            log_event(log, "model_installed", version=model.version, round=model.round)
 
     def consider(self, model: GlobalModel) -> str:
         """Install ``model`` unless it is current, older, or refused; returns what happened."""
-        current = self.service.engine.current
+        current = self.engine.current
         if model.version == current.version:
             return "current"
-        if model.round < installed_round(self.service.db):
+        if model.round < installed_round(self.db):
             return "older"
         if self.events.gate_refused(model.version):
             return "refused_before"
@@ -116,13 +141,11 @@ class ModelInstaller:
         return "installed"
 
     def gate(self, model: GlobalModel) -> GateResult:
-        t = self.settings.training
+        t = self.settings
         if not t.gate:
             return GateResult(True, "gate off")
-        current = self.service.engine.current
-        data = labelled_data(
-            self.data_root, self.service.db, current.backbone_sha256, current.labels
-        )
+        current = self.engine.current
+        data = labelled_data(self.data_root, self.db, current.backbone_sha256, current.labels)
         _, val_idx = holdout_split(data, t.val_fraction, t.seed)
         val = data.take(val_idx)
         return judge_head(
@@ -136,7 +159,7 @@ class ModelInstaller:
         )
 
     def install(self, model: GlobalModel) -> None:
-        base = self.service.engine.current.model
+        base = self.engine.current.model
         out = models_dir(self.data_root) / dir_name(model.version)
         if out.exists():  # a half-written dir from a crash, or a re-install: write it afresh
             shutil.rmtree(out)
@@ -149,9 +172,9 @@ class ModelInstaller:
             }
         }
         written = base.with_head(out, model.weights, model.version, trained=True, extra=extra)
-        self.service.swap_model(written.path)  # ModelError: the old model stays; caller logs
+        self.engine.swap(written.path)  # ModelError: the old model stays; offer() records it
         atomic_write_text(models_dir(self.data_root) / POINTER, out.name + "\n")
-        self.service.db.set_meta("federation.model_round", str(model.round))
+        self.db.set_meta(MODEL_ROUND_META, str(model.round))
         self._prune(keep={out.name, base.path.name})
 
     def _prune(self, keep: set[str]) -> None:
@@ -167,4 +190,4 @@ class ModelInstaller:
 
 def installed_round(db: Database) -> int:
     """The round of the global head in use (-1: none installed yet)."""
-    return int(db.get_meta("federation.model_round") or -1)
+    return int(db.get_meta(MODEL_ROUND_META) or -1)

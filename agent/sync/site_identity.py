@@ -32,9 +32,12 @@ def remember_names(db: Database, site: str, federation: str) -> None:
     db.set_meta(NAME_META, federation)
 
 
+def recorded_names(db: Database) -> tuple[str | None, str | None]:
+    """``(site, federation)`` as ``serve`` last recorded them."""
+    return db.get_meta(SITE_META), db.get_meta(NAME_META)
+
+
 def federation_names(settings: AgentSettings, db: Database) -> tuple[str | None, str | None]:
     """``(site, federation)`` from the settings, else as ``serve`` last recorded them."""
-    return (
-        settings.federation.site or db.get_meta(SITE_META),
-        settings.federation.name or db.get_meta(NAME_META),
-    )
+    site, federation = recorded_names(db)
+    return settings.federation.site or site, settings.federation.name or federation

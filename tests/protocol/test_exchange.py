@@ -227,7 +227,7 @@ def test_an_agent_refuses_a_whole_network_and_a_network_site_refuses_a_head(keys
     network = exchange.build_global_model(keys["cloud"], FED, _network_model())
     head = exchange.build_global_model(keys["cloud"], FED, _model())
     cloud = keys["cloud"].public_b64
-    # exactly the agent's call (agent/sync/federation_sync.py): no kind given, i.e. a head
+    # as the agent opened models before its ModelPin said kind="head": no kind given, a head
     assert (
         _reason(
             exchange.open_global_model,

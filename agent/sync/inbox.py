@@ -1,0 +1,115 @@
+"""What the cloud sends, verified and kept: ``rounds/current`` and ``model/{cluster}``.
+
+Runs on the sync loop's thread (``MqttLink`` only queues on paho's): a round
+announcement is verified with the cloud key and kept unless it is older than
+the one kept; a global model is verified against the site's ``ModelPin`` and
+kept. Then ``changed()`` is called (plan again), and ``model_for_me(model)``
+when the kept model is the one the last announcement points this site at
+(install it). Messages that fail verification are logged with their reason,
+counted (``model_events`` for models, the ``sync.rounds_refused`` meta for
+rounds) and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ftlct.agent.logs import log_event
+from ftlct.agent.store.database import Database
+from ftlct.agent.sync.model_events import ModelEvents
+from ftlct.agent.sync.model_pin import ModelPin
+from ftlct.agent.sync.received_messages import ReceivedMessages
+from ftlct.protocol.errors import ProtocolError
+from ftlct.protocol.exchange import open_round
+from ftlct.protocol.messages import GlobalModel
+from ftlct.protocol.topics import parse_topic
+
+log = logging.getLogger(__name__)
+
+ROUNDS_REFUSED_META = "sync.rounds_refused"
+
+
+class Inbox:
+    def __init__(
+        self,
+        site: str,
+        federation: str,
+        cloud_key: str,
+        db: Database,
+        received: ReceivedMessages,
+        model_events: ModelEvents,
+        pin: Callable[[], ModelPin],
+        changed: Callable[[], None] = lambda: None,
+        model_for_me: Callable[[GlobalModel], None] = lambda model: None,
+    ):
+        self.site = site
+        self.federation = federation
+        self.cloud_key = cloud_key
+        self.db = db
+        self.received = received
+        self.model_events = model_events
+        self.pin = pin
+        self.changed = changed
+        self.model_for_me = model_for_me
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        ref = parse_topic(topic)
+        if ref.kind == "round":
+            self._on_round(payload)
+        elif ref.kind == "model" and payload:  # empty retained payload: a dissolved cluster
+            self._on_model(ref.subject, payload)
+
+    def _on_round(self, payload: bytes) -> None:
+        try:
+            announcement = open_round(payload, self.cloud_key, self.federation)
+        except ProtocolError as exc:
+            self.db.set_meta(ROUNDS_REFUSED_META, str(rounds_refused(self.db) + 1))
+            log_event(log, "round_refused", logging.WARNING, reason=exc.reason, detail=str(exc))
+            return
+        known = self.received.load_round()
+        if known is not None and announcement.round < known.round:
+            return  # an older announcement replayed: keep the newer one
+        self.received.save_round(payload, announcement)
+        log_event(
+            log,
+            "round_announced",
+            round=announcement.round,
+            status=announcement.status,
+            cluster=announcement.cluster_for(self.site),
+            base_version=announcement.base_version_for(self.site),
+        )
+        self.changed()
+        # A new round may put this site in another cluster: its model may already be here.
+        model = self.received.load_model(announcement.cluster_for(self.site))
+        if model is not None:
+            self.model_for_me(model)
+
+    def _on_model(self, cluster: str, payload: bytes) -> None:
+        try:
+            model = self.pin().open(payload, self.cloud_key, self.federation)
+        except ProtocolError as exc:
+            self.model_events.record(cluster, None, "refused", f"{exc.reason}: {exc}")
+            log_event(
+                log,
+                "model_refused",
+                logging.WARNING,
+                cluster=cluster,
+                reason=exc.reason,
+                detail=str(exc),
+            )
+            return
+        if model.cluster != cluster:
+            self.model_events.record(cluster, model.version, "refused", "wrong_cluster")
+            return
+        self.received.save_model(payload, model)
+        self.changed()
+        announcement = self.received.load_round()
+        mine = announcement.cluster_for(self.site) if announcement else "global"
+        if cluster == mine:
+            self.model_for_me(model)
+
+
+def rounds_refused(db: Database) -> int:
+    """Round announcements refused so far (status shows it)."""
+    return int(db.get_meta(ROUNDS_REFUSED_META) or 0)
