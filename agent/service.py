@@ -1,8 +1,11 @@
 """The serve process: one ``AgentService`` owns every stage and starts/stops them in order.
 
-    C-STORE -> StorageScp -> InstanceStore -> (series table) -> SeriesAssembler
-            -> JobQueue -> InferenceWorker (engine, embeddings) -> results
+    C-STORE -> StorageScp -> InstanceStore -> SeriesIndex -> SeriesAssembler
+            -> JobQueue -> InferenceWorker (engine, embeddings) -> ResultStore
             -> DeliveryQueue (SR to the PACS)
+
+A model swap (``engine.swap``, e.g. by the federation's installer) is recorded
+in ``meta`` and announced on the event bus as ``model_swapped``.
 
 Other parts plug in as *components*: objects with ``start()`` and ``stop()``
 that were handed what they use when built (``agent/components.py`` builds the
@@ -180,10 +183,6 @@ class AgentService:
     # ------------------------------------------------------------------ views and control
     def status(self) -> dict:
         return collect_status(self.db)
-
-    def swap_model(self, model_dir) -> ModelSnapshot:
-        """Hot-swap the model (e.g. a new global head); in-flight jobs finish on the old one."""
-        return self.engine.swap(model_dir)
 
     def _model_swapped(self, old: ModelSnapshot, new: ModelSnapshot) -> None:
         self._record_model(new)
