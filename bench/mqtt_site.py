@@ -1,145 +1,177 @@
-"""One simulated site on MQTT: the retained round and models it follows, the updates it sends.
+"""One simulated site on MQTT, running the agent's own federation code with the bench as data source.
 
-What an ``ftl-agent`` does on the wire, without its DICOM side: every global
-model is verified with ``protocol.exchange`` (cloud signature, kind, pin,
-labels) before the site trains from it, and each update is a signed
-``site_update`` published QoS 1 and waited for.
+A site here is ``ftl-agent serve``'s federation part: the agent's
+``FederationSync`` loop over an ``MqttLink`` (messages verified on the loop's
+thread by the agent's ``Inbox`` against a ``ModelPin``, kept in a per-site
+index), its ``RoundPlanner`` (a site is ready for round r when the agent would
+train it: the round is open, this site has not sent its update, its base model
+has arrived) and its ``UpdateRelease`` and ``OutboxSender`` (the delta sealed,
+signed, queued and published QoS 1; sent once the broker's PUBACK removes it
+from the outbox). What differs from an agent is the data source only: the
+bench's learner trains (in the round loop, timed) instead of a child process
+on kept embeddings, as Flower's simulation runs the same ClientApp over another
+Grid. A change to the agent's wire behaviour is therefore exercised here too.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
-from ftlct.bench.federation import wire_metrics
+from ftlct.agent.privacy.ledger import PrivacyLedger
+from ftlct.agent.settings import PrivacySettings, TrainingSettings
+from ftlct.agent.store.database import Database
+from ftlct.agent.sync.federation_sync import FederationSync
+from ftlct.agent.sync.inbox import Inbox
+from ftlct.agent.sync.model_events import ModelEvents
+from ftlct.agent.sync.model_pin import ModelPin
+from ftlct.agent.sync.mqtt_link import MqttLink
+from ftlct.agent.sync.outbox import Outbox
+from ftlct.agent.sync.outbox_sender import OutboxSender
+from ftlct.agent.sync.received_messages import ReceivedMessages
+from ftlct.agent.sync.round_plan import RoundOutcome, RoundPlan, RoundPlanner
+from ftlct.agent.sync.training_log import TrainingLog
+from ftlct.agent.sync.update_release import UpdateRelease
+from ftlct.agent.training.local_round import LocalRoundResult
 from ftlct.cloud.strategies import SiteUpdate
-from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.exchange import build_update, open_global_model, open_round
-from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
-from ftlct.protocol.mqtt_connection import MqttSettings, new_client, start
+from ftlct.protocol.identity import Identity
+from ftlct.protocol.messages import GlobalModel
+from ftlct.protocol.mqtt_connection import MqttSettings
 from ftlct.protocol.topics import Topics
+
+WAIT_S = 0.5  # the longest the round loop sleeps between checks (the inbox wakes it sooner)
+ACK_POLL_S = 0.02
+PUBACK_TIMEOUT_S = 60.0
 
 
 class TransportError(RuntimeError):
     """The broker or the cloud did not do its part in time."""
 
 
-@dataclass(frozen=True)
-class ModelPin:
-    """What a site accepts as a global model: its kind, pin and labels."""
-
-    kind: str  # "head" | "network"
-    labels: list[str]
-    backbone_sha256: str | None = None  # head
-    architecture_sha256: str | None = None  # network
-
-    def open(self, payload: bytes, cloud_key: str, federation: str) -> GlobalModel:
-        return open_global_model(
-            payload,
-            cloud_key,
-            federation,
-            kind=self.kind,
-            backbone_sha256=self.backbone_sha256,
-            architecture_sha256=self.architecture_sha256,
-            labels=self.labels,
-        )
-
-
-class SiteClient:
-    """One site's MQTT connection: keeps the latest verified round and global models."""
+class SimulatedSite:
+    """One site: the agent's sync loop on its own MQTT connection and index."""
 
     def __init__(
-        self, site: str, identity, broker, federation: str, cloud_key: str, pin: ModelPin
+        self,
+        site: str,
+        identity: Identity,
+        broker_url: str,
+        federation: str,
+        cloud_key: str,
+        pin: ModelPin,
+        n_samples: int,
+        work: Path,
     ) -> None:
         self.site = site
-        self.identity = identity
         self.federation = federation
-        self.topics = Topics(federation)
-        self.cloud_key = cloud_key
-        self.pin = pin
-        self.round: RoundAnnouncement | None = None
-        self.models: dict[str, GlobalModel] = {}
-        self.errors: list[str] = []
-        self.changed = threading.Condition()
-        self.client = new_client(f"bench-{federation}-{site}", broker, MqttSettings())
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        start(self.client, broker, MqttSettings(), persistent=False)
+        work.mkdir(parents=True, exist_ok=True)
+        self.db = Database(work / "index.sqlite")
+        received, self.outbox = ReceivedMessages(self.db), Outbox(self.db)
+        ledger, training_log = PrivacyLedger(self.db), TrainingLog(self.db)
+        self.model_events = ModelEvents(self.db)
+        no_privacy = PrivacySettings()
+        # The bench's sites all take part in every round (the cloud waits for all of them).
+        self.planner = RoundPlanner(
+            TrainingSettings(min_samples=1),
+            no_privacy,
+            received,
+            self.outbox,
+            ledger,
+            lambda model: n_samples,
+        )
+        self.release = UpdateRelease(
+            self.db, identity, no_privacy, self.outbox, ledger, training_log
+        )
+        topics = Topics(federation)
+        self.link = MqttLink(
+            f"bench-{federation}-{site}",
+            broker_url,
+            MqttSettings(),
+            [topics.rounds_current, topics.all_models],
+        )
+        self._changed = threading.Condition()
+        inbox = Inbox(
+            site,
+            federation,
+            cloud_key,
+            self.db,
+            received,
+            self.model_events,
+            lambda: pin,
+            changed=self._notify,
+        )
+        self.sync = FederationSync(self.link, inbox, OutboxSender(self.outbox, self.link))
+        self._plan: RoundPlan | None = None
+        self._current: tuple[str, GlobalModel] | None = None
+        self.sync.start()
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not reason_code.is_failure:
-            client.subscribe([(self.topics.rounds_current, 1), (self.topics.all_models, 1)])
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
-    def _on_message(self, client, userdata, message) -> None:
-        if not message.payload:  # a cleared retained model: a cluster CFL split up
-            with self.changed:
-                self.models.pop(message.topic.rsplit("/", 1)[-1], None)
-            return
-        try:
-            if message.topic == self.topics.rounds_current:
-                announcement = open_round(message.payload, self.cloud_key, self.federation)
-                with self.changed:
-                    self.round = announcement
-                    self.changed.notify_all()
-            else:
-                model = self.pin.open(message.payload, self.cloud_key, self.federation)
-                with self.changed:
-                    self.models[model.cluster] = model
-                    self.changed.notify_all()
-        except ProtocolError as exc:
-            self.errors.append(f"{message.topic}: {exc}")
-
-    def ready_for(self, round_: int, finished_ok: bool) -> bool:
-        """Round ``round_`` is announced (or the run finished) and this site's base model is here."""
-        ann = self.round
-        if ann is None:
-            return False
-        if not (ann.round == round_ and ann.status == "open") and not (
-            finished_ok and ann.status == "finished" and ann.round >= round_ - 1
-        ):
-            return False
-        model = self.models.get(ann.cluster_for(self.site))
-        return model is not None and model.version == ann.base_version_for(self.site)
+    # ------------------------------------------------------------------ rounds
+    def _ready(self, round_: int, finished_ok: bool) -> tuple[bool, str]:
+        """Whether this site can train ``round_`` (or, ``finished_ok``, the run is over and
+        the final model is here); else why not."""
+        plan = self.planner.plan(self.site, self.federation)
+        if isinstance(plan, RoundPlan):
+            if plan.round == round_:
+                self._plan, self._current = plan, (plan.cluster, plan.model)
+                return True, ""
+            return False, f"the cloud opened round {plan.round}, not {round_}"
+        current = self.planner.current_model(self.site)
+        if finished_ok and current is not None:
+            announcement, cluster, model = current
+            if announcement.status == "finished" and announcement.round >= round_ - 1:
+                self._plan, self._current = None, (cluster, model)
+                return True, ""
+        return False, plan.reason
 
     def wait(self, round_: int, finished_ok: bool, timeout: float, problem=lambda: None) -> None:
-        """Block until ``ready_for``; ``problem()`` returning a reason (the cloud died) ends it early."""
+        """Block until ``_ready``; ``problem()`` returning a reason (the cloud died) ends it early."""
         deadline = time.monotonic() + timeout
-        with self.changed:
-            while not self.ready_for(round_, finished_ok):
-                left = deadline - time.monotonic()
+        with self._changed:
+            while True:
+                ready, why = self._ready(round_, finished_ok)
+                if ready:
+                    return
                 reason = problem()
                 if reason:
                     raise TransportError(reason)
+                left = deadline - time.monotonic()
                 if left <= 0:
+                    refused = self.model_events.last()
+                    detail = f"; last model event: {refused}" if refused else ""
                     raise TransportError(
-                        f"{self.site}: no round {round_} and its model from the cloud after {timeout:.0f} s"
-                        + (f" ({self.errors[-1]})" if self.errors else "")
+                        f"{self.site}: no round {round_} and its model from the cloud after "
+                        f"{timeout:.0f} s ({why}{detail})"
                     )
-                self.changed.wait(min(left, 0.5))
+                self._changed.wait(min(left, WAIT_S))
 
     def current(self) -> tuple[str, GlobalModel]:
-        cluster = self.round.cluster_for(self.site)
-        return cluster, self.models[cluster]
+        """This site's cluster and the global model it trains from (or ended with)."""
+        assert self._current is not None, "wait() first"
+        return self._current
 
-    def publish_update(self, round_: int, update: SiteUpdate, metrics: dict) -> int:
-        cluster, model = self.current()
-        data = build_update(
-            self.identity,
-            self.federation,
-            round=round_,
-            base_version=model.version,
-            cluster=cluster,
-            n_samples=update.n_samples,
-            delta=update.delta,
-            metrics=wire_metrics(metrics),
+    def publish_update(self, round_: int, update: SiteUpdate, metrics: dict) -> None:
+        """Release the round's delta as the agent does; returns once the broker has it."""
+        plan = self._plan
+        if plan is None or plan.round != round_:
+            raise TransportError(f"{self.site}: round {round_} was not planned")
+        outcome: RoundOutcome = self.release.release(
+            plan, LocalRoundResult(update.delta, update.n_samples, metrics)
         )
-        info = self.client.publish(self.topics.updates(self.site), data, qos=1)
-        info.wait_for_publish(timeout=60)
-        if not info.is_published():
-            raise TransportError(f"{self.site}: the broker did not acknowledge its update")
-        return len(data)
+        if not outcome.trained:
+            raise TransportError(f"{self.site}: update not queued: {outcome.reason}")
+        self._plan = None
+        self.sync.wake()
+        deadline = time.monotonic() + PUBACK_TIMEOUT_S
+        while self.outbox.count():
+            if time.monotonic() > deadline:
+                raise TransportError(f"{self.site}: the broker did not acknowledge its update")
+            time.sleep(ACK_POLL_S)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.sync.stop()
+        self.db.close()

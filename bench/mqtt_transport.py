@@ -1,10 +1,13 @@
 """MQTT transport: the same rounds through a real mosquitto and a real ``ftl-cloud serve``.
 
 Each simulated site is its own MQTT client with its own Ed25519 identity,
-enrolled at the cloud with ``ftl-cloud enroll``. A round goes exactly as in a
-deployment: the site reads the retained ``rounds/current`` and its cluster's
-``model/{cluster}`` (signatures, kind, pin and labels checked with
-``protocol.exchange``), trains, and publishes a signed ``site_update`` (QoS 1);
+enrolled at the cloud with ``ftl-cloud enroll``, and runs the agent's own
+federation code (``bench.mqtt_site``). A round goes exactly as in a
+deployment: the site's inbox verifies and keeps the retained ``rounds/current``
+and its cluster's ``model/{cluster}`` (signatures, kind, pin and labels), its
+round planner says when it can train, the learner trains, and the agent's
+release seals, signs and queues a ``site_update`` that its outbox sender
+publishes (QoS 1);
 the cloud validates, aggregates with its strategy, persists, publishes the new
 global model(s) and opens the next round. The elapsed time of a round here is
 real: slowest site's training plus the broker and cloud round trip.
@@ -31,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ftlct.agent.sync.model_pin import ModelPin
 from ftlct.bench.federation import Transport
-from ftlct.bench.mqtt_site import ModelPin, SiteClient, TransportError
+from ftlct.bench.mqtt_site import SimulatedSite, TransportError
 from ftlct.cloud.strategies import SiteUpdate
 from ftlct.export.tensors import Weights
 from ftlct.protocol.identity import load_or_create_identity
@@ -107,7 +111,7 @@ class MqttTransport(Transport):
         self.state = self.work / "cloud-state"
         self.broker_process: subprocess.Popen | None = None
         self.cloud: subprocess.Popen | None = None
-        self.clients: dict[str, SiteClient] = {}
+        self.clients: dict[str, SimulatedSite] = {}
         self.round = 1
         self.finished = False  # the cloud completed every round (it then exits by itself)
 
@@ -181,7 +185,7 @@ class MqttTransport(Transport):
 
     def _start(self, initial: Weights) -> None:
         url = self._start_broker()
-        broker = parse_broker_url(url)
+        parse_broker_url(url)  # a bad --broker fails here, before the cloud starts
         state = str(self.state)
         cloud_key = self._cloud_cli("identity", "--state-dir", state).splitlines()[-1].strip()
         identities = {}
@@ -232,8 +236,17 @@ class MqttTransport(Transport):
             f"mqtt: ftl-cloud serve ({self.strategy}, {self.kind}) on {url}, "
             f"{len(identities)} site clients"
         )
-        for site, identity in identities.items():
-            self.clients[site] = SiteClient(site, identity, broker, self.federation, cloud_key, pin)
+        for index, (site, identity) in enumerate(identities.items()):
+            self.clients[site] = SimulatedSite(
+                site,
+                identity,
+                url,
+                self.federation,
+                cloud_key,
+                pin,
+                len(self.plan.partition.sites[index]),
+                self.work / "sites" / site,
+            )
         self._wait_all(1, finished_ok=False)
 
     def _wait_all(self, round_: int, finished_ok: bool) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ftlct.agent.store.database import Database
+from ftlct.agent.sync.outbox import Outbox
 from ftlct.bench.cli import app
 from ftlct.protocol.cli import run
 from tests.support.paths import require_program
@@ -68,6 +70,12 @@ def test_every_method_gives_the_same_numbers_over_mqtt_as_in_process(
         assert f"new {kind} federation" in cloud_log
         assert "all 2 rounds complete" in cloud_log and "rejected" not in cloud_log
         assert cloud_log.count("accepted update") == 6
+        # each site ran the agent's own sync code: its outbox made and delivered every update
+        for site in ("site-0", "site-1", "site-2"):
+            index = Database(tmp_path / "mqtt" / "mqtt" / method / "sites" / site / "index.sqlite")
+            assert Outbox(index).made_and_acknowledged() == (2, 2), (method, site)
+            assert Outbox(index).count() == 0
+            index.close()
     assert remote["cfl"]["federation"]["splits"]  # CFL did split, over MQTT
     assert len(remote["cfl"]["federation"]["clusters"]) > 1
 
@@ -76,7 +84,9 @@ def test_an_update_the_cloud_refuses_ends_the_run_with_its_reason(
     image_folder, imagenet_weights, tmp_path, capsys, monkeypatch
 ):
     require_program("/usr/sbin/mosquitto")
-    monkeypatch.setenv("FTLCT_CLOUD_LIMITS_MAX_DELTA_NORM", "1e-9")  # the cloud's env wins
+    # The sites clip their deltas to the announced norm bound, as an agent does, so the
+    # cloud's byte limit (its env wins over the bench's config) is what refuses here.
+    monkeypatch.setenv("FTLCT_CLOUD_LIMITS_MAX_UPDATE_BYTES", "4096")
     argv = args(
         image_folder, tmp_path / "out", tmp_path / "cache", "--transport", "mqtt",
         methods="fedavg", rounds=1,
@@ -84,7 +94,7 @@ def test_an_update_the_cloud_refuses_ends_the_run_with_its_reason(
     assert run(app, "ftl-bench", argv) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1
-    assert "rejected an update" in errors[0] and "norm_bound" in errors[0]
+    assert "rejected an update" in errors[0] and "oversize" in errors[0]
 
 
 def test_unreachable_broker_is_a_one_line_error(
