@@ -17,7 +17,7 @@ from ftlct.agent.settings import AgentSettings
 from ftlct.agent.sync.federation_sync import FederationSync
 from ftlct.agent.sync.heartbeat import Heartbeat
 from ftlct.agent.sync.inbox import Inbox
-from ftlct.agent.sync.local_rounds import TrainingSchedule
+from ftlct.agent.sync.local_rounds import TrainingSchedule, agent_planner
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.sync.model_install import ModelInstaller
 from ftlct.agent.sync.model_pin import ModelPin
@@ -25,11 +25,9 @@ from ftlct.agent.sync.mqtt_link import MqttLink
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.outbox_sender import OutboxSender
 from ftlct.agent.sync.received_messages import ReceivedMessages
-from ftlct.agent.sync.round_plan import RoundPlanner
 from ftlct.agent.sync.site_identity import remember_names, site_identity
 from ftlct.agent.sync.training_log import TrainingLog
 from ftlct.agent.sync.update_release import UpdateRelease
-from ftlct.agent.training.labelled_data import count_labelled
 from ftlct.agent.training.runner import TrainingRunner
 from ftlct.agent.twin.twin_builder import build_twin_state
 from ftlct.agent.twin.twin_publisher import TwinPublisher
@@ -72,14 +70,7 @@ def federation_sync(
             build_offline_will(identity, federation, engine.current.version),
         ),
     )
-    planner = RoundPlanner(
-        settings.training,
-        settings.privacy,
-        received,
-        outbox,
-        ledger,
-        lambda model: count_labelled(root, model.backbone_sha256),
-    )
+    planner = agent_planner(settings, root, received, outbox, ledger)
     schedule = TrainingSchedule(
         settings.training,
         (site, federation),

@@ -91,9 +91,7 @@ class ResultStore:
         """``create=False`` for readers (``ftl-agent status``): no DDL, and an index without
         the table reads as empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("results")
+        self._exists = db.adopt(SCHEMA, "results", create)
 
     def insert(self, conn: sqlite3.Connection, result: SeriesResult) -> SeriesResult:
         """Write ``result`` as the series' current one (inside the caller's transaction)."""

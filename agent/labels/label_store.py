@@ -71,9 +71,7 @@ class LabelStore:
     def __init__(self, db: Database, create: bool = True):
         """``create=False`` for readers: no DDL, and an index without labels reads as empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("labels")
+        self._exists = db.adopt(SCHEMA, "labels", create)
 
     def set_many(
         self,
@@ -158,8 +156,7 @@ class LabelStore:
     def counts_by_level(self) -> dict[str, int]:
         if not self._exists:
             return {}
-        rows = self.db.query("SELECT level, COUNT(*) AS n FROM labels GROUP BY level")
-        return {row["level"]: row["n"] for row in rows}
+        return self.db.tally("SELECT level, COUNT(*) FROM labels GROUP BY level")
 
     def signature(self) -> tuple:
         """Changes whenever a label is added or changed (serve re-checks training then)."""

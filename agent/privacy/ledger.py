@@ -32,9 +32,7 @@ class PrivacyLedger:
         """``create=False`` for readers (``ftl-agent status``): no DDL, and an index that
         never released a noised delta reads as nothing spent."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("privacy_ledger")
+        self._exists = db.adopt(SCHEMA, "privacy_ledger", create)
 
     def remember(self, settings: PrivacySettings) -> None:
         """Record the settings in force (serve and ``train`` do at start)."""

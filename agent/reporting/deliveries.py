@@ -36,9 +36,7 @@ class Deliveries:
         """``create=False`` for readers (``ftl-agent status``): no DDL, and an index that
         never delivered reads as empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("deliveries")
+        self._exists = db.adopt(SCHEMA, "deliveries", create)
 
     def add(
         self,
@@ -84,6 +82,4 @@ class Deliveries:
         """Every state of ``STATES`` -> how many deliveries are in it."""
         if not self._exists:
             return dict.fromkeys(STATES, 0)
-        rows = self.db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-        found = {row["state"]: row["n"] for row in rows}
-        return {state: found.get(state, 0) for state in STATES} | found
+        return self.db.tally("SELECT state, COUNT(*) FROM deliveries GROUP BY state", STATES)

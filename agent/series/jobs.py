@@ -46,9 +46,7 @@ class JobQueue:
         never had a job queue reads as empty."""
         self.db = db
         self.clock = clock
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("jobs")
+        self._exists = db.adopt(SCHEMA, "jobs", create)
 
     def enqueue(self, conn: sqlite3.Connection, series_uid: str, generation: int) -> None:
         """Queue inference of ``series_uid`` (inside the caller's transaction)."""
@@ -126,6 +124,4 @@ class JobQueue:
         """Every state of ``STATES`` -> how many jobs are in it."""
         if not self._exists:
             return dict.fromkeys(STATES, 0)
-        rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-        found = {row["state"]: row["n"] for row in rows}
-        return {state: found.get(state, 0) for state in STATES} | found
+        return self.db.tally("SELECT state, COUNT(*) FROM jobs GROUP BY state", STATES)

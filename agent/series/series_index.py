@@ -50,9 +50,7 @@ class SeriesIndex:
         """``create=False`` for readers (``ftl-agent status``): no DDL, and an index without
         the tables reads as empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("series")
+        self._exists = db.adopt(SCHEMA, "series", create)
 
     # ------------------------------------------------------------------ the store: arrivals
     def instance_indexed(
@@ -169,9 +167,7 @@ class SeriesIndex:
         """Every state of ``STATES`` -> how many series are in it."""
         if not self._exists:
             return dict.fromkeys(STATES, 0)
-        rows = self.db.query("SELECT state, COUNT(*) AS n FROM series GROUP BY state")
-        found = {row["state"]: row["n"] for row in rows}
-        return {state: found.get(state, 0) for state in STATES} | found
+        return self.db.tally("SELECT state, COUNT(*) FROM series GROUP BY state", STATES)
 
     def with_devices(self) -> list[dict]:
         """Per series: modality, n_instances, first_received_at and the device fields."""

@@ -62,6 +62,20 @@ class Database:
                 raise RuntimeError("schema changes inside a transaction would commit it")
             self._conn.executescript(ddl)
 
+    def adopt(self, schema: str, table: str, create: bool) -> bool:
+        """An owner opening its tables: create ``schema`` (``create``), or only report whether
+        its ``table`` exists (a reader, e.g. ``ftl-agent status``, never writes); True if it does."""
+        if create:
+            self.ensure(schema)
+            return True
+        return self.has_table(table)
+
+    def tally(self, sql: str, keys: tuple[str, ...] = ()) -> dict[str, int]:
+        """``{key: count}`` from ``SELECT key, COUNT(*) ... GROUP BY key``; ``keys`` read 0
+        when absent, so a report always names them."""
+        found = {row[0]: int(row[1]) for row in self.query(sql)}
+        return dict.fromkeys(keys, 0) | found
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN`` ... ``COMMIT`` under the lock; rolls back on any exception."""

@@ -46,9 +46,7 @@ class InstanceIndex:
         """``create=False`` for readers (``ftl-agent status``): no DDL, and an index without
         the table reads as empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("instances")
+        self._exists = db.adopt(SCHEMA, "instances", create)
 
     # ------------------------------------------------------------------ the store's writes
     def lookup(self, conn: sqlite3.Connection | None, sop_uid: str) -> Mapping | None:

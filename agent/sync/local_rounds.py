@@ -143,6 +143,25 @@ class TrainingSchedule:
             log_event(log, "training_skipped", reason=reason)
 
 
+def agent_planner(
+    settings: AgentSettings,
+    data_root: Path,
+    received: ReceivedMessages,
+    outbox: Outbox,
+    ledger: PrivacyLedger,
+) -> RoundPlanner:
+    """The agent's planner: its samples are the labelled slice embeddings of the base
+    model's backbone (the bench's sites count their images instead)."""
+    return RoundPlanner(
+        settings.training,
+        settings.privacy,
+        received,
+        outbox,
+        ledger,
+        lambda model: count_labelled(data_root, model.backbone_sha256),
+    )
+
+
 def waiting_for(db: Database) -> str | None:
     """Why serve's open round is not trained yet (None: nothing recorded)."""
     return db.get_meta(LAST_SKIP_META) or None
@@ -158,14 +177,7 @@ def run_local_round(settings: AgentSettings, data_root: Path) -> RoundOutcome:
         received, outbox, ledger = ReceivedMessages(db), Outbox(db), PrivacyLedger(db)
         training_log = TrainingLog(db)
         ledger.remember(settings.privacy)
-        planner = RoundPlanner(
-            settings.training,
-            settings.privacy,
-            received,
-            outbox,
-            ledger,
-            lambda model: count_labelled(layout.root, model.backbone_sha256),
-        )
+        planner = agent_planner(settings, layout.root, received, outbox, ledger)
         site, federation = federation_names(settings, db)
         plan = planner.plan(site, federation)
         if isinstance(plan, RoundOutcome):

@@ -25,9 +25,7 @@ class ModelEvents:
     def __init__(self, db: Database, create: bool = True):
         """``create=False`` for readers: no DDL, and an index without events reads empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("model_events")
+        self._exists = db.adopt(SCHEMA, "model_events", create)
 
     def record(
         self,
@@ -57,8 +55,7 @@ class ModelEvents:
     def counts_by_outcome(self) -> dict[str, int]:
         if not self._exists:
             return {}
-        rows = self.db.query("SELECT outcome, COUNT(*) AS n FROM model_events GROUP BY outcome")
-        return {row["outcome"]: row["n"] for row in rows}
+        return self.db.tally("SELECT outcome, COUNT(*) FROM model_events GROUP BY outcome")
 
     def last(self) -> dict | None:
         """The latest event: ``version``, ``outcome``, ``reason``."""

@@ -77,9 +77,7 @@ class Outbox:
         """``create=False`` for readers (``ftl-agent status``): no DDL, and an index that
         never made an update reads as empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("outbox")
+        self._exists = db.adopt(SCHEMA, "outbox", create)
 
     def queue(self, conn: sqlite3.Connection, update: MadeUpdate, now: float) -> None:
         """Record and queue ``update`` (inside the caller's transaction);

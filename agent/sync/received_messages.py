@@ -32,9 +32,7 @@ class ReceivedMessages:
         """``create=False`` for readers (``ftl-agent status``): no DDL, and an index that
         never heard from a cloud reads as empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("fed_messages")
+        self._exists = db.adopt(SCHEMA, "fed_messages", create)
 
     def save_round(self, payload: bytes, announcement: RoundAnnouncement) -> None:
         self._save(ROUND, "", str(announcement.round), payload)

@@ -25,9 +25,7 @@ class TrainingLog:
     def __init__(self, db: Database, create: bool = True):
         """``create=False`` for readers: no DDL, and an index that never trained reads empty."""
         self.db = db
-        if create:
-            db.ensure(SCHEMA)
-        self._exists = create or db.has_table("training_runs")
+        self._exists = db.adopt(SCHEMA, "training_runs", create)
 
     def record(
         self,
