@@ -6,6 +6,8 @@ Read from the files with ``ast`` (nothing is imported, so this runs in a second)
   packages (``ftlct.agent.store``, ``.series``, ... and its top-level modules);
 * ``agent`` and ``cloud`` never import each other, nor ``bench``; ``protocol``
   and ``export`` import none of the three;
+* agent training imports nothing of sync, and sync reaches training only through
+  its entry points (a plan in, ``(delta, n_samples, metrics)`` out);
 * every SQLite table of the agent has one owner: the module whose SQL creates
   it, and no other module's SQL names it (a stage calls the owner instead; for
   a join inside SQLite the owner publishes a view, which others may read).
