@@ -40,6 +40,11 @@ def federation(
     seed: int = typer.Option(
         None, "--seed", help="Seed of split, partition and training (default 0)."
     ),
+    splits: int = typer.Option(
+        None,
+        "--splits",
+        help="Run N splits (seeds SEED..SEED+N-1) and report mean, SE, 95% intervals (default 1).",
+    ),
     alpha: float = typer.Option(
         None, "--alpha", help="Dirichlet label-skew concentration (default 0.5)."
     ),
@@ -74,7 +79,7 @@ def federation(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
-    """Run FTL, FedAvg and CFL (plus central and local references) on one non-IID split."""
+    """Run FTL, FedAvg and CFL (plus central and local references) on one or more non-IID splits."""
     from ftlct.bench.dataset import DatasetError
     from ftlct.bench.experiment import LeakError, run_experiment
     from ftlct.bench.mqtt_transport import TransportError
@@ -95,6 +100,7 @@ def federation(
             rounds=rounds,
             methods=methods,
             seed=seed,
+            splits=splits,
             alpha=alpha,
             test_fraction=test_fraction,
             input_size=input_size,
@@ -110,25 +116,34 @@ def federation(
     reporter = RichReporter(quiet=json_out)
     try:
         with reporter:
-            experiment = run_experiment(settings, reporter)
+            if settings.splits > 1:
+                from ftlct.bench.multi_split import run_splits
+
+                results, split = run_splits(settings, reporter, out, _write_json), None
+            else:
+                experiment = run_experiment(settings, reporter)
+                results, split = experiment.results, experiment.split
     except (DatasetError, SplitError, WeightsError, PreprocessingError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     except LeakError as exc:
         raise CliError(f"test split leaked into training: {exc}") from exc
     except TransportError as exc:
         raise CliError(f"mqtt transport: {exc}") from exc
-    results = experiment.results
     results["command"] = _command_line()
     _write_json(out / "results.json", results)
-    _write_json(out / "split.json", experiment.split)
+    if split is not None:
+        _write_json(out / "split.json", split)
     report = write_report(results, out, results["command"], _lever_table(out, levers))
     if json_out:
         echo_json(results)
         return
+    summary = results.get("multi_split", {}).get("summary", {})
     for name, m in results["methods"].items():
+        f1 = summary.get(name, {}).get("f1")
+        spread = f" ± {f1['se']:.3f} (SE, {f1['n']} splits)" if f1 and f1["se"] else ""
         print(
             f"{name:8s} acc {m['accuracy']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  "
-            f"F1 {m['f1']:.3f}  converged {m['convergence_time_s'] or 0:.1f} s"
+            f"F1 {m['f1']:.3f}{spread}  converged {m['convergence_time_s'] or 0:.1f} s"
         )
     print(f"wrote {out / 'results.json'} and {report}")
 

@@ -96,9 +96,11 @@ def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) ->
 
     weights = resolve_weights(None)
     spec = preprocessing_spec(settings)
+    # a linear head starts at zero whatever the seed: every split shares one model directory
+    head_seed = settings.seed if settings.ftl.head != "linear" else 0
     key = hashlib.sha256(
         json.dumps(
-            [str(weights), list(classes), spec.to_json(), settings.ftl.head, settings.seed]
+            [str(weights), list(classes), spec.to_json(), settings.ftl.head, head_seed]
         ).encode()
     ).hexdigest()[:12]
     path = cache / f"model-{key}"

@@ -33,6 +33,13 @@ def _bytes(value) -> str:
     return f"{value} B"
 
 
+def _which_splits(results: dict) -> str:
+    multi = results.get("multi_split")
+    if not multi:
+        return f"seed {results['seed']}"
+    return f"mean over {multi['n_splits']} splits (seeds {multi['seeds'][0]}-{multi['seeds'][-1]})"
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -76,7 +83,7 @@ def write_plots(results: dict, out: Path) -> list[str]:
         ax.set_xlabel(label)
         ax.set_ylabel("macro-F1 on the test views")
         ax.set_title(
-            f"{Path(results['dataset']['path']).name}: {results['sites']} sites, seed {results['seed']}"
+            f"{Path(results['dataset']['path']).name}: {results['sites']} sites, {_which_splits(results)}"
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
@@ -169,7 +176,7 @@ def settings_block(results: dict) -> str:
             f"{results['dataset']['n_test']} images ({results['dataset']['test_class_counts']}); each is "
             f"scored through every site's scanner ({results['dataset']['test_views']} test views)",
             f"- {results['sites']} sites, Dirichlet label skew alpha {s['alpha']}, scanner set `{s['scanners']}`; "
-            f"{results['rounds']} rounds; seed {results['seed']}",
+            f"{results['rounds']} rounds; {_which_splits(results)}",
             f"- input {results['model']['input_size']} px for every method; preprocessing "
             f"`ftlct.export.preprocessing` (grey windows: {s['grey_windows'] or 'identity'})",
             f"- FTL: head `{ftl['head']}`, trainable `{ftl['trainable']}`, {ftl['epochs']} local epochs, "
@@ -190,6 +197,13 @@ def settings_block(results: dict) -> str:
 def write_report(results: dict, out: Path, command: str, levers: dict | None = None) -> Path:
     out = Path(out)
     figures = write_plots(results, out)
+    multi = results.get("multi_split")
+    split_lines: list[str] = []
+    if multi:
+        from ftlct.bench.split_report import split_section, write_split_plots
+
+        figures = write_split_plots(results, out, COLOURS) + figures
+        split_lines = split_section(results)
     run = results["run"]
     lines = [
         "# FTL vs FedAvg vs CFL on non-IID CT data",
@@ -197,7 +211,8 @@ def write_report(results: dict, out: Path, command: str, levers: dict | None = N
         f"Made by `{command}` in {run['wall_s']:.0f} s on {run['cpus']} CPU cores "
         f"({run['finished']}). The cores were shared with other jobs: times are pessimistic.",
         "",
-        "## Results",
+        *split_lines,
+        "## Results" + (f" (means over the {multi['n_splits']} splits)" if multi else ""),
         "",
         method_table(results),
         "",
@@ -237,10 +252,7 @@ def write_report(results: dict, out: Path, command: str, levers: dict | None = N
         "- Both families defend against scanner shortcuts with the same acquisition jitter "
         "ranges: FTL sites embed jittered copies of their images once; the CNN gets fresh "
         "jitter (plus flips and shifts) every batch.",
-        "- The default hyper-parameters were chosen on seed 1's split, except the loss's "
-        "correction for each site's label mix (logit adjustment, for every method), chosen "
-        "after `ftl-bench levers` on the splits of seeds 0, 1 and 2; seed 3 is the split "
-        "that chose nothing (README).",
+        f"- Settings were chosen on: {results['settings'].get('chosen_on') or 'not recorded'}.",
         "",
         "## Sites (simulated scanners)",
         "",

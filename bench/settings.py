@@ -103,6 +103,13 @@ class BenchSettings:
     rounds: int = 20
     methods: str = ",".join(METHODS)
     seed: int = 0
+    # splits k = 0..splits-1 use seed + k (bench/multi_split.py)
+    splits: int = 1
+    # which splits (or other runs) chose the settings, so the report can say it
+    chosen_on: str = (
+        "seeds 0-2 (defaults: seed 1; logit adjustment: levers on seeds 0-2); "
+        "every other seed chose nothing"
+    )
     alpha: float = 0.5
     test_fraction: float = 0.2
     input_size: int = 224
@@ -135,6 +142,8 @@ class BenchSettings:
         self.method_list()
         if self.sites < 1 or self.rounds < 1:
             raise ValueError("--sites and --rounds must be >= 1")
+        if self.splits < 1:
+            raise ValueError(f"--splits must be >= 1, got {self.splits}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"--transport must be one of {', '.join(TRANSPORTS)}")
         if self.ftl.head not in ("linear", "mlp"):
