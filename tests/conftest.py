@@ -19,6 +19,21 @@ def imagenet_weights():
 
 
 @pytest.fixture(scope="session")
+def lite0_weights():
+    """The EfficientNet-Lite0 ImageNet file: ../shared/weights or the fetch-weights cache."""
+    from ftlct.export.weights import candidate_paths, find_weights
+
+    found = find_weights("efficientnet_lite0")
+    if found is None:
+        where = ", ".join(map(str, candidate_paths("efficientnet_lite0")))
+        pytest.skip(
+            f"no EfficientNet-Lite0 weights in {where}; "
+            "run `ftl-export fetch-weights --backbone efficientnet_lite0`"
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, imagenet_weights):
     """A ``normal,abnormal`` model directory with an untrained linear head (a ``ModelDir``)."""
     from ftlct.export.build import build_model_dir
