@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ftlct.cloud.strategies.base import Strategy
 from ftlct.cloud.strategies.cfl import CFL
+from ftlct.cloud.strategies.closed_form import ClosedForm
 from ftlct.cloud.strategies.fedavg import FedAvg
 from ftlct.cloud.strategies.ftl import FTL
 from ftlct.cloud.strategies.median import CoordinateMedian
@@ -14,6 +15,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "ftl": FTL,
     "fedavg": FedAvg,
     "cfl": CFL,
+    "closed_form": ClosedForm,  # updates carry statistics, not deltas (phase 2 wires the sites)
     "median": CoordinateMedian,
     "trimmed_mean": TrimmedMean,
     "norm_clipping": NormClipping,
