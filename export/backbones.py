@@ -125,6 +125,15 @@ class PooledBackbone(nn.Module):
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
+def stage_of_module(arch: Architecture, name: str) -> int:
+    """The stage a module of the network belongs to (``features.12.conv.1`` -> 12)."""
+    if arch.name == "mobilenet_v2":
+        return int(name.split(".")[1])
+    if name.startswith("_blocks."):
+        return int(name.split(".")[1]) + 1
+    return 0 if name.startswith(("_conv_stem", "_bn0")) else len(arch.stages(arch.new())) - 1
+
+
 def check_taps(
     arch: Architecture, net: nn.Module, taps: Sequence[int], pooling: Sequence[str]
 ) -> None:

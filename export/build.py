@@ -20,7 +20,9 @@ from ftlct.export.backbones import (
     architecture,
     backbone_state,
     embedding_layout,
+    stage_of_module,
 )
+from ftlct.export.batch_norm_map import batch_norm_map
 from ftlct.export.files import atomic_write_bytes, atomic_write_text, sha256_file
 from ftlct.export.heads import head_to_arrays, make_head
 from ftlct.export.model_dir import FORMAT, MANIFEST, ModelDir, write_head_files
@@ -89,7 +91,12 @@ def build_model_dir(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the manifest goes last: no manifest, no model
-    atomic_write_bytes(out / "backbone.onnx", export_backbone_onnx(pooled.eval(), input_size))
+    onnx_bytes = export_backbone_onnx(pooled.eval(), input_size)
+    bn_map = [
+        {**entry, "stage": stage_of_module(arch, entry["conv"])}
+        for entry in batch_norm_map(onnx_bytes, net)
+    ]
+    atomic_write_bytes(out / "backbone.onnx", onnx_bytes)
     state = {k: v.contiguous() for k, v in backbone_state(arch, net).items()}
     tmp = out / ".backbone.safetensors.tmp"
     save_file(state, str(tmp))
@@ -113,6 +120,8 @@ def build_model_dir(
             },
             "output": {"name": "embedding", **layout},
             "opset": ONNX_OPSET,
+            # folded Conv node -> its batch norm in backbone.safetensors (export/adabn.py)
+            "batch_norm": bn_map,
         },
         "head": {},
         "preprocessing": spec.to_json(),
