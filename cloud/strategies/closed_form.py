@@ -20,7 +20,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftlct.cloud.strategies.base import FederationState, SiteUpdate, Strategy
-from ftlct.cloud.strategies.strategy_utils import copy_weights, next_state
+from ftlct.cloud.strategies.strategy_utils import (
+    UpdateMismatch,
+    check_updates,
+    copy_weights,
+    next_state,
+)
 from ftlct.export.closed_form_head import SOLVERS, HeadStatistics, StatisticsError, solve_head
 
 
@@ -36,36 +41,41 @@ class ClosedForm(Strategy):
         self.solver = solver
         self.shrinkage = shrinkage
 
+    def check_update(self, state: FederationState, update: SiteUpdate) -> None:
+        """Statistics that fit the cluster's head, with a weight no larger than their counts."""
+        if update.cluster not in state.models:
+            raise UpdateMismatch(
+                "wrong_cluster",
+                f"update from {update.site} names unknown cluster {update.cluster!r}",
+            )
+        try:
+            stats = HeadStatistics.from_arrays(update.delta)
+        except StatisticsError as exc:
+            reason = "non_finite" if "non-finite" in str(exc) else "shape_mismatch"
+            raise UpdateMismatch(reason, f"update from {update.site}: {exc}") from exc
+        head = state.models[update.cluster]
+        shape = np.shape(head.get("dense.0.weight"))
+        if len(head) != 2 or shape != (stats.n_classes, stats.dim):
+            raise UpdateMismatch(
+                "shape_mismatch",
+                f"update from {update.site}: statistics of {stats.n_classes} classes x "
+                f"{stats.dim} dims do not fit the cluster's head {shape}",
+            )
+        claimed = stats.n  # DP noise moves the counts by a few units
+        if not 0 < update.n_samples <= claimed + 3 * max(1.0, claimed) ** 0.5:
+            raise UpdateMismatch(
+                "bad_samples",
+                f"update from {update.site}: n_samples {update.n_samples} but its "
+                f"statistics count {claimed:.0f} slices",
+            )
+
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
         totals: dict[str, HeadStatistics] = {}
         participants: dict[str, str] = {}
-        for update in updates:
-            if update.site in participants:
-                raise ValueError(f"two updates from site {update.site} in one round")
-            if update.cluster not in state.models:
-                raise ValueError(
-                    f"update from {update.site} names unknown cluster {update.cluster!r}"
-                )
-            try:
-                stats = HeadStatistics.from_arrays(update.delta)
-            except StatisticsError as exc:
-                raise ValueError(f"update from {update.site}: {exc}") from exc
-            head = state.models[update.cluster]
-            shape = np.shape(head.get("dense.0.weight"))
-            if len(head) != 2 or shape != (stats.n_classes, stats.dim):
-                raise ValueError(
-                    f"update from {update.site}: statistics of {stats.n_classes} classes x "
-                    f"{stats.dim} dims do not fit the cluster's head {shape}"
-                )
-            claimed = stats.n
-            if update.n_samples <= 0 or update.n_samples > claimed + 3 * max(1.0, claimed) ** 0.5:
-                raise ValueError(
-                    f"update from {update.site}: n_samples {update.n_samples} but its "
-                    f"statistics count {claimed:.0f} slices"
-                )
-            totals[update.cluster] = (
-                stats if update.cluster not in totals else totals[update.cluster] + stats
-            )
+        for update in check_updates(state, updates, self.check_update):
+            stats = HeadStatistics.from_arrays(update.delta)
+            total = totals.get(update.cluster)
+            totals[update.cluster] = stats if total is None else total + stats
             participants[update.site] = update.cluster
         models = {cluster: copy_weights(w) for cluster, w in state.models.items()}
         for cluster, total in totals.items():

@@ -77,3 +77,25 @@ def test_bad_parameters_are_refused_at_construction():
         make_strategy("closed_form", solver="svm")
     with pytest.raises(ValueError, match="shrinkage"):
         make_strategy("closed_form", shrinkage=0)
+
+
+def test_the_cloud_check_names_a_stable_reason_for_each_refusal():
+    from ftlct.cloud.strategies.strategy_utils import UpdateMismatch
+
+    x, y = data()
+    good = updates(x, y, [np.arange(80)])[0]
+    nan = {k: v.copy() for k, v in good.delta.items()}
+    nan["stats.class_sums"][0, 0] = np.nan
+    wide = updates(*data(dim=7), [np.arange(80)])[0]
+    cases = [
+        (SiteUpdate("s", good.delta, 10**6), "bad_samples"),
+        (SiteUpdate("s", nan, 80), "non_finite"),
+        (SiteUpdate("s", wide.delta, 80), "shape_mismatch"),
+        (SiteUpdate("s", good.delta, 80, "elsewhere"), "wrong_cluster"),
+    ]
+    strategy = make_strategy("closed_form")
+    strategy.check_update(initial(), good)  # a good update passes
+    for update, reason in cases:
+        with pytest.raises(UpdateMismatch) as caught:
+            strategy.check_update(initial(), update)
+        assert caught.value.reason == reason
