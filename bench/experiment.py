@@ -3,15 +3,17 @@
 Every method sees the same partition, the same scanner profiles, the same
 preprocessing (input size, windows) and the same seed:
 
-- ``ftl``: frozen ImageNet MobileNetV2 (``backbone.onnx`` of a model directory
+- ``ftl``: frozen ImageNet backbone (``backbone.onnx`` of a model directory
   built by ``ftl-export``'s ``build_model_dir``), embeddings from onnxruntime
   as the agent computes them, head trained with the agent's ``train_head``,
-  aggregated by the cloud's ``ftl`` strategy. With ``ftl.trainable =
-  last-block`` the last backbone block is federated too; the cloud's ``ftl``
-  strategy refuses non-head tensors by design, so that variant aggregates
-  with ``fedavg`` (the same arithmetic) and says so in the results.
-- ``fedavg`` / ``cfl``: the whole ``SmallCnn`` from random init, the cloud's
-  ``fedavg`` / ``cfl`` strategies over the same updates.
+  aggregated by the cloud's ``ftl`` strategy.
+- ``ftl_closed_form``: the same embeddings; each site sends head statistics
+  once and the cloud's ``closed_form`` strategy solves the head (one round).
+- ``fedavg`` / ``cfl``: conventional FL from the same ImageNet backbone: its
+  last stages (``finetune.first_block`` on) and a head, trained end to end over
+  cached outputs of the frozen stages before them, the cloud's ``fedavg`` /
+  ``cfl`` strategies.
+- ``fedavg_cnn`` / ``cfl_cnn``: the whole ``SmallCnn`` from random init.
 - ``central``: the FTL model trained on the pooled training views.
 - ``local``: the FTL model trained by each site alone, metrics averaged over sites.
 
@@ -34,10 +36,16 @@ from ftlct.agent.training.local_training import ArrayDataset
 from ftlct.bench.augment import acquisition_jitter, flip_and_shift
 from ftlct.bench.dataset import LabelledImages, load_dataset
 from ftlct.bench.federation import MethodRun, SiteData, run_federated, run_independent
-from ftlct.bench.learners import HeadLearner, LastBlockLearner, Learner, NetworkLearner, warm_up
+from ftlct.bench.learners import (
+    FinetuneLearner,
+    HeadLearner,
+    Learner,
+    NetworkLearner,
+    warm_up,
+)
 from ftlct.bench.scanners import AugmentedScanner, ScannerProfile, site_profiles
-from ftlct.bench.settings import BenchSettings
-from ftlct.bench.splits import Partition, make_partition
+from ftlct.bench.settings import STRATEGY_OF, BenchSettings
+from ftlct.bench.splits import Partition, SplitError, holdout_split, make_partition
 from ftlct.bench.views import ViewStore
 from ftlct.export.model_dir import ModelDir
 from ftlct.export.preprocessing import PreprocessingSpec, parse_windows
@@ -58,6 +66,19 @@ class Plan:
     store: ViewStore
     site_names: list[str]
     jitter_views: int = 0
+    # per site: its images held out to score global versions (bench/selection.py)
+    selection: tuple[np.ndarray, ...] = ()
+    # per site: views through its AdaBN-adapted backbone (bench/site_adaptation.py), if any
+    site_stores: tuple[ViewStore, ...] = ()
+
+    def store_for(self, kind: str, site: int) -> ViewStore:
+        """Embeddings come from the site's adapted backbone when there is one."""
+        return self.site_stores[site] if kind == "embedding" and self.site_stores else self.store
+
+    def training_rows(self, site: int) -> np.ndarray:
+        if not self.selection:
+            return self.partition.sites[site]
+        return np.setdiff1d(self.partition.sites[site], self.selection[site])
 
     def jitter_profile(self, site: int, draw: int) -> int:
         """Index in ``profiles`` of site ``site``'s jittered view number ``draw``."""
@@ -148,7 +169,25 @@ def make_plan(settings: BenchSettings, reporter: Reporter) -> Plan:
     profiles = scanners + tuple(AugmentedScanner(p, draw) for p in scanners for draw in range(k))
     store = ViewStore(cache, dataset, model, profiles, settings.threads)
     names = [f"site-{i}" for i in range(settings.sites)]
-    return Plan(dataset, partition, profiles, model, store, names, k)
+    selection = selection_holdout(dataset, partition, settings.selection_fraction, settings.seed)
+    return Plan(dataset, partition, profiles, model, store, names, k, selection)
+
+
+def selection_holdout(
+    dataset: LabelledImages, partition: Partition, fraction: float, seed: int
+) -> tuple[np.ndarray, ...]:
+    """Each site's held-out images (stratified, whole groups); none where the site is too small."""
+    if fraction <= 0:
+        return ()
+    held = []
+    for site, rows in enumerate(partition.sites):
+        groups = tuple(dataset.groups[i] for i in rows)
+        try:
+            _, val = holdout_split(dataset.labels[rows], groups, fraction, seed * 1000 + site)
+        except SplitError:
+            val = np.zeros(0, dtype=np.int64)
+        held.append(np.sort(rows[val]) if len(val) < len(rows) else np.zeros(0, np.int64))
+    return tuple(held)
 
 
 def check_no_leak(dataset: LabelledImages, partition: Partition) -> None:
@@ -178,40 +217,49 @@ def check_no_leak(dataset: LabelledImages, partition: Partition) -> None:
 
 def _learner(method: str, settings: BenchSettings, plan: Plan) -> Learner:
     n_classes = len(plan.dataset.classes)
-    if method in ("fedavg", "cfl"):
+    if method in ("fedavg_cnn", "cfl_cnn"):
         augment = flip_and_shift
         if settings.network.jitter:
             spec = plan.model.preprocessing
             augment = acquisition_jitter(spec.mean, spec.std, then=flip_and_shift)
         config = settings.network.config(settings.val_fraction, settings.seed, augment)
         return NetworkLearner(config, n_classes, settings.seed)
-    config = settings.ftl.config(settings.val_fraction, settings.seed)
-    head = plan.model.head_weights()
-    if settings.ftl.trainable == "last-block":
+    if method in ("fedavg", "cfl"):
         from safetensors.numpy import load_file
 
-        backbone = load_file(str(plan.model.path / "backbone.safetensors"))
-        frozen = {k: v for k, v in backbone.items() if k.startswith("features.18.")}
-        return LastBlockLearner(config, n_classes, head, frozen)
-    return HeadLearner(config, n_classes, head)
+        from ftlct.bench.models import suffix_frozen
+        from ftlct.export.heads import head_to_arrays, make_head
+
+        first = settings.finetune.first_block
+        frozen = suffix_frozen(load_file(str(plan.model.path / "backbone.safetensors")), first)
+        head = head_to_arrays(make_head("linear", n_classes, 1280))  # on features.18, mean
+        config = settings.finetune.config(settings.val_fraction, settings.seed)
+        return FinetuneLearner(config, n_classes, head, frozen, first, 1 + plan.jitter_views)
+    config = settings.ftl.config(settings.val_fraction, settings.seed)
+    return HeadLearner(config, n_classes, plan.model.head_weights())
 
 
 def _sites(plan: Plan, kind: str) -> list[SiteData]:
-    """Each site's training arrays (its views, plus jittered ones for FTL) and its test views."""
+    """Each site's training arrays (its views, plus jittered ones unless raw inputs), its test
+    views and the views of its held-out selection images (its own scanner)."""
     labels = plan.dataset.labels
     jitter = plan.jitter_views if kind != "input" else 0
     sites = []
     for s, name in enumerate(plan.site_names):
-        rows = plan.partition.sites[s]
+        rows = plan.training_rows(s)
         profiles = [s] + [plan.jitter_profile(s, k) for k in range(jitter)]
         inputs = np.concatenate([plan.store.get(kind, p, rows) for p in profiles])
         all_rows = np.tile(rows, len(profiles))
+        held = plan.selection[s] if plan.selection else np.zeros(0, np.int64)
         sites.append(
             SiteData(
                 name,
                 ArrayDataset(inputs, labels[all_rows]),
                 plan.store.get(kind, s, plan.partition.test),
                 train_rows=all_rows,
+                val=ArrayDataset(plan.store.get(kind, s, held), labels[held])
+                if len(held)
+                else None,
             )
         )
     return sites
@@ -223,10 +271,10 @@ def _extraction_seconds(plan: Plan, kind: str) -> list[float]:
         return [0.0] * len(plan.site_names)
     return [
         sum(
-            plan.store.seconds(kind, p, rows)
+            plan.store_for(kind, s).seconds(kind, p, plan.training_rows(s))
             for p in [s] + [plan.jitter_profile(s, k) for k in range(plan.jitter_views)]
         )
-        for s, rows in enumerate(plan.partition.sites)
+        for s in range(len(plan.site_names))
     ]
 
 
@@ -234,11 +282,11 @@ def _transport(method: str, settings: BenchSettings, plan: Plan, reporter: Repor
     """The cloud's strategy for ``method``: called in process, or ``ftl-cloud serve`` over MQTT."""
     from ftlct.cloud.strategies import make_strategy
 
-    strategy_name = method
-    if method == "ftl" and settings.ftl.trainable == "last-block":
-        strategy_name = "fedavg"  # the cloud's ftl strategy accepts dense.* only
-    family = settings.ftl if method == "ftl" else settings.network
-    params = {**family.server_params(), **(settings.cfl.params() if method == "cfl" else {})}
+    strategy_name = STRATEGY_OF[method]
+    family = {"ftl": settings.ftl, "fedavg": settings.finetune, "cfl": settings.finetune}.get(
+        method, settings.network
+    )
+    params = {**family.server_params(), **(settings.cfl.params() if strategy_name == "cfl" else {})}
     if settings.transport == "mqtt":
         from ftlct.bench.mqtt_transport import MqttTransport
 
@@ -257,8 +305,15 @@ def run_method(method: str, settings: BenchSettings, plan: Plan, reporter: Repor
     labels = plan.dataset.labels[plan.partition.test]
     extraction = _extraction_seconds(plan, learner.kind)
     n_models = 1 if method == "central" else len(sites)
-    tick = reporter.stage(method, settings.rounds * n_models)
-    if method in ("ftl", "fedavg", "cfl"):
+    one_round = method == "ftl_closed_form"
+    tick = reporter.stage(method, len(sites) if one_round else settings.rounds * n_models)
+    if method == "ftl_closed_form":
+        from ftlct.bench.closed_form_run import run_closed_form
+
+        return run_closed_form(
+            settings.closed_form, sites, labels, learner, start_s=max(extraction), tick=tick
+        )
+    if method in STRATEGY_OF:
         run = run_federated(
             method,
             learner,
@@ -314,9 +369,11 @@ def check_arrays_disjoint(plan: Plan, sites: list[SiteData]) -> None:
 def view_kinds(settings: BenchSettings) -> list[str]:
     methods = settings.method_list()
     kinds = []
-    if any(m in methods for m in ("ftl", "central", "local")):
-        kinds.append("prefix" if settings.ftl.trainable == "last-block" else "embedding")
+    if any(m in methods for m in ("ftl", "ftl_closed_form", "central", "local")):
+        kinds.append("embedding")
     if any(m in methods for m in ("fedavg", "cfl")):
+        kinds.append(f"prefix{settings.finetune.first_block}")
+    if any(m in methods for m in ("fedavg_cnn", "cfl_cnn")):
         kinds.append("input")
     return kinds
 
@@ -331,15 +388,22 @@ def prepare_views(settings: BenchSettings, plan: Plan, reporter: Reporter) -> No
     feature_kinds = [k for k in kinds if k != "input"]
     if plan.jitter_views and feature_kinds:
         jittered = {
-            plan.jitter_profile(s, k): plan.partition.sites[s]
+            plan.jitter_profile(s, k): plan.training_rows(s)
             for s in range(settings.sites)
             for k in range(plan.jitter_views)
         }
         _ensure(plan, feature_kinds, jittered, reporter, "jittered views")
+    if settings.ftl.adabn != "none" and "embedding" in kinds:
+        from ftlct.bench.site_adaptation import adapt_sites
+
+        plan.site_stores = adapt_sites(settings, plan, reporter)
 
 
-def _ensure(plan: Plan, kinds: list[str], wanted: dict, reporter: Reporter, stage: str) -> None:
-    if not plan.store.missing(kinds, wanted):
+def _ensure(
+    plan: Plan, kinds: list[str], wanted: dict, reporter: Reporter, stage: str, store=None
+) -> None:
+    store = store or plan.store
+    if not store.missing(kinds, wanted):
         return
     tick = reporter.stage(stage, sum(len(v) for v in wanted.values()))
 
@@ -347,7 +411,7 @@ def _ensure(plan: Plan, kinds: list[str], wanted: dict, reporter: Reporter, stag
         for _ in range(count):
             tick()
 
-    plan.store.ensure(kinds, wanted, advance)
+    store.ensure(kinds, wanted, advance)
 
 
 @dataclass
@@ -369,7 +433,8 @@ def run_experiment(settings: BenchSettings, reporter: Reporter | None = None) ->
     warm_up(len(plan.dataset.classes))
     runs: dict[str, MethodRun] = {}
     for method in settings.method_list():
-        reporter.note(f"{method}: {settings.rounds} rounds")
+        rounds = 1 if method == "ftl_closed_form" else settings.rounds
+        reporter.note(f"{method}: {rounds} round{'s' if rounds > 1 else ''}")
         runs[method] = run_method(method, settings, plan, reporter)
     results = results_document(settings, plan, runs, time.perf_counter() - started)
     return Experiment(results, split_document(plan))

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ftlct.agent.training.local_training import ArrayDataset, Weights
 from ftlct.agent.training.metrics import ClassificationMetrics, from_confusion
 from ftlct.bench.learners import Learner, round_seed
+from ftlct.bench.selection import BestVersion, Candidate
 from ftlct.cloud.strategies import SiteUpdate
 from ftlct.protocol.exchange import build_update
 from ftlct.protocol.identity import Identity, public_b64_of
@@ -32,6 +33,7 @@ class SiteData:
     train: ArrayDataset  # the site's own images, through its scanner
     test: np.ndarray  # the global test images, through this site's scanner
     train_rows: np.ndarray | None = None  # dataset indices behind ``train`` (for leak checks)
+    val: ArrayDataset | None = None  # held-out images (its scanner) that score global versions
 
 
 @dataclass
@@ -42,6 +44,7 @@ class RoundRecord:
     elapsed_s: float
     clusters: int = 1
     update_norms: tuple[float, ...] = ()  # L2 norm of each site's delta this round
+    validation_f1: float | None = None  # federated validation score of this round's models
 
     def to_json(self) -> dict:
         data = {
@@ -51,6 +54,8 @@ class RoundRecord:
             "elapsed_s": round(self.elapsed_s, 3),
             "clusters": self.clusters,
         }
+        if self.validation_f1 is not None:
+            data["validation_f1"] = round(self.validation_f1, 6)
         if self.update_norms:
             data["update_norm_mean"] = round(float(np.mean(self.update_norms)), 6)
             data["update_norm_max"] = round(float(np.max(self.update_norms)), 6)
@@ -66,6 +71,9 @@ class MethodRun:
     bytes_up_per_round: int | None
     start_s: float = 0.0  # feature extraction before round 1 (FTL embeddings)
     extra: dict = field(default_factory=dict)
+    # the models of the round with the best federated validation score, scored on the test views
+    best_validated: ClassificationMetrics | None = None
+    best_round: int | None = None
 
 
 class Transport:
@@ -159,6 +167,23 @@ def wire_metrics(metrics: dict[str, float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- the loops
 
 
+def validation_score(learner: Learner, models: dict, sites: Sequence[SiteData]) -> float | None:
+    """Each site scores its current model on its held-out images; the federation sums the
+    confusion matrices (``selection.federated_validation_score``). None without held-out data."""
+    from ftlct.bench.selection import federated_validation_score
+
+    n = learner.n_classes
+    confusions = []
+    for site in sites:
+        if site.val is None or not len(site.val):
+            continue
+        predicted = learner.predict(models[site.name][1], site.val.inputs)
+        confusions.append(
+            np.bincount(site.val.labels * n + predicted, minlength=n * n).reshape(n, n)
+        )
+    return federated_validation_score(confusions) if confusions else None
+
+
 def _score_models(learner: Learner, models: dict, sites: Sequence[SiteData], labels: np.ndarray):
     """Each site's current model (its cluster's) on that site's test views."""
     return score_sites(
@@ -186,6 +211,8 @@ def run_federated(
     history: list[RoundRecord] = []
     sizes: list[int] = []
     elapsed = start_s
+    best = BestVersion()
+    best_models = None
     transport.start(learner.initial())
     try:
         for round_ in range(1, rounds + 1):
@@ -210,6 +237,11 @@ def run_federated(
             models = transport.models_for(names)
             pooled, _ = _score_models(learner, models, sites, test_labels)
             clusters = len({cluster for cluster, _ in models.values()})
+            score = validation_score(learner, models, sites)
+            if score is not None:
+                kept = best.offer(Candidate(f"r{round_}", round_, score))
+                if kept is not best:
+                    best, best_models = kept, models
             norms = tuple(
                 float(
                     np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in u.delta.values()))
@@ -217,15 +249,19 @@ def run_federated(
                 for u in updates
             )
             history.append(
-                RoundRecord(round_, pooled.f1, pooled.accuracy, elapsed, clusters, norms)
+                RoundRecord(round_, pooled.f1, pooled.accuracy, elapsed, clusters, norms, score)
             )
         final, per_site = _score_models(learner, transport.models_for(names), sites, test_labels)
         extra = transport.describe()
     finally:
         transport.close()
-    return MethodRun(
+    run = MethodRun(
         name, history, final, per_site, int(np.mean(sizes)) if sizes else None, start_s, extra
     )
+    if best_models is not None:
+        run.best_validated, _ = _score_models(learner, best_models, sites, test_labels)
+        run.best_round = best.best.round
+    return run
 
 
 def run_independent(

@@ -25,7 +25,7 @@ from ftlct.agent.training.local_training import (
     train_head,
     train_module,
 )
-from ftlct.bench.models import SmallCnn, last_block_module, small_cnn_weights
+from ftlct.bench.models import SmallCnn, small_cnn_weights, suffix_network
 from ftlct.export.head_onnx import numpy_head_logits
 
 
@@ -38,7 +38,7 @@ def round_seed(seed: int, round_: int, site: int) -> int:
 class Learner(ABC):
     """Trains and scores one kind of federated weights."""
 
-    kind: str  # the view kind it reads: "embedding", "prefix" or "input"
+    kind: str  # the view kind it reads: "embedding", "prefix{stage}" or "input"
 
     def __init__(self, config: LocalTrainConfig, n_classes: int):
         self.config = config
@@ -80,28 +80,45 @@ class HeadLearner(Learner):
         return numpy_head_logits(weights, inputs).argmax(axis=1)
 
 
-class LastBlockLearner(Learner):
-    """FTL variant: the head and MobileNetV2's last block, over cached ``features.17`` outputs."""
+class FinetuneLearner(Learner):
+    """FedAvg/CFL from the ImageNet backbone: its stages from ``first`` on and a head.
 
-    kind = "prefix"
+    Reads cached outputs of the frozen stages before ``first``; ``data`` holds
+    ``views`` blocks of the same images (the site's scanner, then jittered
+    copies), and each round trains on one view per image, drawn from the seed.
+    """
 
-    def __init__(self, config: LocalTrainConfig, n_classes: int, head: Weights, frozen: Weights):
+    def __init__(
+        self,
+        config: LocalTrainConfig,
+        n_classes: int,
+        head: Weights,
+        frozen: Weights,
+        first: int,
+        views: int = 1,
+    ):
         super().__init__(config, n_classes)
+        self.kind = f"prefix{first}"
         self.head = head
-        self.frozen = frozen  # features.18.* from backbone.safetensors
+        self.frozen = frozen  # features.{first..}.* from backbone.safetensors
+        self.first = first
+        self.views = views
 
     def initial(self) -> Weights:
-        from ftlct.bench.models import last_block_trainable
+        from ftlct.bench.models import suffix_trainable
 
-        weights = {**last_block_trainable(self.frozen), **self.head}
+        weights = {**suffix_trainable(self.frozen), **self.head}
         return {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
 
     def train(self, weights: Weights, data: ArrayDataset, seed: int) -> ModuleTrainResult:
-        module = last_block_module(self.frozen, weights, self.config.head_dropout)
-        return train_module(module, weights, data, self._config(seed), self.n_classes)
+        module = suffix_network(self.first, self.frozen, weights, self.config.head_dropout)
+        n = len(data) // self.views
+        drawn = np.random.default_rng(seed).integers(0, self.views, n) * n + np.arange(n)
+        subset = ArrayDataset(data.inputs[np.sort(drawn)], data.labels[np.sort(drawn)])
+        return train_module(module, weights, subset, self._config(seed), self.n_classes)
 
     def predict(self, weights: Weights, inputs: np.ndarray) -> np.ndarray:
-        module = last_block_module(self.frozen, weights)
+        module = suffix_network(self.first, self.frozen, weights)
         return predict_logits(module, inputs, batch_size=64).argmax(axis=1)
 
 

@@ -47,9 +47,14 @@ LEVERS = (
         {"grey_windows": "full:0.5:1.0,dark:0.35:0.7,mid:0.55:0.5"},
     ),
     Lever(
-        "last-block",
-        "default + MobileNetV2's last block (features.18) federated with the head",
-        {"ftl.trainable": "last-block"},
+        "final-layer",
+        "default with the earlier embedding: features.18 mean-pooled only",
+        {"ftl.taps": "18", "ftl.pooling": "mean"},
+    ),
+    Lever(
+        "lite0",
+        "default with the EfficientNet-Lite0 backbone (its multi-layer embedding)",
+        {"ftl.backbone": "efficientnet_lite0"},
     ),
     Lever(
         "no-class-weights",

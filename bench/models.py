@@ -6,11 +6,14 @@
   machine (~100 s per pass over 600 images, hours for a run), so the baselines
   use four conv-BN-ReLU-maxpool blocks (16-32-64-128 channels, ~100k
   parameters, ~6 ms per image) on the same 224 px inputs.
-- ``LastBlockHead``: the FTL variant that also fine-tunes MobileNetV2's last
-  block (``features.18``: 1x1 conv 320 -> 1280, BN, ReLU6) on cached
-  ``features.17`` outputs; the federated tensors are that block and the head.
-  Its BatchNorm keeps the ImageNet statistics (eval mode): site batches of a
-  few non-IID images would make poor running statistics.
+- ``SuffixNetwork``: the ``fedavg`` / ``cfl`` baselines that fine-tune the
+  ImageNet MobileNetV2 from stage ``first`` (default ``features.17``, the
+  last inverted residual block, and ``features.18``, the 1x1 conv to 1280)
+  plus a head on the mean-pooled ``features.18`` output, over cached
+  outputs of the frozen stages before it; the federated tensors are those
+  stages' weights and the head. Batch norm keeps the ImageNet statistics
+  (eval mode): site batches of a few non-IID images would make poor running
+  statistics.
 """
 
 from __future__ import annotations
@@ -20,10 +23,7 @@ from torch import nn
 
 from ftlct.agent.training.local_training import Weights, load_state_arrays, state_arrays
 from ftlct.export.heads import Head, head_from_arrays
-from ftlct.export.mobilenet_v2 import EMBEDDING_DIM, ConvBNReLU
-
-LAST_BLOCK = "18"
-LAST_BLOCK_IN = 320
+from ftlct.export.mobilenet_v2 import MobileNetV2
 
 
 class SmallCnn(nn.Module):
@@ -55,16 +55,16 @@ def small_cnn_weights(n_classes: int, seed: int) -> Weights:
         return state_arrays(SmallCnn(n_classes))
 
 
-class LastBlockHead(nn.Module):
-    """``features.17`` output ``[N, 320, h, w]`` -> ``features.18`` -> average pool -> head."""
+class SuffixNetwork(nn.Module):
+    """Output of stage ``first - 1`` ``[N, C, h, w]`` -> stages ``first``.. -> mean pool -> head."""
 
-    def __init__(self, block: nn.Module, head: Head):
+    def __init__(self, stages: dict[str, nn.Module], head: Head):
         super().__init__()
-        self.features = nn.ModuleDict({LAST_BLOCK: block})
+        self.features = nn.ModuleDict(stages)  # keys are stage numbers: tensors keep their names
         self.dense = head.dense
         self.dropout = head.dropout
 
-    def train(self, mode: bool = True) -> LastBlockHead:
+    def train(self, mode: bool = True) -> SuffixNetwork:
         super().train(mode)
         for module in self.features.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -72,7 +72,9 @@ class LastBlockHead(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(self.features[LAST_BLOCK](x), 1), 1)
+        for stage in self.features.values():
+            x = stage(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         for index, layer in enumerate(self.dense):
             if index:
                 x = nn.functional.dropout(torch.relu(x), self.dropout, self.training)
@@ -80,13 +82,17 @@ class LastBlockHead(nn.Module):
         return x
 
 
-def last_block_module(frozen: Weights, weights: Weights, dropout: float = 0.0) -> LastBlockHead:
-    """A ``LastBlockHead``: ``frozen`` (the backbone's ``features.18.*``, BN statistics included)
-    overlaid with the federated ``weights`` (trainable ``features.18.*`` and ``dense.*``)."""
+def suffix_network(
+    first: int, frozen: Weights, weights: Weights, dropout: float = 0.0
+) -> SuffixNetwork:
+    """A ``SuffixNetwork`` from MobileNetV2 stage ``first`` on: ``frozen`` (those stages' tensors
+    from ``backbone.safetensors``, BN statistics included) overlaid with the federated ``weights``
+    (trainable stage tensors and ``dense.*``)."""
     head_arrays = {k: v for k, v in weights.items() if k.startswith("dense.")}
     with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
-        module = LastBlockHead(
-            ConvBNReLU(LAST_BLOCK_IN, EMBEDDING_DIM, kernel=1),
+        features = MobileNetV2().features
+        module = SuffixNetwork(
+            {str(i): features[i] for i in range(first, len(features))},
             head_from_arrays(head_arrays, dropout),
         )
     load_state_arrays(module, frozen)
@@ -94,12 +100,19 @@ def last_block_module(frozen: Weights, weights: Weights, dropout: float = 0.0) -
     return module
 
 
-def last_block_trainable(frozen: Weights) -> Weights:
-    """The federated part of the block: conv weight and BN affine, not BN running statistics."""
-    prefix = f"features.{LAST_BLOCK}."
+def suffix_frozen(backbone: Weights, first: int) -> Weights:
+    """The backbone tensors of stages ``first``.. (``features.{i}.*``)."""
+    return {
+        k: v
+        for k, v in backbone.items()
+        if k.startswith("features.") and int(k.split(".")[1]) >= first
+    }
+
+
+def suffix_trainable(frozen: Weights) -> Weights:
+    """The federated part of the stages: weights and BN affine, not BN running statistics."""
     return {
         k: v
         for k, v in frozen.items()
-        if k.startswith(prefix)
-        and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
     }

@@ -32,7 +32,15 @@ METRICS = (
     "rounds_to_target",
     "bytes_up_per_round",
 )
-MEAN_KEYS = ("accuracy", "precision", "recall", "f1", "bytes_up_per_round", "feature_extraction_s")
+MEAN_KEYS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "f1_best_validated",
+    "bytes_up_per_round",
+    "feature_extraction_s",
+)
 
 
 def split_seeds(first: int, n: int) -> list[int]:

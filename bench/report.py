@@ -6,13 +6,25 @@ import json
 from pathlib import Path
 
 LABELS = {
-    "ftl": "FTL (frozen MobileNetV2, federated head)",
-    "fedavg": "FedAvg (whole SmallCnn)",
-    "cfl": "CFL (whole SmallCnn, clustered)",
+    "ftl": "FTL (frozen backbone, federated head)",
+    "ftl_closed_form": "FTL closed form (head solved from site statistics, 1 round)",
+    "fedavg": "FedAvg (ImageNet backbone, last blocks + head fine-tuned)",
+    "cfl": "CFL (ImageNet backbone, last blocks + head fine-tuned, clustered)",
+    "fedavg_cnn": "FedAvg (whole SmallCnn from random init)",
+    "cfl_cnn": "CFL (whole SmallCnn from random init, clustered)",
     "central": "central (FTL model, pooled data)",
     "local": "local (FTL model, each site alone; mean)",
 }
-COLOURS = {"ftl": "C0", "fedavg": "C1", "cfl": "C2", "central": "C7", "local": "C5"}
+COLOURS = {
+    "ftl": "C0",
+    "ftl_closed_form": "C4",
+    "fedavg": "C1",
+    "cfl": "C2",
+    "fedavg_cnn": "C3",
+    "cfl_cnn": "C8",
+    "central": "C7",
+    "local": "C5",
+}
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -61,7 +73,7 @@ def write_plots(results: dict, out: Path) -> list[str]:
             history = data["history"]
             if not history:
                 continue
-            style = {"central": "--", "local": "--", "cfl": "-."}.get(method, "-")
+            style = {"central": "--", "local": "--", "cfl": "-.", "cfl_cnn": "-."}.get(method, "-")
             ax.plot(
                 [h[axis] for h in history],
                 [h["f1"] for h in history],
@@ -118,13 +130,14 @@ def write_plots(results: dict, out: Path) -> list[str]:
 
 def method_table(results: dict) -> str:
     rows = [
-        "| method | accuracy | precision | recall | macro-F1 | convergence time (s) / round | time to target (s) / rounds | bytes up per site per round |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | accuracy | precision | recall | macro-F1 | best validated F1 | convergence time (s) / round | time to target (s) / rounds | bytes up per site per round |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for method, m in results["methods"].items():
         rows.append(
             f"| {method} | {_fmt(m['accuracy'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} "
-            f"| **{_fmt(m['f1'])}** | {_fmt(m['convergence_time_s'], 1)} / {_fmt(m['convergence_round'])} "
+            f"| **{_fmt(m['f1'])}** | {_fmt(m.get('f1_best_validated'))} "
+            f"| {_fmt(m['convergence_time_s'], 1)} / {_fmt(m['convergence_round'])} "
             f"| {_fmt(m['time_to_target_s'], 1)} / {_fmt(m['rounds_to_target'])} "
             f"| {_bytes(m['bytes_up_per_round'])} |"
         )
@@ -138,7 +151,7 @@ def verdict(results: dict) -> list[str]:
     if not ftl:
         return []
     lines = []
-    for other in ("fedavg", "cfl"):
+    for other in ("fedavg", "cfl", "fedavg_cnn", "cfl_cnn"):
         if other not in methods:
             continue
         o = methods[other]
@@ -179,12 +192,17 @@ def settings_block(results: dict) -> str:
             f"{results['rounds']} rounds; {_which_splits(results)}",
             f"- input {results['model']['input_size']} px for every method; preprocessing "
             f"`ftlct.export.preprocessing` (grey windows: {s['grey_windows'] or 'identity'})",
-            f"- FTL: head `{ftl['head']}`, trainable `{ftl['trainable']}`, {ftl['epochs']} local epochs, "
+            f"- FTL: backbone `{ftl.get('backbone', 'mobilenet_v2')}` (taps {ftl.get('taps') or 'default'}), "
+            f"head `{ftl['head']}`, {ftl['epochs']} local epochs, "
             f"{ftl['optimizer']} lr {ftl['lr']} wd {ftl['weight_decay']}, batch {ftl['batch_size']}, "
             f"FedProx mu {ftl['fedprox_mu']}, class weighting {ftl['class_weighting']}, "
             f"server momentum {ftl.get('server_momentum', 0.0)} lr {ftl.get('server_lr', 1.0)}, "
             f"{ftl['jitter_views']} jittered views per training image",
-            f"- FedAvg/CFL: SmallCnn from random init, {net['epochs']} local epochs, {net['optimizer']} lr "
+            f"- FedAvg/CFL: the ImageNet backbone from stage {s.get('finetune', {}).get('first_block', '—')} "
+            f"on, plus a head, fine-tuned ({s.get('finetune', {}).get('epochs', '—')} local epoch, lr "
+            f"{s.get('finetune', {}).get('lr', '—')}), one cached view per image per round; "
+            f"held-out selection share {s.get('selection_fraction', 0)}",
+            f"- FedAvg/CFL CNN rows: SmallCnn from random init, {net['epochs']} local epochs, {net['optimizer']} lr "
             f"{net['lr']} wd {net['weight_decay']}, batch {net['batch_size']}, FedProx mu {net['fedprox_mu']}, "
             f"class weighting {net['class_weighting']}, flips+shifts{', acquisition jitter' if net['jitter'] else ''}",
             f"- CFL: {', '.join(f'{k} {v}' for k, v in s['cfl'].items())}",
@@ -241,17 +259,22 @@ def write_report(results: dict, out: Path, command: str, levers: dict | None = N
         "`split.json` (test files, each site's files).",
         "- Test images are scored through every site's scanner, each with the model that site "
         "would run, so a model must work on every scanner of the federation, not just one.",
-        "- `ftl`: frozen ImageNet MobileNetV2 (`backbone.onnx` of an `ftl-export` model "
-        "directory), embeddings from onnxruntime as the agent computes them, head trained with "
-        "the agent's trainer (`ftlct.agent.training.train_head`), aggregated by the cloud's "
-        "`ftl` strategy. `fedavg`/`cfl`: a small CNN (4 conv blocks, ~100k parameters) trained "
-        "from random initialisation with the same trainer (`train_module`) and the cloud's "
-        "`fedavg`/`cfl` strategies. Training MobileNetV2 itself costs ~165 ms per 224 px image "
-        "on these 2 cores (~100 s per pass over the training set, hours per run), hence the "
-        "smaller network; the input size is the same for every method.",
-        "- Both families defend against scanner shortcuts with the same acquisition jitter "
-        "ranges: FTL sites embed jittered copies of their images once; the CNN gets fresh "
-        "jitter (plus flips and shifts) every batch.",
+        "- `ftl`: frozen ImageNet backbone (`backbone.onnx` of an `ftl-export` model "
+        "directory, pooled multi-layer embedding), embeddings from onnxruntime as the agent "
+        "computes them, head trained with the agent's trainer "
+        "(`ftlct.agent.training.train_head`), aggregated by the cloud's `ftl` strategy. "
+        "`ftl_closed_form`: sites send head statistics once, the cloud's `closed_form` strategy "
+        "solves the head. `fedavg`/`cfl`: conventional FL from the same ImageNet backbone: its "
+        "last stages and a head fine-tuned end to end (the frozen stages' outputs cached per "
+        "view), the cloud's `fedavg`/`cfl` strategies. `fedavg_cnn`/`cfl_cnn`: a small CNN "
+        "(4 conv blocks, ~100k parameters) from random initialisation.",
+        "- Every family defends against scanner shortcuts with the same acquisition jitter "
+        "ranges: FTL sites embed jittered copies of their images once; fine-tuning sites train "
+        "on one of those cached copies per image per round; the CNN gets fresh jitter (plus "
+        "flips and shifts) every batch.",
+        "- Headline figures are those of the last round; `best (validated)` is the round whose "
+        "models scored best on the sites' held-out images (federated validation, "
+        "`bench/selection.py`), scored on the test views: selection never sees the test split.",
         f"- Settings were chosen on: {results['settings'].get('chosen_on') or 'not recorded'}.",
         "",
         "## Sites (simulated scanners)",

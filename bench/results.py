@@ -53,6 +53,11 @@ def method_json(run: MethodRun, target: float | None, site_names: list[str]) -> 
         "bytes_up_per_round": run.bytes_up_per_round,
         "feature_extraction_s": round(run.start_s, 3),
         "best_round_f1": max((h["f1"] for h in history), default=None),
+        "f1_last": round(run.final.f1, 6),
+        "f1_best_validated": (
+            round(run.best_validated.f1, 6) if run.best_validated is not None else None
+        ),
+        "best_validated_round": run.best_round,
         "per_site": [
             {"site": name, "f1": round(m.f1, 6), "accuracy": round(m.accuracy, 6)}
             for name, m in zip(site_names, run.per_site, strict=False)

@@ -15,8 +15,18 @@ from ftlct.cloud.strategies.server_optimizer import server_optimizer
 from ftlct.protocol.settings import load_settings
 
 ENV_PREFIX = "FTLCT_BENCH"
-FEDERATED = ("ftl", "fedavg", "cfl")
+# fedavg / cfl fine-tune the ImageNet backbone's last blocks and a head; *_cnn train SmallCnn
+FEDERATED = ("ftl", "ftl_closed_form", "fedavg", "cfl", "fedavg_cnn", "cfl_cnn")
 REFERENCES = ("central", "local")
+# the cloud strategy behind each federated method
+STRATEGY_OF = {
+    "ftl": "ftl",
+    "ftl_closed_form": "closed_form",
+    "fedavg": "fedavg",
+    "cfl": "cfl",
+    "fedavg_cnn": "fedavg",
+    "cfl_cnn": "cfl",
+}
 METHODS = FEDERATED + REFERENCES
 TRANSPORTS = ("inproc", "mqtt")
 
@@ -63,7 +73,12 @@ class FtlSettings(TrainSettings):
     taps: str = ""  # comma-separated stage indices of the embedding; empty: the backbone's
     pooling: str = ""  # mean, max or mean+max; empty: the backbone's
     head: str = "linear"  # linear | mlp
-    trainable: str = "head"  # head | last-block (features.18 federated with the head)
+    # AdaBN at each site (bench/site_adaptation.py): "none", "all" batch norms, or "early"
+    # (stages up to adabn_up_to); slices drawn evenly over the site's labels when balanced
+    adabn: str = "none"
+    adabn_up_to: int = 6
+    adabn_balanced: bool = True
+    adabn_per_class: int = 48
     # extra training views per image, each the site's scanner plus a random
     # acquisition change (scanners.JITTER_RANGES), embedded once like the others
     jitter_views: int = 3
@@ -77,6 +92,35 @@ class NetworkSettings(TrainSettings):
     lr: float = 3e-3
     weight_decay: float = 1e-4
     jitter: bool = True  # random acquisition changes per batch, the ranges FTL jitters over
+
+
+@dataclass
+class FinetuneSettings(TrainSettings):
+    """``fedavg`` / ``cfl``: the ImageNet backbone's stages from ``first_block`` on, plus a head.
+
+    The frozen prefix's output is cached once per view (like FTL's embeddings);
+    each round a site trains on one of its cached views per image (its scanner
+    or one of the jittered copies, drawn per round), so augmentation costs no
+    extra passes.
+    """
+
+    first_block: int = 17  # MobileNetV2: features.17 (last inverted residual) and features.18
+    epochs: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class ClosedFormSettings:
+    """``ftl_closed_form``: sites send head statistics once, the cloud solves the head."""
+
+    solver: str = "discriminant"  # discriminant | ridge (export/closed_form_head.py)
+    shrinkage: float = 0.5
+    dp_clip: float = 0.0  # > 0 with dp_noise: clip each embedding, add Gaussian noise
+    dp_noise: float = 0.0  # noise multiplier z (one release: 1/(2 z^2)-zCDP per slice)
+
+    def params(self) -> dict:
+        return {"solver": self.solver, "shrinkage": self.shrinkage}
 
 
 @dataclass
@@ -122,6 +166,9 @@ class BenchSettings:
     )
     scanners: str = "realistic"  # realistic | harsh | none (every site the reference scanner)
     val_fraction: float = 0.0  # local validation split (the agent's gating); 0: train on all
+    # share of each site's images held out (whole images, all their views) to score every
+    # global version; the federation keeps the best (bench/selection.py). 0: last only
+    selection_fraction: float = 0.2
     transport: str = "inproc"
     broker: str = ""  # mqtt transport: use this broker instead of starting mosquitto
     mqtt_timeout_s: float = 300.0  # mqtt transport: longest wait for the cloud's next round
@@ -129,6 +176,8 @@ class BenchSettings:
     threads: int = 0  # torch and onnxruntime threads; 0: library default
     ftl: FtlSettings = field(default_factory=FtlSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    closed_form: ClosedFormSettings = field(default_factory=ClosedFormSettings)
     cfl: CflSettings = field(default_factory=CflSettings)
 
     def method_list(self) -> list[str]:
@@ -153,15 +202,26 @@ class BenchSettings:
 
         if self.ftl.backbone not in ARCHITECTURES:
             raise ValueError(f"ftl.backbone must be one of {', '.join(ARCHITECTURES)}")
+        if self.ftl.adabn not in ("none", "all", "early"):
+            raise ValueError(f"ftl.adabn must be none, all or early, got {self.ftl.adabn!r}")
         if self.ftl.head not in ("linear", "mlp"):
             raise ValueError(f"ftl.head must be linear or mlp, got {self.ftl.head!r}")
-        if self.ftl.trainable not in ("head", "last-block"):
-            raise ValueError(
-                f"ftl.trainable must be head or last-block, got {self.ftl.trainable!r}"
-            )
         if self.scanners not in ("realistic", "harsh", "none"):
             raise ValueError(f"--scanners must be realistic, harsh or none, got {self.scanners!r}")
-        for family in ("ftl", "network"):
+        if not 0.0 <= self.selection_fraction < 0.9:
+            raise ValueError(
+                f"selection_fraction must be in [0, 0.9), got {self.selection_fraction}"
+            )
+        if self.transport == "mqtt" and "ftl_closed_form" in self.method_list():
+            raise ValueError(
+                "ftl_closed_form runs in process only (its wire form is not wired yet)"
+            )
+        from ftlct.cloud.strategies import make_strategy
+
+        make_strategy("closed_form", **self.closed_form.params())  # the cloud's own checks
+        if (self.closed_form.dp_clip > 0) != (self.closed_form.dp_noise > 0):
+            raise ValueError("closed_form.dp_clip and dp_noise go together (both > 0, or both 0)")
+        for family in ("ftl", "network", "finetune"):
             try:  # the cloud's own bounds, checked before any work starts
                 server_optimizer(**getattr(self, family).server_params())
             except ValueError as exc:
@@ -173,6 +233,7 @@ class BenchSettings:
         # LocalTrainConfig checks the training values
         self.ftl.config(self.val_fraction, self.seed)
         self.network.config(self.val_fraction, self.seed)
+        self.finetune.config(self.val_fraction, self.seed)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -7,8 +7,9 @@ A view is (scanner profile, image). For each view the store can keep
 - ``embedding``: the ``backbone.onnx`` embedding ``[1280]``, computed the way
   the agent does (``ftlct.agent.inference.engine``: the same onnxruntime
   session set-up and ``ModelSnapshot.embed``);
-- ``prefix``: the ``features.17`` output ``[320, h, w]``, from the same
-  ``backbone.onnx`` cut before the last block (the last-block FTL variant).
+- ``prefix{k}``: the input of stage ``k`` (MobileNetV2 ``features.k``), from
+  the same ``backbone.onnx`` cut there: what the fine-tuned ``fedavg`` /
+  ``cfl`` baselines train on (float16 on disk).
 
 Each is computed once and cached under ``cache_dir`` (memory-mapped ``.npy``
 per kind and profile, a mask of what is done, and the seconds each took, so a
@@ -36,10 +37,11 @@ from ftlct.bench.scanners import ScannerProfile, resample
 from ftlct.export.model_dir import ModelDir
 from ftlct.export.preprocessing import Slice, read_slices, to_model_input
 
-KINDS = ("input", "embedding", "prefix")
+KINDS = ("input", "embedding")  # and prefix{k}, k a stage index
 CACHE_FORMAT = "ftlct-bench-views/1"
 CHUNK = 32
-PREFIX_NODE = "/features/features.18/"
+# scopes of a stage's nodes: the pooled backbone's and the earlier layout's
+STAGE_SCOPES = ("/features.{k}/", "/features/features.{k}/")
 
 Progress = Callable[[int], None]  # called with the number of views just finished
 
@@ -56,12 +58,17 @@ def representative_slice(path: Path) -> Slice:
     return slices[len(slices) // 2]
 
 
-def prefix_session(model: ModelDir, threads: int) -> ort.InferenceSession:
-    """``backbone.onnx`` cut at the input of ``features.18``: image -> ``[N, 320, h, w]``."""
+def is_kind(kind: str) -> bool:
+    return kind in KINDS or (kind.startswith("prefix") and kind[6:].isdigit())
+
+
+def prefix_session(model: ModelDir, threads: int, stage: int) -> ort.InferenceSession:
+    """``backbone.onnx`` cut at the input of stage ``stage``: image -> ``[N, C, h, w]``."""
     graph = onnx.load(str(model.backbone_path))
-    cut = next((n.input[0] for n in graph.graph.node if n.name.startswith(PREFIX_NODE)), None)
+    scopes = tuple(scope.format(k=stage) for scope in STAGE_SCOPES)
+    cut = next((n.input[0] for n in graph.graph.node if n.name.startswith(scopes)), None)
     if cut is None:
-        raise ViewError(f"{model.backbone_path.name} has no features.18 node to cut before")
+        raise ViewError(f"{model.backbone_path.name} has no features.{stage} node to cut before")
     input_name = graph.graph.input[0].name
     part = Extractor(onnx.shape_inference.infer_shapes(graph)).extract_model([input_name], [cut])
     return ort.InferenceSession(
@@ -84,7 +91,7 @@ class ViewStore:
         self.profiles = tuple(profiles)
         self.threads = threads
         self._snapshot = None
-        self._prefix = None
+        self._prefix: dict[str, ort.InferenceSession] = {}
         self._shapes: dict[str, tuple[int, ...]] = {
             "input": (3, self.spec.input_size, self.spec.input_size),
             "embedding": (model.embedding_dim,),
@@ -119,7 +126,7 @@ class ViewStore:
         if data_path.is_file() and done_path.is_file() and sec_path.is_file():
             data = np.load(data_path, mmap_mode="r+")
             return data, np.load(done_path), np.load(sec_path)
-        dtype = np.float16 if kind == "input" else np.float32
+        dtype = np.float32 if kind == "embedding" else np.float16
         data = np.lib.format.open_memmap(data_path, mode="w+", dtype=dtype, shape=(n, *shape))
         return data, np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
 
@@ -134,9 +141,10 @@ class ViewStore:
             if self._snapshot is None:
                 self._snapshot = load_snapshot(self.model.path, self.threads)
             return self._snapshot.embed(images)
-        if self._prefix is None:
-            self._prefix = prefix_session(self.model, self.threads)
-        return np.asarray(self._prefix.run(None, {self._prefix.get_inputs()[0].name: images})[0])
+        if kind not in self._prefix:
+            self._prefix[kind] = prefix_session(self.model, self.threads, int(kind[6:]))
+        session = self._prefix[kind]
+        return np.asarray(session.run(None, {session.get_inputs()[0].name: images})[0])
 
     def missing(self, kinds: Sequence[str], wanted: dict[int, np.ndarray]) -> int:
         """How many (kind, view) entries ``ensure`` would compute."""
@@ -157,7 +165,7 @@ class ViewStore:
         progress: Progress | None = None,
     ) -> None:
         """Compute what is not cached yet: ``kinds`` for every (profile, image) in ``wanted``."""
-        unknown = sorted(set(kinds) - set(KINDS))
+        unknown = sorted(k for k in kinds if not is_kind(k))
         if unknown:
             raise ValueError(f"unknown view kinds {unknown}")
         state = {}
@@ -221,6 +229,18 @@ class ViewStore:
             _, done_path, sec_path = self._files(kind, profile)
             np.save(sec_path, seconds)
             np.save(done_path, done)
+
+    def model_inputs(self, profile: int, indices: np.ndarray) -> np.ndarray:
+        """The preprocessed inputs of ``indices`` through ``profile`` (computed, not cached)."""
+        return to_model_input(
+            [
+                self.profiles[profile].apply(
+                    self._grid_slice(int(i)), self.spec.input_size, self.dataset.paths[int(i)]
+                )
+                for i in indices
+            ],
+            self.spec,
+        )
 
     def _grid_slice(self, index: int) -> Slice:
         """The image resampled to the input grid (every profile starts from this)."""
