@@ -67,6 +67,10 @@ def prefix_session(model: ModelDir, threads: int, stage: int) -> ort.InferenceSe
     graph = onnx.load(str(model.backbone_path))
     scopes = tuple(scope.format(k=stage) for scope in STAGE_SCOPES)
     cut = next((n.input[0] for n in graph.graph.node if n.name.startswith(scopes)), None)
+    if cut is None:  # the stage is past the embedding's last tap: cut after the stage before it
+        before = tuple(scope.format(k=stage - 1) for scope in STAGE_SCOPES)
+        last = [n for n in graph.graph.node if n.name.startswith(before)]
+        cut = last[-1].output[0] if last else None
     if cut is None:
         raise ViewError(f"{model.backbone_path.name} has no features.{stage} node to cut before")
     input_name = graph.graph.input[0].name

@@ -71,3 +71,19 @@ def test_each_round_trains_on_one_view_per_image(backbone):
     fine = learner(backbone, views=3)
     result = fine.train(fine.initial(), ArrayDataset(inputs, labels), seed=5)
     assert result.n_samples == 4
+
+
+def test_the_prefix_past_the_last_tap_is_cut_after_the_stage_before(model_dir, backbone):
+    """features.18 is not in backbone.onnx (taps end at 17): its input is stage 17's output."""
+    from ftlct.bench.views import prefix_session
+
+    session = prefix_session(model_dir, 1, 18)
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    net = network_from_state(
+        architecture("mobilenet_v2"), {k: torch.from_numpy(v) for k, v in backbone.items()}
+    )
+    with torch.no_grad():
+        reference = net.features[:18](torch.from_numpy(x)).numpy()
+    assert out.shape == (2, 320, 7, 7)
+    assert np.abs(out - reference).max() < 1e-4
