@@ -133,7 +133,8 @@ def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) ->
     path = cache / f"model-{key}"
     if (path / "manifest.json").is_file():
         model = ModelDir.load(path)
-        if not model.problems():
+        # a directory cached before builds mapped the batch norms cannot be adapted: rebuild
+        if not model.problems() and "batch_norm" in model.manifest["backbone"]:
             return model
     return build_model_dir(
         path,

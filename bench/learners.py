@@ -103,6 +103,17 @@ class FinetuneLearner(Learner):
         self.frozen = frozen  # features.{first..}.* from backbone.safetensors
         self.first = first
         self.views = views
+        self._module = None  # built once (MobileNetV2's constructor is slow), reloaded per use
+
+    def _network(self, weights: Weights):
+        if self._module is None:
+            self._module = suffix_network(
+                self.first, self.frozen, weights, self.config.head_dropout
+            )
+        else:  # every tensor is overwritten: the frozen stages, then the federated ones
+            load_state_arrays(self._module, self.frozen)
+            load_state_arrays(self._module, weights)
+        return self._module
 
     def initial(self) -> Weights:
         from ftlct.bench.models import suffix_trainable
@@ -111,15 +122,14 @@ class FinetuneLearner(Learner):
         return {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
 
     def train(self, weights: Weights, data: ArrayDataset, seed: int) -> ModuleTrainResult:
-        module = suffix_network(self.first, self.frozen, weights, self.config.head_dropout)
+        module = self._network(weights)
         n = len(data) // self.views
         drawn = np.random.default_rng(seed).integers(0, self.views, n) * n + np.arange(n)
         subset = ArrayDataset(data.inputs[np.sort(drawn)], data.labels[np.sort(drawn)])
         return train_module(module, weights, subset, self._config(seed), self.n_classes)
 
     def predict(self, weights: Weights, inputs: np.ndarray) -> np.ndarray:
-        module = suffix_network(self.first, self.frozen, weights)
-        return predict_logits(module, inputs, batch_size=64).argmax(axis=1)
+        return predict_logits(self._network(weights), inputs, batch_size=256).argmax(axis=1)
 
 
 class NetworkLearner(Learner):
