@@ -249,18 +249,17 @@ def _sites(plan: Plan, kind: str) -> list[SiteData]:
     for s, name in enumerate(plan.site_names):
         rows = plan.training_rows(s)
         profiles = [s] + [plan.jitter_profile(s, k) for k in range(jitter)]
-        inputs = np.concatenate([plan.store.get(kind, p, rows) for p in profiles])
+        store = plan.store_for(kind, s)  # the site's adapted backbone, with AdaBN
+        inputs = np.concatenate([store.get(kind, p, rows) for p in profiles])
         all_rows = np.tile(rows, len(profiles))
         held = plan.selection[s] if plan.selection else np.zeros(0, np.int64)
         sites.append(
             SiteData(
                 name,
                 ArrayDataset(inputs, labels[all_rows]),
-                plan.store.get(kind, s, plan.partition.test),
+                store.get(kind, s, plan.partition.test),
                 train_rows=all_rows,
-                val=ArrayDataset(plan.store.get(kind, s, held), labels[held])
-                if len(held)
-                else None,
+                val=ArrayDataset(store.get(kind, s, held), labels[held]) if len(held) else None,
             )
         )
     return sites

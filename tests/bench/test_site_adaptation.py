@@ -37,6 +37,11 @@ def test_each_site_adapts_to_its_scanner_and_embeds_with_it(
         test = plan.partition.test
         adapted = store.get("embedding", site, test)
         assert not np.allclose(adapted, plan.store.get("embedding", site, test))
+    from ftlct.bench.experiment import _sites
+
+    for site, data in enumerate(_sites(plan, "embedding")):  # what the learners are handed
+        expected = plan.site_stores[site].get("embedding", site, plan.partition.test)
+        assert np.array_equal(data.test, expected)
     run = run_method("ftl", settings, plan, _Quiet())
     assert 0.0 <= run.final.f1 <= 1.0
 
