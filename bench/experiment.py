@@ -396,7 +396,7 @@ def prepare_views(settings: BenchSettings, plan: Plan, reporter: Reporter) -> No
     if settings.ftl.adabn != "none" and "embedding" in kinds:
         from ftlct.bench.site_adaptation import adapt_sites
 
-        plan.site_stores = adapt_sites(settings, plan, reporter)
+        plan.site_stores = adapt_sites(settings, plan, reporter, _ensure)
 
 
 def _ensure(

@@ -67,10 +67,9 @@ def adapted_model(settings, plan, site: int, cache: Path) -> ModelDir:
     return adapt_model_dir(plan.model, path, stats, record)
 
 
-def adapt_sites(settings, plan, reporter) -> tuple[ViewStore, ...]:
-    """Every site's adapted model, and its embedding views computed (cached)."""
-    from ftlct.bench.experiment import _ensure
-
+def adapt_sites(settings, plan, reporter, ensure) -> tuple[ViewStore, ...]:
+    """Every site's adapted model, and its embedding views computed (cached) with
+    ``ensure(plan, kinds, wanted, reporter, stage, store)`` (the experiment's)."""
     cache = Path(settings.cache_dir or Path(settings.out) / "cache")
     stores = []
     for site in range(len(plan.site_names)):
@@ -81,8 +80,6 @@ def adapt_sites(settings, plan, reporter) -> tuple[ViewStore, ...]:
         held = plan.selection[site] if plan.selection else np.zeros(0, np.int64)
         wanted = {site: np.union1d(np.union1d(rows, held), plan.partition.test)}
         wanted.update({plan.jitter_profile(site, k): rows for k in range(plan.jitter_views)})
-        _ensure(
-            plan, ["embedding"], wanted, reporter, f"AdaBN views {plan.site_names[site]}", store
-        )
+        ensure(plan, ["embedding"], wanted, reporter, f"AdaBN views {plan.site_names[site]}", store)
         stores.append(store)
     return tuple(stores)
