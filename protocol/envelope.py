@@ -14,7 +14,8 @@ received in exactly that form, so there is one byte string to sign::
 
 The signature covers ``b"ftlct-envelope/1\\n"`` + the canonical header without
 ``signature``; the header holds the body's sha256, so the body is covered too.
-Size limits are checked before anything is parsed.
+Size limits, and the header's nesting depth, number and string lengths and
+element count (``json_limits``), are checked before anything is parsed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.identity import Identity, verify_signature
+from ftlct.protocol.json_limits import check_json_limits
 from ftlct.protocol.topics import NAME
 
 SCHEMA = "ftlct-envelope/1"
@@ -109,7 +111,8 @@ def seal(
 def open_envelope(data: bytes, kind: str | None = None, max_bytes: int | None = None) -> Envelope:
     """Unpack and check an envelope's form (not its signature: see ``Envelope.verify``).
 
-    Reasons: ``oversize`` (over ``max_bytes`` or the kind's bound), ``malformed``,
+    Reasons: ``oversize`` (over ``max_bytes`` or the kind's bound), ``header_limits``
+    (too deep, too long or too many elements to parse), ``malformed``,
     ``wrong_kind`` (not ``kind``).
     """
     limit = max_bytes if max_bytes is not None else MAX_BYTES.get(kind, max(MAX_BYTES.values()))
@@ -124,9 +127,10 @@ def open_envelope(data: bytes, kind: str | None = None, max_bytes: int | None = 
         raise ProtocolError("malformed", f"header length {header_len} does not fit the message")
     header_bytes = bytes(data[_PREFIX.size : _PREFIX.size + header_len])
     body = bytes(data[_PREFIX.size + header_len :])
+    check_json_limits(header_bytes)  # json.loads recurses per level and converts digits slowly
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError included
         raise ProtocolError("malformed", f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict) or canonical_json(header) != header_bytes:
         raise ProtocolError("malformed", "header is not a canonical JSON object")
