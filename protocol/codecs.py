@@ -14,6 +14,8 @@ Decoding always yields float32 arrays.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ftlct.protocol.errors import ProtocolError
@@ -56,21 +58,37 @@ def decode_delta(tensors: dict[str, np.ndarray], codec: str, params: dict) -> di
     if codec not in CODECS:
         raise ProtocolError("malformed", f"unknown delta codec {codec!r}")
     wire = _WIRE_DTYPE[codec]
-    scales = params.get("scales", {}) if isinstance(params, dict) else {}
+    scales = _scales(codec, params)
     out = {}
     for name, value in tensors.items():
         if value.dtype != wire:
             raise ProtocolError("bad_dtype", f"{codec} delta {name} has dtype {value.dtype}")
         if codec == "int8":
             scale = scales.get(name)
-            if not isinstance(scale, int | float) or not np.isfinite(scale) or scale <= 0:
+            number = isinstance(scale, int | float) and not isinstance(scale, bool)
+            if not number or not math.isfinite(scale) or scale <= 0:
                 raise ProtocolError("malformed", f"int8 delta {name} has no valid scale")
-            out[name] = (value.astype(np.float64) * scale).astype(np.float32)
+            with np.errstate(over="ignore"):  # an absurd scale gives inf; the cloud refuses it
+                out[name] = (value.astype(np.float64) * scale).astype(np.float32)
         else:
             out[name] = value.astype(np.float32)
     if codec == "int8" and set(scales) != set(tensors):
         raise ProtocolError("malformed", "int8 scales do not match the tensors")
     return out
+
+
+def _scales(codec: str, params: object) -> dict:
+    """int8's ``{"scales": {tensor: scale}}``; ``{}`` for the other codecs, which take none."""
+    if codec != "int8":
+        if params != {}:
+            raise ProtocolError("malformed", f"{codec} takes no codec parameters")
+        return {}
+    if not isinstance(params, dict) or set(params) != {"scales"}:
+        raise ProtocolError("malformed", 'int8 codec parameters must be {"scales": {...}}')
+    scales = params["scales"]
+    if not isinstance(scales, dict):
+        raise ProtocolError("malformed", "int8 scales must map tensor names to numbers")
+    return scales
 
 
 def error_bound(delta: dict[str, np.ndarray], codec: str) -> dict[str, np.ndarray]:

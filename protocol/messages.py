@@ -25,6 +25,9 @@ TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.]{1,128}$")
 METRIC_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 BODY_DTYPES = (np.float32, np.float16, np.int8)
 MAX_METRICS = 32
+# Integers on the wire stay JSON-safe (exact in a float64) and fit SQLite's int64:
+# a claimed n_samples of 2**63 is malformed, not an OverflowError in the cloud's store.
+MAX_INT = 2**53
 ROUND_STATUSES = ("open", "finished")
 UPDATE_KEYS = {
     "site",
@@ -92,8 +95,8 @@ def _text(payload: dict, key: str, limit: int = 128) -> str:
 
 def _int(payload: dict, key: str, minimum: int = 0) -> int:
     value = payload.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _fail(f"{key} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_INT:
+        _fail(f"{key} must be an integer in [{minimum}, 2**53], got {value!r}")
     return value
 
 

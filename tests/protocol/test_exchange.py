@@ -299,3 +299,45 @@ def test_twin_state_and_will_are_signed_and_schema_checked(keys, enrolled):
     assert info.value.reason == "bad_twin_state"
     sneaky = seal("twin_state", FED, {"status": "idle", "patient_id": "123"}, keys["a"])
     assert _reason(exchange.open_twin_state, sneaky, enrolled, FED) == "bad_twin_state"
+
+
+def _resealed(keys, codec="int8", **changes):
+    """A validly signed update whose payload was changed after build_update's own checks."""
+    data = _update(keys, codec=codec)
+    envelope = exchange.peek(data)
+    payload = {**envelope.payload, **changes}
+    return seal("site_update", FED, payload, keys["a"], envelope.body)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"n_samples": 2**63},  # overflowed SQLite's INTEGER in the cloud's store
+        {"n_samples": 2**53 + 1},
+        {"round": 2**64},
+        {"codec_params": {"scales": ["dense.0.weight", "dense.0.bias"]}},  # AttributeError on main
+        {"codec_params": {"scales": "1.0"}},
+        {"codec_params": {"scales": {"dense.0.weight": True, "dense.0.bias": 1.0}}},
+        {"codec_params": {"scales": {"dense.0.weight": 1.0}}},  # a tensor without its scale
+        {"codec_params": {"scales": {}, "extra": 1}},
+    ],
+)
+def test_signed_updates_with_impossible_fields_are_malformed(keys, enrolled, changes):
+    assert _reason(exchange.open_update, _resealed(keys, **changes), enrolled, FED) == "malformed"
+
+
+def test_codecs_without_parameters_refuse_any(keys, enrolled):
+    for codec in ("fp32", "fp16"):
+        data = _resealed(keys, codec=codec, codec_params={"scales": {}})
+        assert _reason(exchange.open_update, data, enrolled, FED) == "malformed"
+    largest = _resealed(keys, codec="fp32", n_samples=2**53)
+    assert exchange.open_update(largest, enrolled, FED).n_samples == 2**53
+
+
+def test_an_absurd_but_well_formed_int8_scale_decodes_for_the_norm_bound_to_judge(keys, enrolled):
+    # an integer scale of 10**30 raised TypeError in numpy's isfinite on main
+    scales = {"dense.0.weight": 10**30, "dense.0.bias": 1e300}
+    message = exchange.open_update(_resealed(keys, codec_params={"scales": scales}), enrolled, FED)
+    weight, bias = message.delta["dense.0.weight"], message.delta["dense.0.bias"]
+    assert np.isfinite(weight).all() and np.abs(weight).max() > 1e28
+    assert not np.isfinite(bias).all()  # float32 overflow: the cloud refuses it as non_finite
