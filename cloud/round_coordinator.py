@@ -25,16 +25,18 @@ import numpy as np
 
 from ftlct.cloud.current_models import CurrentModels
 from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, federation_kind, head_of
+from ftlct.cloud.internal_errors import InternalErrors
+from ftlct.cloud.log_limiter import LogLimiter
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.cloud.state.models import weights_to_blob
 from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
 from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, Weights, default_cluster
 from ftlct.cloud.twin_registry import TwinRegistry
-from ftlct.cloud.update_validation import Duplicate, Rejection, check_update
+from ftlct.cloud.update_intake import UpdateIntake
 from ftlct.export.model_dir import ModelDir
 from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.exchange import build_global_model, build_round, open_update
+from ftlct.protocol.exchange import build_global_model, build_round
 from ftlct.protocol.identity import Identity
 from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
 from ftlct.protocol.topics import Topics, parse_topic
@@ -66,8 +68,12 @@ class RoundCoordinator:
         self.publish = publish
         self.clock = clock
         self.topics = Topics(settings.federation)
-        self.twins = TwinRegistry(store, settings.federation)
+        self.limiter = LogLimiter(log)
+        self.twins = TwinRegistry(store, settings.federation, self.limiter)
+        self.updates = UpdateIntake(settings, store, strategy, self.limiter)
         self.current: CurrentModels | None = None  # set by initialise()
+        self.errors = InternalErrors(store, self.limiter, settings.limits.rejections_kept)
+        self._outgoing: list[tuple[str, bytes, bool]] = []  # published after the commit
 
     # ------------------------------------------------------------------ lifecycle
     def initialise(self, model: InitialModel | ModelDir | None) -> None:
@@ -156,22 +162,63 @@ class RoundCoordinator:
 
     # ------------------------------------------------------------------ inputs
     def on_message(self, topic: str, payload: bytes, retained: bool = False) -> str:
-        """Handle one MQTT message; returns what became of it (for logs and tests)."""
+        """Handle one MQTT message; returns what became of it (for logs and tests).
+
+        Nothing a message holds ends the process: an unexpected exception
+        rolls back what the message changed and is counted as ``internal``.
+        """
+        try:
+            with self.store.transaction():
+                outcome = self._dispatch(topic, payload, retained)
+                self.store.counters.bump(f"messages.{outcome.partition(':')[0]}")
+        except Exception as exc:  # a bug must cost one message, never the federation
+            self._outgoing.clear()
+            outcome = self.errors.message_failed(topic, exc)
+        self._flush()
+        if outcome == "accepted":
+            self.tick()
+        return outcome
+
+    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> str:
         try:
             ref = parse_topic(topic)
         except ProtocolError as exc:
-            log.warning("ignored message on %s: %s", topic, exc)
+            self.limiter.warning("bad_topic", "ignored message on %r: %s", topic[:200], exc)
             return "ignored"
         if ref.federation != self.settings.federation:
             return "ignored"
         if ref.kind == "update":
-            return self._on_update(ref.subject, payload)
+            if retained and payload:
+                # sites never retain updates: clear it, or it comes back at every subscribe
+                self._outgoing.append((topic, b"", True))
+            if not payload:  # a cleared retained message
+                return "ignored"
+            verdict = self.updates.handle(
+                ref.subject, payload, self.store.rounds.last(), self.current
+            )
+            return verdict.text
         if ref.kind == "twin_state":
             return self.twins.on_state(ref.subject, payload, retained)
         return "ignored"
 
+    def _flush(self) -> None:
+        """Publish what the last committed message asked for (cleared retained messages...)."""
+        outgoing, self._outgoing = self._outgoing, []
+        for topic, payload, retain in outgoing:
+            self.publish(topic, payload, retain)
+
     def tick(self) -> None:
-        """Close the open round if it is ready; extend its deadline if it lacks a quorum."""
+        """Close the open round if it is ready; extend its deadline if it lacks a quorum.
+
+        A failure (a bug in a strategy, a full disk) leaves the round open and
+        is logged; the next tick tries again.
+        """
+        try:
+            self._tick()
+        except Exception as exc:
+            self.errors.step_failed("in the round step; the round stays open and is retried", exc)
+
+    def _tick(self) -> None:
         row = self.store.rounds.last()
         if row is None or row.status != "open":
             return
@@ -193,54 +240,6 @@ class RoundCoordinator:
                 self.settings.round_timeout,
             )
             self._publish_round()
-
-    # ------------------------------------------------------------------ updates
-    def _on_update(self, topic_site: str, payload: bytes) -> str:
-        current = self.store.rounds.last()
-        round_no = current.round if current else None
-        try:
-            message = open_update(
-                payload,
-                self.store.sites.public_key,
-                self.settings.federation,
-                max_bytes=self.settings.limits.max_update_bytes,
-                trust_on_first_use=self.settings.dev_trust_on_first_use,
-            )
-            if message.site != topic_site:
-                raise Rejection(
-                    "wrong_sender", f"update signed by {message.site} on {topic_site}'s topic"
-                )
-            norm = check_update(
-                message,
-                current,
-                self.store,
-                self.current,
-                self.strategy,
-                self.settings.limits.max_delta_norm,
-            )
-        except (ProtocolError, Rejection) as exc:
-            self.store.rejections.record(round_no, topic_site, exc.reason, str(exc))
-            log.warning("rejected update on %s: %s: %s", topic_site, exc.reason, exc)
-            return f"rejected:{exc.reason}"
-        except Duplicate:
-            self.store.counters.bump("updates_duplicate")
-            log.info("ignored resend of update %s from %s", message.update_id, topic_site)
-            return "duplicate"
-        if self.store.sites.public_key(message.site) is None:
-            self.store.sites.enroll(message.site, message.public_key, via="trust-on-first-use")
-            log.warning("DEV trust-on-first-use: enrolled %s from its first update", message.site)
-        with self.store.transaction():
-            self.store.updates.add(current.round, message, norm)
-            self.store.twins.touch(message.site)
-        log.info(
-            "round %d: accepted update from %s (n=%d, |delta|=%.4g)",
-            current.round,
-            message.site,
-            message.n_samples,
-            norm,
-        )
-        self.tick()
-        return "accepted"
 
     # ------------------------------------------------------------------ rounds
     def _open_next_round_if_due(self) -> None:

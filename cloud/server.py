@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ftlct.cloud.cloud_identity import cloud_identity
 from ftlct.cloud.initial_model import NETWORK, InitialModel, head_of, network_from_file
@@ -54,7 +55,14 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", broker, reason_code)
             return
-        client.subscribe([(topics.all_updates, 1), (topics.all_twin_states, 1)])
+        # retain-as-published: a retained update (sites never retain one) arrives flagged even
+        # while the cloud is connected, so the round loop can clear it from the broker
+        client.subscribe(
+            [
+                (topics.all_updates, SubscribeOptions(qos=1, retainAsPublished=True)),
+                (topics.all_twin_states, SubscribeOptions(qos=1)),
+            ]
+        )
         inbox.put(("connected", None))
 
     def on_disconnect(client, userdata, flags, reason_code, properties):

@@ -31,6 +31,7 @@ def _default_training() -> dict:
 class LimitsSettings:
     max_update_bytes: int = 16 * 1024 * 1024  # whole envelope, checked before parsing
     max_delta_norm: float = 100.0  # L2 over all tensors of one update; also announced to sites
+    rejections_kept: int = 10_000  # rows of the rejections table; the counts by reason stay exact
 
 
 @dataclass

@@ -57,6 +57,11 @@ def status_report(store: StateStore) -> dict:
         "twin_rejected": {
             k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("twin_rejected.")
         },
+        # every message handled, by what became of it: accepted, duplicate, rejected, twin,
+        # twin_rejected, ignored (their sum is the number of messages taken from the broker)
+        "messages": {
+            k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("messages.")
+        },
         "clusters": clusters,
         "splits": loaded[0].extra.get("splits", []) if loaded else [],  # CFL's, in order
     }

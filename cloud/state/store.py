@@ -12,7 +12,7 @@ file; the running cloud sees an enrolment on the next message.
     store.models       ModelStore      every global model; the current FederationState
     store.rounds       RoundLog        the rounds, open or done
     store.updates      UpdateStore     accepted updates (deltas until aggregated)
-    store.rejections   RejectionLog    refused updates, by reason
+    store.rejections   RejectionLog    refused messages: recent rows, exact counts by reason
     store.counters     Counters        named event counts
     store.twins        TwinTable       the sites' last twin states
 """
@@ -35,6 +35,7 @@ class StateStore:
         for owner in _OWNERS:
             db.create(owner.SCHEMA)
         self._attach(db)
+        self.rejections.count_old_rows()
 
     def _attach(self, db: Database) -> None:
         self.db = db
@@ -43,8 +44,8 @@ class StateStore:
         self.models = models.ModelStore(self.db)
         self.rounds = rounds.RoundLog(self.db)
         self.updates = updates.UpdateStore(self.db)
-        self.rejections = rejections.RejectionLog(self.db)
         self.counters = counters.Counters(self.db)
+        self.rejections = rejections.RejectionLog(self.db, self.counters, self.meta)
         self.twins = twins.TwinTable(self.db)
 
     @classmethod

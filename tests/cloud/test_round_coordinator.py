@@ -317,9 +317,11 @@ def test_twin_states_are_mirrored_and_bad_ones_refused(tmp_path):
         rig.sites["a"], FED, TwinState(status="inferring", model_version="v0")
     )
     assert rig.coordinator.on_message(TOPICS.twin_state("a"), state) == "twin"
-    assert rig.coordinator.on_message(TOPICS.twin_state("b"), state) == "rejected:wrong_sender"
+    assert rig.coordinator.on_message(TOPICS.twin_state("b"), state) == "twin_rejected:wrong_sender"
     sneaky = seal("twin_state", FED, {"status": "idle", "patient_name": "DOE^JANE"}, rig.sites["b"])
-    assert rig.coordinator.on_message(TOPICS.twin_state("b"), sneaky) == "rejected:bad_twin_state"
+    assert (
+        rig.coordinator.on_message(TOPICS.twin_state("b"), sneaky) == "twin_rejected:bad_twin_state"
+    )
     will = exchange.build_offline_will(rig.sites["c"], FED)
     assert rig.coordinator.on_message(TOPICS.twin_state("c"), will) == "twin"
     sites = rig.status()["sites"]
