@@ -46,9 +46,11 @@ from ftlct.protocol.mqtt_connection import parse_broker_url
 MOSQUITTO = "/usr/sbin/mosquitto"
 LOOPBACK = "127.0.0.1"
 KINDS = ("head", "network")
-# The in-process transport bounds no update norm; neither does the cloud here, so both
-# run the same arithmetic (a rejected update would stall the round until the timeout).
+# The in-process transport bounds no update norm and no site's weight; neither does the
+# cloud here, so both run the same arithmetic (a rejected update would stall the round
+# until the timeout; a bounded share would reweigh small CFL clusters).
 UNBOUNDED_DELTA_NORM = 1e9
+UNBOUNDED_LIMITS = {"max_delta_norm": UNBOUNDED_DELTA_NORM, "max_site_share": 1.0}
 
 
 def _free_port() -> int:
@@ -198,7 +200,7 @@ class MqttTransport(Transport):
             _toml(
                 {
                     "tick_s": 0.1,
-                    "limits": {"max_delta_norm": UNBOUNDED_DELTA_NORM},
+                    "limits": UNBOUNDED_LIMITS,
                     "strategy_params": self.params,
                 }
             )

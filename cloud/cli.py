@@ -111,6 +111,7 @@ def serve(
         parse_broker_url(settings.broker)
         check_name("federation", settings.federation)
         make_strategy(settings.strategy, **settings.strategy_params)
+        settings.limits.check()
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -28,6 +28,7 @@ from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, federation_ki
 from ftlct.cloud.internal_errors import InternalErrors
 from ftlct.cloud.log_limiter import LogLimiter
 from ftlct.cloud.settings import CloudSettings
+from ftlct.cloud.site_weights import bounded_weights
 from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.cloud.state.models import weights_to_blob
 from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
@@ -283,7 +284,13 @@ class RoundCoordinator:
 
     def _aggregate(self, row: RoundRow) -> None:
         state, versions = self.current.state, self.current.versions
-        updates = self.store.updates.of_round(row.round)
+        limits = self.settings.limits
+        weights = {}
+        for claims in self.store.updates.claims_of_round(row.round).values():
+            weights.update(
+                bounded_weights(claims, limits.max_update_samples, limits.max_site_share)
+            )
+        updates = self.store.updates.of_round(row.round, weights)
         touched = self.store.updates.clusters_of_round(row.round)
         new_state = self.strategy.aggregate(state, updates)
         new_versions = {}

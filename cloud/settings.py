@@ -32,6 +32,19 @@ class LimitsSettings:
     max_update_bytes: int = 16 * 1024 * 1024  # whole envelope, checked before parsing
     max_delta_norm: float = 100.0  # L2 over all tensors of one update; also announced to sites
     rejections_kept: int = 10_000  # rows of the rejections table; the counts by reason stay exact
+    # No single site steers (site_weights.py): an update weighs min(n_samples, max_update_samples),
+    # and no site more than max_site_share of its cluster's total weight in a round (1.0: no bound).
+    max_update_samples: int = 1_000_000
+    max_site_share: float = 0.5
+
+    def check(self) -> None:
+        """``ValueError`` naming the first limit out of its range."""
+        if self.max_update_bytes < 1024 or self.max_delta_norm <= 0 or self.rejections_kept < 1:
+            raise ValueError(
+                "[limits] max_update_bytes must be >= 1024, max_delta_norm > 0, rejections_kept >= 1"
+            )
+        if self.max_update_samples < 1 or not 0.0 < self.max_site_share <= 1.0:
+            raise ValueError("[limits] max_update_samples must be >= 1, max_site_share in (0, 1]")
 
 
 @dataclass

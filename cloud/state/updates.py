@@ -84,8 +84,19 @@ class UpdateStore:
         rows = self.db.execute("SELECT DISTINCT cluster FROM updates WHERE round = ?", (round_,))
         return {r[0] for r in rows}
 
-    def of_round(self, round_: int) -> StoredUpdates:
-        return StoredUpdates(self.db, round_)
+    def claims_of_round(self, round_: int) -> dict[str, dict[str, int]]:
+        """cluster -> site -> the n_samples each update of the round claimed."""
+        claims: dict[str, dict[str, int]] = {}
+        rows = self.db.execute(
+            "SELECT cluster, site, n_samples FROM updates WHERE round = ?", (round_,)
+        )
+        for cluster, site, n_samples in rows:
+            claims.setdefault(cluster, {})[site] = int(n_samples)
+        return claims
+
+    def of_round(self, round_: int, weights: dict[str, float] | None = None) -> StoredUpdates:
+        """The round's updates; ``weights`` (site -> weight) replaces the claimed n_samples."""
+        return StoredUpdates(self.db, round_, weights)
 
     def drop_deltas(self, round_: int) -> None:
         """The deltas served their purpose; the metadata stays as the round's record."""
@@ -95,9 +106,10 @@ class UpdateStore:
 class StoredUpdates(Sequence):
     """A round's updates as ``SiteUpdate``s, decoded one at a time (FedAvg stays O(model))."""
 
-    def __init__(self, db: Database, round_: int):
+    def __init__(self, db: Database, round_: int, weights: dict[str, float] | None = None):
         self._db = db
         self._round = round_
+        self._weights = weights
         self._sites = [
             r[0]
             for r in db.execute(
@@ -117,7 +129,8 @@ class StoredUpdates(Sequence):
             "SELECT site, delta, n_samples, cluster FROM updates WHERE round = ? AND site = ?",
             (self._round, site),
         ).fetchone()
-        return SiteUpdate(row[0], blob_to_weights(row[1]), int(row[2]), row[3])
+        weight = int(row[2]) if self._weights is None else self._weights[site]
+        return SiteUpdate(row[0], blob_to_weights(row[1]), weight, row[3])
 
     def __iter__(self) -> Iterator[SiteUpdate]:
         for index in range(len(self)):

@@ -23,7 +23,7 @@ DEFAULT_CLUSTER = "global"
 class SiteUpdate:
     site: str
     delta: Weights  # local - global of the site's cluster
-    n_samples: int
+    n_samples: float  # the aggregation weight: the cloud passes the site's claim as it bounds it
     cluster: str = DEFAULT_CLUSTER
 
 

@@ -34,8 +34,10 @@ The bipartition is the exact minimiser of the largest cross-part similarity
 
 Deltas of one cluster are held in memory together (O(sites x model)): the
 similarity matrix needs them all. Members of a split cluster that sent no
-update this round join the part with more samples; a site never seen before
-trains from the most populated cluster (``cluster_of``).
+update this round join the part with more sites (not more claimed samples:
+a claim is only a number); a site never seen before trains from the cluster
+with the most members (``cluster_of``). The means weigh sites by
+``n_samples`` as the cloud hands them over, bounded (``cloud/site_weights.py``).
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ class CFL(Strategy):
                     state.models[cluster], _mean(part), {}
                 )
                 assigned.update({u.site: child for u in part})
-            bigger = children[0] if _samples(parts[0]) >= _samples(parts[1]) else children[1]
+            # by sites, not by claimed samples: a site claiming a huge n must not pull
+            # the cluster's absent members into its own part
+            bigger = children[0] if len(parts[0]) >= len(parts[1]) else children[1]
             for site, current in state.membership.items():
                 if current == cluster and site not in assigned:  # sat this round out
                     assigned[site] = bigger
@@ -184,7 +188,3 @@ def _mean(members: list[SiteUpdate]):
     for update in members:
         running.add(update.delta, update.n_samples)
     return running.mean()
-
-
-def _samples(members: list[SiteUpdate]) -> int:
-    return sum(u.n_samples for u in members)

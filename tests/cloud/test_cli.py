@@ -70,6 +70,8 @@ def test_unknown_config_keys_and_bad_env_values_are_reported(tmp_path):
     _one_line_error(_run("serve", "--config", str(config)), "unknown setting 'round_timout'")
     env = {**os.environ, "FTLCT_CLOUD_MIN_SITES": "many"}
     _one_line_error(_run("serve", env=env), "FTLCT_CLOUD_MIN_SITES")
+    env = {**os.environ, "FTLCT_CLOUD_LIMITS_MAX_SITE_SHARE": "0"}
+    _one_line_error(_run("serve", env=env), "max_site_share in (0, 1]")
 
 
 def test_new_federation_without_a_model_is_a_one_line_error(tmp_path):

@@ -408,3 +408,32 @@ def test_the_running_cloud_never_decodes_models_from_the_database(tmp_path, monk
             ) == ("accepted")
     assert rig.store.rounds.completed() == 2
     np.testing.assert_allclose(rig.last_model().weights["dense.0.weight"], np.full((2, 4), 2.0))
+
+
+@pytest.mark.parametrize(
+    ("limits", "step", "liar_share"),
+    [
+        # weights 200, 100, 100: (200 * 1 + 100 * -1 + 100 * -1) / 400
+        ({}, 0.0, 0.5),
+        # cap 0.4 * 200 / 0.6 = 133.3: (133.3 - 200) / 333.3
+        ({"max_site_share": 0.4}, -0.2, 0.4),
+        # share unbounded, claims capped at 150: (150 - 200) / 350
+        ({"max_site_share": 1.0, "max_update_samples": 150}, -1 / 7, 150 / 350),
+    ],
+)
+def test_one_site_claiming_a_trillion_samples_moves_the_head_by_at_most_its_share(
+    tmp_path, limits, step, liar_share
+):
+    rig = Rig(tmp_path)
+    for key, value in limits.items():
+        setattr(rig.settings.limits, key, value)
+    assert rig.send("a", rig.update("a", delta(1.0, (1, 1)), n=10**12)) == "accepted"
+    for honest in "bc":
+        assert rig.send(honest, rig.update(honest, delta(-1.0, (-1, -1)), n=100)) == "accepted"
+    head = rig.last_model().weights
+    # the liar's delta is +1 and the honest ones -1 on every coordinate, so
+    # step = share * 1 + (1 - share) * -1 = 2 * share - 1; on main it was +1 (share ~1)
+    assert 2 * liar_share - 1 == pytest.approx(step)
+    assert liar_share <= limits.get("max_site_share", 0.5)
+    np.testing.assert_allclose(head["dense.0.weight"], np.full((2, 4), step), atol=1e-6)
+    np.testing.assert_allclose(head["dense.0.bias"], [step, step], atol=1e-6)

@@ -190,3 +190,21 @@ def test_cfl_keeps_one_cluster_for_iid_sites_even_when_forced_to_check():
     assert list(state.models) == ["global"]
     assert set(state.membership.values()) == {"global"}
     assert "splits" not in state.extra
+
+
+def test_absent_members_and_new_sites_follow_the_part_with_more_sites_not_more_samples():
+    strategy = make_strategy("cfl", eps1=10.0, eps2=1.0)
+    state = FederationState(
+        models={"global": {"w": np.zeros(2, np.float32)}},
+        membership={"liar": "global", "b": "global", "c": "global", "absent": "global"},
+    )
+    updates = [
+        _update("liar", [2, 0], n=10**12),  # one site claiming every sample in the world
+        _update("b", [-2, 0.1], n=100),
+        _update("c", [-2, -0.1], n=100),
+    ]
+    new = strategy.aggregate(state, updates)
+    honest = new.membership["b"]
+    assert new.membership["c"] == honest != new.membership["liar"]
+    assert new.membership["absent"] == honest  # it went with the liar's part on main
+    assert strategy.cluster_of(new, "a-new-site") == honest
