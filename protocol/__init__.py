@@ -3,6 +3,7 @@
 - ``topics``: MQTT topic names and parsing
 - ``envelope``: the signed, size-bounded container (JSON header + safetensors body)
 - ``messages``: payload schemas (round announcement, global model, site update)
+- ``receipt``: the cloud's signed verdict on one site update (accepted / duplicate / rejected)
 - ``twin_state``: the closed, PHI-free twin schema and its validator
 - ``codecs``: delta codecs fp32 / fp16 / int8 with documented error bounds
 - ``identity``: Ed25519 key pairs on disk, signatures

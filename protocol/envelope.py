@@ -43,6 +43,7 @@ MAX_BYTES = {
     "twin_state": 64 * 1024,
     "global_model": 64 * 1024 * 1024,
     "site_update": 16 * 1024 * 1024,
+    "receipt": 4 * 1024,
 }
 KINDS = tuple(MAX_BYTES)
 _PREFIX = struct.Struct(">4sI")

@@ -11,8 +11,12 @@ Site (agent) side::
     announcement = open_round(payload, cloud_public_key, federation)
     client.will_set(topic, build_offline_will(identity, federation), qos=1, retain=True)
     client.publish(topic, build_twin_state(identity, federation, TwinState(...)), qos=1, retain=True)
+    client.subscribe(Topics(federation).receipts(site), qos=1)
+    receipt = open_receipt(payload, cloud_public_key, federation, site=site)
+    # receipt.update_id / .round / .outcome ("accepted"|"duplicate"|"rejected") / .reason
 
-Cloud side: ``build_global_model``, ``build_round``, ``open_update``, ``open_twin_state``.
+Cloud side: ``build_global_model``, ``build_round``, ``build_receipt``, ``open_update``,
+``open_twin_state``.
 Every ``open_*`` verifies the signature before trusting anything in the payload.
 """
 
@@ -37,6 +41,7 @@ from ftlct.protocol.messages import (
     tensors_to_body,
     update_fields,
 )
+from ftlct.protocol.receipt import Receipt
 from ftlct.protocol.twin_state import TwinState, validate_twin_state
 
 CLOUD_SIGNER = "cloud"
@@ -132,6 +137,21 @@ def open_round(data: bytes, cloud_public_key: str, federation: str) -> RoundAnno
     return RoundAnnouncement.from_payload(envelope.payload)
 
 
+def open_receipt(
+    data: bytes, cloud_public_key: str, federation: str, site: str | None = None
+) -> Receipt:
+    """The cloud's verified verdict on one of ``site``'s updates (``protocol/receipt.py``).
+
+    Reasons: bad_signature, wrong_federation, wrong_site (a receipt for
+    another site), malformed, oversize, wrong_kind.
+    """
+    envelope = _open_signed(data, "receipt", federation, lambda _: cloud_public_key)
+    receipt = Receipt.from_payload(envelope.payload)
+    if site is not None and receipt.site != site:
+        raise ProtocolError("wrong_site", f"a receipt for {receipt.site}, this site is {site}")
+    return receipt
+
+
 def build_twin_state(identity: Identity, federation: str, state: TwinState | dict) -> bytes:
     """A signed, schema-checked twin state (``ProtocolError('bad_twin_state')`` if not allowed)."""
     checked = validate_twin_state(state.to_json() if isinstance(state, TwinState) else state)
@@ -155,6 +175,12 @@ def build_global_model(identity: Identity, federation: str, model: GlobalModel) 
 
 def build_round(identity: Identity, federation: str, announcement: RoundAnnouncement) -> bytes:
     return seal("round", federation, announcement.to_payload(), identity)
+
+
+def build_receipt(identity: Identity, federation: str, receipt: Receipt) -> bytes:
+    """A signed ``receipt`` for ``Topics(federation).receipts(receipt.site)`` (QoS 1, not retained)."""
+    Receipt.from_payload(receipt.to_payload())  # never send what a site would refuse
+    return seal("receipt", federation, receipt.to_payload(), identity)
 
 
 def open_update(

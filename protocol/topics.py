@@ -5,6 +5,7 @@
 | ``ftl/F/model/{cluster}``     | cloud -> all  | yes      |
 | ``ftl/F/updates/{site}``      | site -> cloud | no, QoS 1|
 | ``ftl/F/twins/{site}/state``  | site -> cloud | yes, LWT |
+| ``ftl/F/receipts/{site}``     | cloud -> site | no, QoS 1|
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Topics:
     def twin_state(self, site: str) -> str:
         return f"{self.root}/twins/{check_name('site', site)}/state"
 
+    def receipts(self, site: str) -> str:
+        return f"{self.root}/receipts/{check_name('site', site)}"
+
     # subscriptions
     @property
     def all_models(self) -> str:
@@ -65,8 +69,8 @@ class Topics:
 @dataclass(frozen=True)
 class TopicRef:
     federation: str
-    kind: str  # "round" | "model" | "update" | "twin_state"
-    subject: str | None  # cluster for model, site for update / twin_state
+    kind: str  # "round" | "model" | "update" | "twin_state" | "receipt"
+    subject: str | None  # cluster for model, site for update / twin_state / receipt
 
 
 def parse_topic(topic: str) -> TopicRef:
@@ -83,4 +87,6 @@ def parse_topic(topic: str) -> TopicRef:
         return TopicRef(federation, "update", rest[1])
     if len(rest) == 3 and rest[0] == "twins" and rest[2] == "state" and NAME.match(rest[1]):
         return TopicRef(federation, "twin_state", rest[1])
+    if len(rest) == 2 and rest[0] == "receipts" and NAME.match(rest[1]):
+        return TopicRef(federation, "receipt", rest[1])
     raise ProtocolError("bad_topic", f"unknown ftl topic: {topic!r}")

@@ -10,6 +10,7 @@ def test_topic_names_follow_the_design_table():
     assert topics.model("global.0") == "ftl/ct-net/model/global.0"
     assert topics.updates("site-a") == "ftl/ct-net/updates/site-a"
     assert topics.twin_state("site-a") == "ftl/ct-net/twins/site-a/state"
+    assert topics.receipts("site-a") == "ftl/ct-net/receipts/site-a"
     assert topics.all_updates == "ftl/ct-net/updates/+"
     assert topics.all_twin_states == "ftl/ct-net/twins/+/state"
 
@@ -21,6 +22,7 @@ def test_topic_names_follow_the_design_table():
         ("ftl/f/model/global", "model", "global"),
         ("ftl/f/updates/a", "update", "a"),
         ("ftl/f/twins/a/state", "twin_state", "a"),
+        ("ftl/f/receipts/a", "receipt", "a"),
     ],
 )
 def test_parse_topic_round_trips(topic, kind, subject):
@@ -30,7 +32,14 @@ def test_parse_topic_round_trips(topic, kind, subject):
 
 @pytest.mark.parametrize(
     "topic",
-    ["ftl/f/updates", "ftl/f/updates/a/b", "other/f/updates/a", "ftl/f/twins/a/x", "ftl/+/model/g"],
+    [
+        "ftl/f/updates",
+        "ftl/f/updates/a/b",
+        "other/f/updates/a",
+        "ftl/f/twins/a/x",
+        "ftl/+/model/g",
+        "ftl/f/receipts/+",
+    ],
 )
 def test_parse_topic_refuses_other_topics(topic):
     with pytest.raises(ProtocolError) as info:
