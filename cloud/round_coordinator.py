@@ -37,9 +37,10 @@ from ftlct.cloud.twin_registry import TwinRegistry
 from ftlct.cloud.update_intake import UpdateIntake
 from ftlct.export.model_dir import ModelDir
 from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.exchange import build_global_model, build_round
+from ftlct.protocol.exchange import build_global_model, build_receipt, build_round
 from ftlct.protocol.identity import Identity
 from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
+from ftlct.protocol.receipt import Receipt
 from ftlct.protocol.topics import Topics, parse_topic
 
 log = logging.getLogger("ftlct.cloud.rounds")
@@ -197,6 +198,16 @@ class RoundCoordinator:
             verdict = self.updates.handle(
                 ref.subject, payload, self.store.rounds.last(), self.current
             )
+            if verdict.message is not None:  # attributable: its site hears the verdict
+                receipt = Receipt(
+                    verdict.message.site,
+                    verdict.message.update_id,
+                    verdict.message.round,
+                    verdict.outcome,
+                    verdict.reason,
+                )
+                data = build_receipt(self.identity, self.settings.federation, receipt)
+                self._outgoing.append((self.topics.receipts(receipt.site), data, False))
             return verdict.text
         if ref.kind == "twin_state":
             return self.twins.on_state(ref.subject, payload, retained)

@@ -46,7 +46,7 @@ class Rejection(Exception):
 
 
 class Duplicate(Exception):
-    """The very update already stored (same update_id): a resend, ignored."""
+    """An update already stored (same update_id, same site): a resend, not stored again."""
 
 
 def check_update(
@@ -60,17 +60,11 @@ def check_update(
     """The update's L2 norm if it may count for ``current``; else ``Rejection`` / ``Duplicate``."""
     known = store.updates.find(message.update_id)
     if known is not None:
-        # The same update again. While its round is open that is an agent's
-        # resend (lost PUBACK, reconnect): ignore it. Once the round is closed
-        # it can no longer count: a replay, rejected.
-        still_open = (
-            current is not None and current.status == "open" and current.round == known.round
-        )
-        if still_open and known.site == message.site:
+        # The same update again (a lost receipt, a reconnect): the first copy counts, in
+        # whatever round it was accepted; the site is told again that it landed.
+        if known.site == message.site:
             raise Duplicate(message.update_id)
-        raise Rejection(
-            "replay", f"update {message.update_id} was already counted in round {known.round}"
-        )
+        raise Rejection("replay", f"update id {message.update_id} was already used by another site")
     if current is None or current.status != "open" or message.round != current.round:
         open_round = current.round if current is not None and current.status == "open" else None
         raise Rejection(

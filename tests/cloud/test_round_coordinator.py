@@ -110,7 +110,9 @@ def test_three_sites_aggregate_to_the_hand_computed_head(tmp_path):
     status = rig.status()
     assert status["round"] == 2 and status["rounds_completed"] == 1
     assert status["global_versions"] == {"global": model.version}
-    assert all(retain for _, _, retain in rig.published)
+    # models and rounds are retained, receipts (one per accepted update) are not
+    assert all(retain == ("/receipts/" not in topic) for topic, _, retain in rig.published)
+    assert [r.outcome for site in "abc" for r in _receipts(rig, site)] == ["accepted"] * 3
 
 
 def _nan_update(rig):
@@ -209,19 +211,68 @@ def test_bad_signature_is_rejected(tmp_path):
     assert rig.status()["updates_rejected"] == {"bad_signature": 1}
 
 
-def test_resends_are_ignored_and_a_second_update_or_an_old_one_is_rejected(tmp_path):
+def _receipts(rig, site):
+    topic = TOPICS.receipts(site)
+    return [
+        exchange.open_receipt(p, rig.cloud.public_b64, FED, site=site)
+        for t, p, retain in rig.published
+        if t == topic and not retain
+    ]
+
+
+def test_resends_are_duplicates_in_any_round_and_a_second_update_is_rejected(tmp_path):
     rig = Rig(tmp_path)
     first = rig.update("a", delta(1.0, (0, 0)))
+    update_id = exchange.peek(first).payload["update_id"]
     assert rig.send("a", first) == "accepted"
     assert rig.send("a", first) == "duplicate"  # the same bytes again: a resend
-    assert rig.send("a", rig.update("a", delta(2.0, (0, 0)))) == "rejected:already_submitted"
+    second = rig.update("a", delta(2.0, (0, 0)))
+    assert rig.send("a", second) == "rejected:already_submitted"
     rig.send("b", rig.update("b", delta(1.0, (0, 0))))
     rig.send("c", rig.update("c", delta(1.0, (0, 0))))
     assert rig.status()["rounds_completed"] == 1
-    assert rig.send("a", first) == "rejected:replay"  # round 1's update offered in round 2
+    # round 1's update resent in round 2 (its receipt was lost): it landed, and counted once
+    assert rig.send("a", first) == "duplicate"
     status = rig.status()
-    assert status["updates_rejected"] == {"already_submitted": 1, "replay": 1}
-    assert status["updates_duplicate"] == 1
+    assert status["updates_rejected"] == {"already_submitted": 1}
+    assert status["updates_duplicate"] == 2
+    outcomes = [(r.update_id, r.round, r.outcome, r.reason) for r in _receipts(rig, "a")]
+    assert outcomes == [
+        (update_id, 1, "accepted", ""),
+        (update_id, 1, "duplicate", ""),
+        (exchange.peek(second).payload["update_id"], 1, "rejected", "already_submitted"),
+        (update_id, 1, "duplicate", ""),
+    ]
+    np.testing.assert_allclose(rig.last_model().weights["dense.0.weight"], np.ones((2, 4)))
+
+
+def test_another_site_reusing_an_update_id_is_a_replay(tmp_path):
+    rig = Rig(tmp_path)
+    assert rig.send("a", rig.update("a", delta(1.0, (0, 0)), update_id="shared-id-1")) == "accepted"
+    copied = rig.update("b", delta(1.0, (0, 0)), update_id="shared-id-1")
+    assert rig.send("b", copied) == "rejected:replay"
+    assert [r.outcome for r in _receipts(rig, "b")] == ["rejected"]
+
+
+def test_updates_that_cannot_be_attributed_get_no_receipt(tmp_path):
+    rig = Rig(tmp_path)
+    impostor = load_or_create_identity(tmp_path / "impostor", "a")
+    forged = exchange.build_update(
+        impostor, FED, round=1, base_version="v0", cluster="global", n_samples=1,
+        delta=delta(1.0, (0, 0)),
+    )  # fmt: skip
+    assert rig.send("a", forged) == "rejected:bad_signature"
+    assert rig.send("b", rig.update("a", delta(1.0, (0, 0)))) == "rejected:wrong_sender"
+    assert rig.send("d", rig.update("d", delta(1.0, (0, 0)))) == "rejected:unknown_site"
+    assert rig.send("a", b"junk") == "rejected:malformed"
+    assert not [t for t, _, _ in rig.published if "/receipts/" in t]
+    # and every refusal a site can be told about is told, with its reason
+    assert rig.send("a", rig.update("a", delta(8.0, (0, 0)))) == "rejected:norm_bound"
+    assert rig.send("a", rig.update("a", delta(1.0, (0, 0)), round_=5)) == "rejected:wrong_round"
+    assert [(r.outcome, r.reason) for r in _receipts(rig, "a")] == [
+        ("rejected", "norm_bound"),
+        ("rejected", "wrong_round"),
+    ]
 
 
 def test_deadline_without_quorum_extends_the_round(tmp_path):

@@ -76,7 +76,8 @@ def test_three_sites_one_global_head_with_hand_checked_numbers(fleet, mosquitto_
         assert announced.round == 1 and announced.base_versions == {"global": "v0"}
         assert announced.strategy == "fedavg" and announced.training["max_delta_norm"] == 100.0
 
-        sites["a"].send(sites["a"].update(1, "v0", delta(1.0, (1, -1)), n=1))
+        sent_a = sites["a"].update(1, "v0", delta(1.0, (1, -1)), n=1)
+        sites["a"].send(sent_a)
         sites["b"].send(sites["b"].update(1, "v0", delta(2.0, (0, 0)), n=1, codec="fp16"))
         sites["c"].send(sites["c"].update(1, "v0", delta(4.0, (-1, 1)), n=2, codec="int8"))
 
@@ -91,6 +92,18 @@ def test_three_sites_one_global_head_with_hand_checked_numbers(fleet, mosquitto_
         # (1*1 + 1*2 + 2*4) / 4 = 2.75 (fp16 and int8 are exact for these values)
         np.testing.assert_allclose(model.weights["dense.0.weight"], np.full((2, 4), 2.75))
         np.testing.assert_allclose(model.weights["dense.0.bias"], [-0.25, 0.25])
+        # the cloud, not the broker, acknowledged a's update: a signed receipt on a's topic
+        receipt = exchange.open_receipt(
+            wait_until(lambda: a.messages(a.topics.receipts("a")), what="receipt")[0],
+            cloud_key,
+            FED,
+            site="a",
+        )
+        assert (receipt.update_id, receipt.round, receipt.outcome) == (
+            exchange.peek(sent_a).payload["update_id"],
+            1,
+            "accepted",
+        )
         # a site on another backbone refuses it
         with pytest.raises(exchange.ProtocolError, match="backbone"):
             a.global_model(cloud_key, backbone="f" * 64)
