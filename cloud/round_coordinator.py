@@ -30,6 +30,7 @@ from ftlct.cloud.log_limiter import LogLimiter
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.site_weights import bounded_weights
 from ftlct.cloud.state import RoundRow, StateStore
+from ftlct.cloud.state.inbox import JUDGED_KEY, InboxMessage
 from ftlct.cloud.state.models import weights_to_blob
 from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
 from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, Weights, default_cluster
@@ -164,21 +165,47 @@ class RoundCoordinator:
 
     # ------------------------------------------------------------------ inputs
     def on_message(self, topic: str, payload: bytes, retained: bool = False) -> str:
-        """Handle one MQTT message; returns what became of it (for logs and tests).
+        """Handle one MQTT message; returns what became of it (for logs and tests)."""
+        return self.on_inbox([InboxMessage(0, topic, payload, retained)])[0]
+
+    @property
+    def inbox_judged(self) -> int:
+        """The id of the last inbox message judged (committed with its decision)."""
+        return int(self.store.meta.get(JUDGED_KEY) or 0)
+
+    def on_inbox(self, messages: list[InboxMessage]) -> list[str]:
+        """Judge messages in one commit that also records the last inbox id judged; their outcomes.
 
         Nothing a message holds ends the process: an unexpected exception
-        rolls back what the message changed and is counted as ``internal``.
+        rolls back what that message changed and is counted as ``internal``.
+        Receipts and other publishes go out after the commit. A failing commit
+        (a full disk) raises: the messages stay in the inbox for the next try.
         """
+        outcomes = []
         try:
             with self.store.transaction():
-                outcome = self._dispatch(topic, payload, retained)
+                for message in messages:
+                    outcomes.append(self._contained(message))
+                last = max(message.id for message in messages)
+                if last > self.inbox_judged:
+                    self.store.meta.set(JUDGED_KEY, str(last))
+        except BaseException:
+            self._outgoing.clear()
+            raise
+        self._flush()
+        if "accepted" in outcomes:
+            self.tick()
+        return outcomes
+
+    def _contained(self, message: InboxMessage) -> str:
+        published = len(self._outgoing)
+        try:
+            with self.store.transaction():  # a savepoint: a failure undoes this message only
+                outcome = self._dispatch(message.topic, message.payload, message.retained)
                 self.store.counters.bump(f"messages.{outcome.partition(':')[0]}")
         except Exception as exc:  # a bug must cost one message, never the federation
-            self._outgoing.clear()
-            outcome = self.errors.message_failed(topic, exc)
-        self._flush()
-        if outcome == "accepted":
-            self.tick()
+            del self._outgoing[published:]
+            outcome = self.errors.message_failed(message.topic, exc)
         return outcome
 
     def _dispatch(self, topic: str, payload: bytes, retained: bool) -> str:
@@ -234,11 +261,13 @@ class RoundCoordinator:
         row = self.store.rounds.last()
         if row is None or row.status != "open":
             return
-        received = set(self.store.updates.sites_of_round(row.round))
-        enrolled = set(self.store.sites.enrolled())
+        # counts, not sets: the cost of a tick does not grow with the number of sites
+        # (accepted updates come from enrolled sites only, and no site is ever unenrolled)
+        received = self.store.updates.count_of_round(row.round)
+        enrolled = self.store.sites.count()
         now = self.clock()
-        quorum = len(received) >= self.settings.min_sites
-        everyone = bool(enrolled) and enrolled <= received
+        quorum = received >= self.settings.min_sites
+        everyone = enrolled > 0 and received >= enrolled
         if quorum and (everyone or now >= row.deadline):
             self._aggregate(row)
         elif now >= row.deadline:
@@ -247,7 +276,7 @@ class RoundCoordinator:
             log.warning(
                 "round %d: %d of %d required updates at the deadline; extended by %.0f s",
                 row.round,
-                len(received),
+                received,
                 self.settings.min_sites,
                 self.settings.round_timeout,
             )

@@ -1,29 +1,40 @@
 """``ftl-cloud serve``: the MQTT side of the round loop.
 
-paho's network thread only queues what arrives; one loop thread handles each
-message (store first), THEN acknowledges it (manual PUBACK), then checks
-deadlines. With a persistent session (fixed client id, clean_start False),
-updates published while the cloud is down wait at the broker; one delivered
-but not yet stored when the cloud dies is delivered again and stored once
-(the update_id makes the resend a no-op).
+Two paths, joined by the durable inbox (``state/inbox.py``):
+
+- receive (``broker_intake.py``): paho's network thread queues each message,
+  a writer thread appends batches to the inbox and acknowledges them to the
+  broker (manual PUBACK) only after the commit;
+- judge (this loop): take the oldest inbox messages, let the round
+  coordinator verify, store and count them in one commit that also removes
+  them from the inbox, publish the receipts, then check deadlines.
+
+With a persistent session (fixed client id, clean_start False), updates
+published while the cloud is down wait at the broker; one received but not
+yet in the inbox when the cloud dies is delivered again; one in the inbox is
+judged after the restart. The update_id makes any second copy a duplicate.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import signal
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ftlct.cloud.broker_intake import BrokerIntake
 from ftlct.cloud.cloud_identity import cloud_identity
 from ftlct.cloud.initial_model import NETWORK, InitialModel, head_of, network_from_file
 from ftlct.cloud.round_coordinator import RoundCoordinator
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state import StateStore
+from ftlct.cloud.state.inbox import Inbox
 from ftlct.cloud.strategies import make_strategy
 from ftlct.export.model_dir import ModelDir
 from ftlct.protocol.mqtt_connection import new_client, parse_broker_url, start
@@ -32,6 +43,8 @@ from ftlct.protocol.topics import Topics
 log = logging.getLogger("ftlct.cloud.server")
 
 PUBLISH_DRAIN_S = 10.0
+JUDGE_BATCH = 256  # inbox messages judged per commit
+STORE_RETRY_S = 1.0
 
 
 def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
@@ -42,14 +55,20 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
     store = StateStore.open(settings.state_path)
     identity = cloud_identity(settings)
     topics = Topics(settings.federation)
-    inbox: queue.Queue = queue.Queue()
-    pending: list[mqtt.MQTTMessageInfo] = []
+    events: queue.SimpleQueue = queue.SimpleQueue()  # "connected", from paho's thread
+    arrived = threading.Event()
+    pending: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
 
     client = new_client(settings.mqtt_client_id, broker, settings.mqtt, manual_ack=True)
+    inbox = Inbox.open(settings.state_path)
+    intake = BrokerIntake(
+        inbox.db.path, client.ack, arrived, max_waiting=settings.limits.max_inbox_messages
+    )
 
     def publish(topic: str, payload: bytes, retain: bool) -> None:
         pending.append(client.publish(topic, payload, qos=1, retain=retain))
-        pending[:] = [info for info in pending if not info.is_published()]
+        while pending and pending[0].is_published():
+            pending.popleft()
 
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -63,7 +82,7 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
                 (topics.all_twin_states, SubscribeOptions(qos=1)),
             ]
         )
-        inbox.put(("connected", None))
+        events.put("connected")
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
         if not stop.is_set():
@@ -71,28 +90,26 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
-    client.on_message = lambda client, userdata, message: inbox.put(("message", message))
+    client.on_message = intake.on_message
 
     coordinator = RoundCoordinator(settings, store, strategy, identity, publish)
     coordinator.initialise(_initial_model(settings, store))
+    inbox.continue_after(coordinator.inbox_judged)
     log.info(
         "cloud %s serving federation %s on %s", identity.public_b64, settings.federation, broker
     )
+    intake.start()
     start(client, broker, settings.mqtt, persistent=True)
     try:
         connected = False
         while not stop.is_set():
-            try:
-                kind, message = inbox.get(timeout=settings.tick_s)
-            except queue.Empty:
-                kind, message = None, None
-            if kind == "connected":
+            while not events.empty():
+                events.get()
                 connected = True
                 coordinator.publish_all()
-            elif kind == "message":
-                coordinator.on_message(message.topic, message.payload, bool(message.retain))
-                if message.qos:
-                    client.ack(message.mid, message.qos)
+            if not _judge_waiting(coordinator, inbox):
+                arrived.wait(settings.tick_s)
+                arrived.clear()
             if connected:
                 coordinator.tick()
                 if coordinator.finished:
@@ -102,7 +119,24 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+        intake.stop()
+        inbox.close()
         store.close()
+
+
+def _judge_waiting(coordinator: RoundCoordinator, inbox: Inbox) -> bool:
+    """Judge the oldest inbox messages not judged yet; False when there were none."""
+    messages = inbox.after(coordinator.inbox_judged, JUDGE_BATCH)
+    if not messages:
+        return False
+    try:
+        coordinator.on_inbox(messages)
+    except Exception as exc:  # the commit itself failed (a full disk): they stay in the inbox
+        coordinator.errors.step_failed(f"judging {len(messages)} inbox messages", exc)
+        time.sleep(STORE_RETRY_S)
+        return True
+    inbox.remove_upto(coordinator.inbox_judged)
+    return True
 
 
 def _initial_model(settings: CloudSettings, store: StateStore) -> InitialModel | None:

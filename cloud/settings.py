@@ -36,12 +36,20 @@ class LimitsSettings:
     # and no site more than max_site_share of its cluster's total weight in a round (1.0: no bound).
     max_update_samples: int = 1_000_000
     max_site_share: float = 0.5
+    # received but not yet judged; beyond it the cloud stops acknowledging (the broker holds them)
+    max_inbox_messages: int = 100_000
 
     def check(self) -> None:
         """``ValueError`` naming the first limit out of its range."""
-        if self.max_update_bytes < 1024 or self.max_delta_norm <= 0 or self.rejections_kept < 1:
+        if (
+            self.max_update_bytes < 1024
+            or self.max_delta_norm <= 0
+            or self.rejections_kept < 1
+            or self.max_inbox_messages < 1
+        ):
             raise ValueError(
-                "[limits] max_update_bytes must be >= 1024, max_delta_norm > 0, rejections_kept >= 1"
+                "[limits] max_update_bytes must be >= 1024, max_delta_norm > 0, "
+                "rejections_kept >= 1, max_inbox_messages >= 1"
             )
         if self.max_update_samples < 1 or not 0.0 < self.max_site_share <= 1.0:
             raise ValueError("[limits] max_update_samples must be >= 1, max_site_share in (0, 1]")
@@ -65,7 +73,8 @@ class CloudSettings:
     http: str = ""  # HOST:PORT of the read-only dashboard (cloud.dashboard); "" = off
     training: dict = field(default_factory=_default_training)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
-    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    # the cloud takes a wide in-flight window: its receive path commits in batches (server.py)
+    mqtt: MqttSettings = field(default_factory=lambda: MqttSettings(receive_maximum=1000))
 
     @property
     def state_path(self) -> Path:

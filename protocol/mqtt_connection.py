@@ -35,6 +35,10 @@ class MqttSettings:
     session_expiry_s: int = 7 * 24 * 3600  # persistent sessions keep QoS 1 messages while away
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
+    # MQTT v5 Receive Maximum: how many QoS 1 messages the broker may send before our PUBACKs
+    # (0: not sent, mosquitto then allows its max_inflight_messages, 20). A subscriber that
+    # commits in batches needs a wide window, or the broker queues and, past its limit, drops.
+    receive_maximum: int = 0
 
     def resolved_password(self) -> str:
         if self.password_file:
@@ -107,6 +111,8 @@ def start(client: mqtt.Client, broker: BrokerUrl, settings: MqttSettings, persis
     """
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = settings.session_expiry_s if persistent else 0
+    if settings.receive_maximum:
+        properties.ReceiveMaximum = settings.receive_maximum
     client.connect_async(
         broker.host,
         broker.port,

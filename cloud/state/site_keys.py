@@ -37,3 +37,6 @@ class SiteKeys:
     def enrolled(self) -> dict[str, str]:
         """site -> public key, for every enrolled site."""
         return dict(self.db.execute("SELECT site, public_key FROM sites").fetchall())
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM sites").fetchone()[0]

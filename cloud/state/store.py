@@ -15,6 +15,9 @@ file; the running cloud sees an enrolment on the next message.
     store.rejections   RejectionLog    refused messages: recent rows, exact counts by reason
     store.counters     Counters        named event counts
     store.twins        TwinTable       the sites' last twin states
+
+The messages received but not yet judged are in ``inbox.sqlite`` beside it
+(``inbox.py``: its own file, so receiving never waits for the round loop).
 """
 
 from __future__ import annotations

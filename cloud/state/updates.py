@@ -80,6 +80,11 @@ class UpdateStore:
             for r in rows
         ]
 
+    def count_of_round(self, round_: int) -> int:
+        return self.db.execute(
+            "SELECT COUNT(*) FROM updates WHERE round = ?", (round_,)
+        ).fetchone()[0]
+
     def clusters_of_round(self, round_: int) -> set[str]:
         rows = self.db.execute("SELECT DISTINCT cluster FROM updates WHERE round = ?", (round_,))
         return {r[0] for r in rows}
