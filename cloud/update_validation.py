@@ -13,7 +13,8 @@ from __future__ import annotations
 from ftlct.cloud.current_models import CurrentModels
 from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.cloud.strategies import SiteUpdate, Strategy
-from ftlct.cloud.strategies.strategy_utils import UpdateMismatch, l2_norm
+from ftlct.cloud.strategies.base import UpdateMismatch
+from ftlct.cloud.strategies.strategy_utils import l2_norm
 from ftlct.protocol.messages import UpdateMessage
 
 # every reason the cloud may count, wire-level ones included (for docs and tests)

@@ -40,10 +40,7 @@ NAMES = re.compile(
     r"|INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON)\s+([A-Za-z_][\w.]*)"
 )
 # Outside the agent, owned by another part (no stale check: its owner removes it).
-KNOWN_MODULE_CYCLES = {
-    # Strategy.check_update imports strategy_utils lazily, which imports base.
-    frozenset({"ftlct.cloud.strategies.base", "ftlct.cloud.strategies.strategy_utils"}),
-}
+KNOWN_MODULE_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -4,6 +4,8 @@ A strategy never sees MQTT, files or clocks; the cloud's round loop hands it
 decoded updates and persists what it returns (the way Flower keeps ``Strategy``
 apart from its ``Grid``). ``FederationState.round`` counts completed
 aggregations: ``aggregate`` returns a state whose ``round`` is one more.
+``check_update`` (below) is the check every update passes, here so that the
+interface and its contract sit in one module that imports no other.
 """
 
 from __future__ import annotations
@@ -55,8 +57,6 @@ class Strategy(ABC):
         The cloud calls this before it accepts an update, and ``aggregate``
         calls it again, so there is one check, wherever an update comes from.
         """
-        from ftlct.cloud.strategies.strategy_utils import check_update  # it imports this module
-
         check_update(state, update)
 
     def cluster_of(self, state: FederationState, site: str) -> str:
@@ -78,3 +78,55 @@ def default_cluster(state: FederationState) -> str:
         if cluster in counts:
             counts[cluster] += 1
     return min(counts, key=lambda c: (-counts[c], c))
+
+
+# ------------------------------------------------------------ the check every update passes
+class UpdateMismatch(ValueError):
+    """An update that does not fit the federation state.
+
+    ``reason`` is the stable code the cloud counts it under (``wrong_cluster``,
+    ``bad_samples``, ``shape_mismatch``, ``bad_dtype``, ``non_finite``,
+    ``already_submitted``): the cloud refuses an update with the very check
+    the strategy would apply when aggregating it.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_delta(model: Weights, delta: Weights, site: str = "?") -> None:
+    """``delta`` has exactly ``model``'s tensor names and shapes, and finite values."""
+    if set(delta) != set(model):
+        missing = sorted(set(model) - set(delta))
+        extra = sorted(set(delta) - set(model))
+        raise UpdateMismatch(
+            "shape_mismatch",
+            f"update from {site}: tensors differ (missing {missing}, unexpected {extra})",
+        )
+    for name, value in delta.items():
+        value = np.asarray(value)
+        if value.shape != np.shape(model[name]):
+            raise UpdateMismatch(
+                "shape_mismatch",
+                f"update from {site}: {name} has shape {value.shape}, model has {np.shape(model[name])}",
+            )
+        if not np.issubdtype(value.dtype, np.floating):
+            raise UpdateMismatch(
+                "bad_dtype", f"update from {site}: {name} has dtype {value.dtype}, expected float"
+            )
+        if not np.isfinite(value).all():
+            raise UpdateMismatch("non_finite", f"update from {site}: {name} has non-finite values")
+
+
+def check_update(state: FederationState, update: SiteUpdate) -> None:
+    """``update`` fits ``state``: a known cluster, a positive weight, a delta like its model."""
+    if update.cluster not in state.models:
+        raise UpdateMismatch(
+            "wrong_cluster", f"update from {update.site} names unknown cluster {update.cluster!r}"
+        )
+    if not update.n_samples > 0:
+        raise UpdateMismatch(
+            "bad_samples", f"update from {update.site} has n_samples={update.n_samples}"
+        )
+    check_delta(state.models[update.cluster], update.delta, update.site)

@@ -9,9 +9,8 @@ a site fine-tuned a part that must stay frozen.
 
 from __future__ import annotations
 
-from ftlct.cloud.strategies.base import FederationState, SiteUpdate
+from ftlct.cloud.strategies.base import FederationState, SiteUpdate, UpdateMismatch
 from ftlct.cloud.strategies.fedavg import FedAvg
-from ftlct.cloud.strategies.strategy_utils import UpdateMismatch
 from ftlct.protocol.messages import HEAD_TENSOR  # what a head is, on the wire and here
 
 

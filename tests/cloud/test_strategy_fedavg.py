@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ftlct.cloud.strategies import FederationState, SiteUpdate, make_strategy
-from ftlct.cloud.strategies.strategy_utils import UpdateMismatch
+from ftlct.cloud.strategies.base import UpdateMismatch
 
 
 def _state(**models):
