@@ -276,7 +276,7 @@ def broker_config(
         None, "--central-address", help="With --region: HOST:PORT the bridge dials."
     ),
 ) -> None:
-    """Write a mosquitto config: TLS (own CA), per-site passwords and client certs, ACLs;
+    """Write a mosquitto config: TLS (own CA), per-site client certificates as identities, ACLs;
     with --region, a regional broker bridged to the central one."""
     from ftlct.cloud.mosquitto_config import write_broker_config
 
@@ -299,7 +299,7 @@ def broker_config(
     print(f"broker config: {files.conf}  (run: mosquitto -c {files.conf})")
     print(f"CA private key: {files.out / 'ca.key'} (move it offline once clients are issued)")
     for user, folder in files.clients.items():
-        print(f"credentials for {user}: {folder}/ (mqtt.toml, password, {user}.crt/.key, ca.crt)")
+        print(f"credentials for {user}: {folder}/ (mqtt.toml, {user}.crt/.key, ca.crt)")
 
 
 def _region_config(region, sites, out, port, bind, hostname, run_as, central, address, json_out):
@@ -330,7 +330,7 @@ def _region_config(region, sites, out, port, bind, hostname, run_as, central, ad
     )
     print(f"central passwd and acl updated in {central}: send the central mosquitto SIGHUP")
     for user, folder in broker.clients.items():
-        print(f"credentials for {user}: {folder}/ (mqtt.toml, password, {user}.crt/.key, ca.crt)")
+        print(f"credentials for {user}: {folder}/ (mqtt.toml, {user}.crt/.key, ca.crt)")
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ import json
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ftlct.cloud.mosquitto_config import mosquitto_password_hash
 from ftlct.cloud.state import StateStore
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.mqtt_connection import MqttSettings
@@ -66,27 +66,61 @@ def _peer(broker, written, user, **changes) -> MqttPeer:
 
 
 def test_password_hash_has_mosquittos_format():
+    from ftlct.cloud.mosquitto_config import mosquitto_password_hash
+
     line = mosquitto_password_hash("secret", salt=bytes(12), iterations=101)
     assert line.startswith("$7$101$AAAAAAAAAAAAAAAA$") and len(line.split("$")[-1]) == 88
 
 
-def test_client_without_certificate_or_password_is_refused(tls_broker):
+def test_client_without_its_certificate_is_refused_and_the_certificate_alone_suffices(tls_broker):
     broker, written = tls_broker
-    # TLS with the CA but no client certificate (and no password): the broker drops it
+    # TLS with the CA but no client certificate: the broker drops it, username or not
     with pytest.raises(ConnectionRefusedError):
-        _peer(
-            broker, written, "a", cert_file="", key_file="", username="", password_file=""
-        ).connect()
-    # a valid certificate but no password: CONNACK says not authorized
-    with pytest.raises(ConnectionRefusedError, match=r"[Nn]ot authorized"):
-        _peer(broker, written, "a", username="", password_file="").connect()
-    # the right user with a wrong password
-    with pytest.raises(ConnectionRefusedError, match=r"[Nn]ot authorized|[Bb]ad user"):
-        _peer(broker, written, "a", password_file="", password="wrong").connect()
+        _peer(broker, written, "a", cert_file="", key_file="", username="a").connect()
     # plain MQTT on the TLS port gets nowhere either
     plain = MqttPeer("plain", broker.url.replace("mqtts://", "mqtt://"), MqttSettings())
     with pytest.raises((ConnectionRefusedError, AssertionError)):
         plain.connect(timeout=5)
+    # the identity is the certificate: no username, no password needed
+    _peer(broker, written, "a").connect().close()
+
+
+def test_another_sites_certificate_with_a_sites_username_cannot_post_as_a(tls_broker):
+    """Issue 10, point 5: on main, b's certificate plus a's password published on updates/a."""
+    broker, written = tls_broker
+    cloud = _peer(broker, written, "cloud").connect()
+    a_password = Path(written["clients"]["a"]) / "password"  # where broker-config wrote one
+    crossed = _peer(
+        broker,
+        written,
+        "b",
+        username="a",
+        password_file=str(a_password) if a_password.is_file() else "",
+        password="" if a_password.is_file() else "a's leaked password",
+    )
+    try:
+        cloud.subscribe("ftl/+/updates/#")
+        crossed.connect()
+        crossed.publish(f"ftl/{FED}/updates/a", b"junk posted as a")
+        crossed.publish(f"ftl/{FED}/updates/b", b"b's own topic")  # in order: the marker
+        wait_until(
+            lambda: (
+                cloud.messages(f"ftl/{FED}/updates/b") or cloud.messages(f"ftl/{FED}/updates/a")
+            ),
+            what="the marker (or, on main, the junk) at the cloud",
+        )
+        assert cloud.messages(f"ftl/{FED}/updates/a") == []
+    finally:
+        crossed.close()
+        cloud.close()
+
+
+def test_broker_config_sizes_the_queues_for_the_fleet(tmp_path):
+    from ftlct.cloud.mosquitto_config import max_queued_messages, write_broker_config
+
+    assert max_queued_messages(3) == 1000 and max_queued_messages(2000) == 20_000
+    files = write_broker_config(tmp_path / "b", [f"s{i}" for i in range(150)])
+    assert "max_queued_messages 1500" in files.conf.read_text()
 
 
 def test_site_cannot_write_another_sites_topic_nor_read_updates(tls_broker):
@@ -96,11 +130,16 @@ def test_site_cannot_write_another_sites_topic_nor_read_updates(tls_broker):
     site_b = _peer(broker, written, "b").connect()
     try:
         cloud.subscribe("ftl/+/updates/#")
+        cloud.subscribe("ftl/+/receipts/#")
         site_a.subscribe("ftl/+/updates/#")  # mosquitto grants it; the ACL filters delivery
         site_a.subscribe("ftl/+/rounds/#")
+        site_a.subscribe("ftl/+/receipts/#")  # granted; only a's own receipts are delivered
         site_a.publish(f"ftl/{FED}/updates/b", b"forged by a")  # not a's topic
+        site_a.publish(f"ftl/{FED}/receipts/b", b"a receipt forged by a")  # only the cloud may
         site_a.publish(f"ftl/{FED}/updates/a", b"a's own update")
         site_b.publish(f"ftl/{FED}/updates/b", b"b's own update")
+        cloud.publish(f"ftl/{FED}/receipts/b", b"b's receipt")
+        cloud.publish(f"ftl/{FED}/receipts/a", b"a's receipt")
         cloud.publish(f"ftl/{FED}/rounds/current", b"round marker")
         # messages from one connection are routed in order: once the later ones are in,
         # the earlier forbidden ones would have been too
@@ -112,6 +151,10 @@ def test_site_cannot_write_another_sites_topic_nor_read_updates(tls_broker):
             site_a.messages(f"ftl/{FED}/updates/b") == []
             and site_a.messages(f"ftl/{FED}/updates/a") == []
         )
+        assert site_a.messages(f"ftl/{FED}/receipts/a") == [b"a's receipt"]
+        assert site_a.messages(f"ftl/{FED}/receipts/b") == []
+        wait_until(lambda: cloud.messages(f"ftl/{FED}/receipts/a"), what="a's receipt at the cloud")
+        assert cloud.messages(f"ftl/{FED}/receipts/b") == [b"b's receipt"]  # not a's forgery
     finally:
         for peer in (cloud, site_a, site_b):
             peer.close()

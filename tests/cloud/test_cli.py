@@ -133,13 +133,15 @@ def test_broker_config_writes_private_credentials(tmp_path):
     result = _run("broker-config", "--sites", "a,b", "--out", str(out), "--port", "18883")
     assert result.returncode == 0, result.stderr
     assert "credentials for a:" in result.stdout and "mosquitto -c" in result.stdout
-    for private in ("ca.key", "server.key", "passwd", "clients/a/a.key", "clients/a/password"):
+    for private in ("ca.key", "server.key", "clients/a/a.key", "clients/a/mqtt.toml", "acl"):
         assert stat.S_IMODE((out / private).stat().st_mode) == 0o600, private
     acl = (out / "acl").read_text()
     assert "user a\ntopic write ftl/+/updates/a\ntopic write ftl/+/twins/a/#" in acl
+    assert "topic read ftl/+/receipts/a\n" in acl and "receipts/b" not in acl.split("user b")[0]
     assert "user cloud\ntopic readwrite ftl/#" in acl
     conf = (out / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "require_certificate true" in conf
+    assert "use_identity_as_username true" in conf and "password_file" not in conf
     assert "listener 18883 0.0.0.0" in conf
-    users = [line.split(":")[0] for line in (out / "passwd").read_text().splitlines()]
-    assert users == ["cloud", "a", "b"]
+    assert sorted(p.name for p in (out / "clients").iterdir()) == ["a", "b", "cloud"]
+    assert not list(out.rglob("*passw*"))  # the certificate is the identity
