@@ -8,6 +8,7 @@ device make and model), and restricted to a plain character set.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import typing
@@ -107,15 +108,20 @@ def validate_twin_state(data: object) -> TwinState:
     return TwinState.from_json(data)
 
 
+@functools.cache
+def _schema(cls) -> tuple[dict, dict]:
+    """``(field -> type, field -> key rule)`` of a schema class, worked out once per class."""
+    hints = typing.get_type_hints(cls)
+    return hints, {f.name: f.metadata.get("keys") for f in fields(cls)}
+
+
 def _parse(cls, data: object, where: str):
     if not isinstance(data, dict):
         raise ProtocolError("bad_twin_state", f"{where} must be an object")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    hints, keys = _schema(cls)
+    unknown = sorted(set(data) - set(keys))
     if unknown:
         raise ProtocolError("bad_twin_state", f"{where}: keys not in the twin schema: {unknown}")
-    keys = {f.name: f.metadata.get("keys") for f in fields(cls)}
     values = {}
     for name, value in data.items():
         values[name] = _value(hints[name], value, f"{where}.{name}", keys[name])
