@@ -17,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,12 +47,18 @@ class BrokerIntake:
         self.max_waiting = max_waiting
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.stored = 0  # messages committed so far (for logs and tests)
+        self.last_arrival = 0.0  # time.monotonic() of the last message paho handed over
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ftl-cloud-intake", daemon=True)
 
     def on_message(self, client, userdata, message) -> None:
         """paho's ``on_message`` (network thread): queue, nothing more."""
+        self.last_arrival = time.monotonic()
         self.queue.put(message)
+
+    def receiving(self, within_s: float) -> bool:
+        """True while messages are arriving (one came in the last ``within_s``) or wait to be stored."""
+        return not self.queue.empty() or time.monotonic() - self.last_arrival < within_s
 
     def start(self) -> None:
         self._thread.start()

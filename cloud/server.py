@@ -21,6 +21,7 @@ import collections
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -45,11 +46,20 @@ log = logging.getLogger("ftlct.cloud.server")
 PUBLISH_DRAIN_S = 10.0
 JUDGE_BATCH = 256  # inbox messages judged per commit
 STORE_RETRY_S = 1.0
+# Receiving comes first. paho reads about one packet per select() and needs the GIL for each,
+# so a judging thread holding it for the default 5 ms switch interval throttles reading to a
+# few hundred packets a second; mosquitto then drops what it cannot write to the socket
+# (past max_queued_messages, in its out-packet queue). So the switch interval is short, and
+# while messages are arriving the round loop waits, judging at least every JUDGE_EVERY_S.
+SWITCH_INTERVAL_S = 0.0005
+RECEIVING_WINDOW_S = 0.05
+JUDGE_EVERY_S = 2.0
 
 
 def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
     """Run rounds until ``settings.rounds`` are complete or ``stop`` is set (SIGTERM/SIGINT)."""
     stop = stop or _stop_on_signals()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # this process is ftl-cloud serve: see above
     broker = parse_broker_url(settings.broker)
     strategy = make_strategy(settings.strategy, **settings.strategy_params)
     store = StateStore.open(settings.state_path)
@@ -101,13 +111,19 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
     intake.start()
     start(client, broker, settings.mqtt, persistent=True)
     try:
-        connected = False
+        connected, last_judged = False, time.monotonic()
         while not stop.is_set():
             while not events.empty():
                 events.get()
                 connected = True
                 coordinator.publish_all()
-            if not _judge_waiting(coordinator, inbox):
+            overdue = time.monotonic() - last_judged > JUDGE_EVERY_S
+            if intake.receiving(RECEIVING_WINDOW_S) and not overdue:
+                time.sleep(RECEIVING_WINDOW_S / 5)  # the GIL to paho and the inbox writer
+            elif _judge_waiting(coordinator, inbox):
+                last_judged = time.monotonic()
+            else:
+                last_judged = time.monotonic()
                 arrived.wait(settings.tick_s)
                 arrived.clear()
             if connected:

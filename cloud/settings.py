@@ -73,8 +73,10 @@ class CloudSettings:
     http: str = ""  # HOST:PORT of the read-only dashboard (cloud.dashboard); "" = off
     training: dict = field(default_factory=_default_training)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
-    # the cloud takes a wide in-flight window: its receive path commits in batches (server.py)
-    mqtt: MqttSettings = field(default_factory=lambda: MqttSettings(receive_maximum=1000))
+    # The widest in-flight window MQTT allows: the broker hands every message straight to the
+    # cloud's receive path (which commits in batches) and never has to queue one for it, so its
+    # max_queued_messages (mosquitto: 1000, dropped beyond) cannot be reached by a burst.
+    mqtt: MqttSettings = field(default_factory=lambda: MqttSettings(receive_maximum=65535))
 
     @property
     def state_path(self) -> Path:
