@@ -159,7 +159,7 @@ def _check_header(header: dict, body: bytes) -> None:
         raise ProtocolError("malformed", f"header keys {sorted(header)} != {sorted(expected)}")
     if header["schema"] != SCHEMA:
         raise ProtocolError("malformed", f"unsupported schema {header['schema']!r}")
-    if header["kind"] not in MAX_BYTES:
+    if not isinstance(header["kind"], str) or header["kind"] not in MAX_BYTES:
         raise ProtocolError("malformed", f"unknown kind {header['kind']!r}")
     for key in ("federation", "signer"):
         if not isinstance(header[key], str) or not NAME.match(header[key]):

@@ -108,3 +108,10 @@ def test_kind_mismatch_is_reported(alice):
 def test_nan_cannot_be_sealed(alice):
     with pytest.raises(ProtocolError, match="canonical JSON"):
         seal("round", "fed", {"x": float("nan")}, alice)
+
+
+@pytest.mark.parametrize("kind", [["site_update"], {"k": 1}, 7, None])
+def test_a_kind_that_is_not_a_string_is_malformed_not_a_type_error(alice, kind):
+    header, body = _split(seal("twin_state", "fed", {"status": "idle"}, alice))
+    header["kind"] = kind  # found by the fuzz suite: a dict kind raised TypeError (unhashable)
+    assert _reason(_join(header, body)) == "malformed"
