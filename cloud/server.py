@@ -44,16 +44,18 @@ from ftlct.protocol.topics import Topics
 log = logging.getLogger("ftlct.cloud.server")
 
 PUBLISH_DRAIN_S = 10.0
-JUDGE_BATCH = 256  # inbox messages judged per commit
+JUDGE_BATCH = 256  # inbox messages judged per commit when nothing is arriving
 STORE_RETRY_S = 1.0
 # Receiving comes first. paho reads about one packet per select() and needs the GIL for each,
 # so a judging thread holding it for the default 5 ms switch interval throttles reading to a
 # few hundred packets a second; mosquitto then drops what it cannot write to the socket
 # (past max_queued_messages, in its out-packet queue). So the switch interval is short, and
-# while messages are arriving the round loop waits, judging at least every JUDGE_EVERY_S.
+# while messages are arriving the round loop judges small slices (each commit's fsync frees
+# the GIL too) and pauses between them for paho and the inbox writer.
 SWITCH_INTERVAL_S = 0.0005
 RECEIVING_WINDOW_S = 0.05
-JUDGE_EVERY_S = 2.0
+JUDGE_SLICE = 16
+RECEIVING_PAUSE_S = 0.002
 
 
 def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
@@ -111,19 +113,17 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
     intake.start()
     start(client, broker, settings.mqtt, persistent=True)
     try:
-        connected, last_judged = False, time.monotonic()
+        connected = False
         while not stop.is_set():
             while not events.empty():
                 events.get()
                 connected = True
                 coordinator.publish_all()
-            overdue = time.monotonic() - last_judged > JUDGE_EVERY_S
-            if intake.receiving(RECEIVING_WINDOW_S) and not overdue:
-                time.sleep(RECEIVING_WINDOW_S / 5)  # the GIL to paho and the inbox writer
-            elif _judge_waiting(coordinator, inbox):
-                last_judged = time.monotonic()
+            receiving = intake.receiving(RECEIVING_WINDOW_S)
+            if _judge_waiting(coordinator, inbox, JUDGE_SLICE if receiving else JUDGE_BATCH):
+                if receiving:
+                    time.sleep(RECEIVING_PAUSE_S)  # the GIL to paho and the inbox writer
             else:
-                last_judged = time.monotonic()
                 arrived.wait(settings.tick_s)
                 arrived.clear()
             if connected:
@@ -140,9 +140,9 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
         store.close()
 
 
-def _judge_waiting(coordinator: RoundCoordinator, inbox: Inbox) -> bool:
-    """Judge the oldest inbox messages not judged yet; False when there were none."""
-    messages = inbox.after(coordinator.inbox_judged, JUDGE_BATCH)
+def _judge_waiting(coordinator: RoundCoordinator, inbox: Inbox, limit: int = JUDGE_BATCH) -> bool:
+    """Judge up to ``limit`` of the oldest inbox messages not judged yet; False if there were none."""
+    messages = inbox.after(coordinator.inbox_judged, limit)
     if not messages:
         return False
     try:
