@@ -66,8 +66,12 @@ def build_update(
     metrics: dict[str, float] | None = None,
     codec: str = "fp32",
     update_id: str | None = None,
+    created: float | None = None,
 ) -> bytes:
-    """A signed ``site_update`` envelope. Resend the same bytes to resend the same update."""
+    """A signed ``site_update`` envelope. Resend the same bytes to resend the same update.
+
+    ``created`` (default: now) is the envelope's time; a fixed one makes the bytes reproducible.
+    """
     message = UpdateMessage(
         site=identity.name,
         round=round,
@@ -83,7 +87,7 @@ def build_update(
     tensors, params = encode_delta(delta, codec)
     payload = message.to_payload(params)
     update_fields(payload)  # refuse to send what the cloud would refuse as malformed
-    return seal("site_update", federation, payload, identity, tensors_to_body(tensors))
+    return seal("site_update", federation, payload, identity, tensors_to_body(tensors), created)
 
 
 def open_global_model(

@@ -8,14 +8,19 @@ test sees whether the cloud really received every one.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ftlct.cloud.state import StateStore
+from ftlct.cloud.state.inbox import INBOX_DB
 from ftlct.protocol import exchange
 from ftlct.protocol.identity import Identity, public_b64_of
 from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url
@@ -95,15 +100,14 @@ class FleetConnection:
             raise AssertionError("no SUBACK for the receipts")
         return self
 
-    def publish_once(self, updates: dict[str, bytes], timeout: float = 120.0) -> float:
-        """Publish every update once (QoS 1, never resent); seconds until the broker had them all."""
+    def publish_once(
+        self, updates: dict[str, bytes], stored: Callable[[], int], window: int = 500
+    ) -> float:
+        """Publish every update once (QoS 1, never resent), paced by what the cloud ``stored``;
+        seconds until the broker had them all."""
         started = time.monotonic()
-        infos = [
-            self.client.publish(self.topics.updates(site), data, qos=1)
-            for site, data in updates.items()
-        ]
-        for info in infos:
-            info.wait_for_publish(max(1.0, timeout - (time.monotonic() - started)))
+        messages = [(self.topics.updates(site), data, False) for site, data in updates.items()]
+        paced_publish(self.client, messages, stored, window, timeout=120.0)
         return time.monotonic() - started
 
     def received_receipts(self) -> list[bytes]:
@@ -113,3 +117,35 @@ class FleetConnection:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def stored_by(state_dir) -> Callable[[], int]:
+    """How many messages the cloud in ``state_dir`` has made durable so far (its inbox ids)."""
+    path = Path(state_dir) / INBOX_DB
+
+    def count() -> int:
+        if not path.is_file():
+            return 0
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    return count
+
+
+def paced_publish(client, messages, stored: Callable[[], int], window: int, timeout: float):
+    """Publish ``(topic, payload, retain)`` in order, QoS 1, each once, with at most ``window``
+    not yet durable at the cloud: many sites sending at a rate one subscriber can read, rather
+    than one loop bursting faster than any Python MQTT client reads its socket (mosquitto drops
+    what piles up unwritten beyond max_queued_messages)."""
+    deadline = time.monotonic() + timeout
+    infos, done = [], 0
+    for index, (topic, payload, retain) in enumerate(messages):
+        while index - done >= window:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the cloud stored {done} of {index} messages in time")
+            time.sleep(0.005)
+            done = stored()
+        infos.append(client.publish(topic, payload, qos=1, retain=retain))
+    for info in infos:
+        info.wait_for_publish(max(1.0, deadline - time.monotonic()))
