@@ -1,8 +1,8 @@
 """The dashboard of a real ``ftl-cloud serve --http``, as a real headless Chromium shows it.
 
 Two scripted sites run two rounds through mosquitto with local metrics, one
-publishes its twin and the other's last will says offline, one update is
-replayed; then Chromium opens the page with the token (redirect + cookie) and
+publishes its twin and the other's last will says offline, one update (for a
+round that is not open) is refused; then Chromium opens the page with the token (redirect + cookie) and
 the rendered DOM is checked.
 """
 
@@ -133,14 +133,16 @@ def _federation(tmp_path, mosquitto_broker, tiny_model):
                 lambda s, n=number: s.get("rounds_completed") == n, what=f"round {number}"
             )
             base = cloud.status()["global_versions"]["global"]
-        sites["north"].send(first["north"])  # a replay of round 1's update: refused
+        # round 1's update again is a duplicate (it counted once); one for round 7 is refused
+        sites["north"].send(first["north"])
+        sites["north"].send(sites["north"].update(7, base, delta(0.1, (0, 0)), n=10))
         sites["north"].publish(f"ftl/{FED}/twins/north/state", _twin(sites["north"]), retain=True)
         offline = exchange.build_offline_will(sites["south"].identity, FED, base)
         sites["south"].publish(f"ftl/{FED}/twins/south/state", offline, retain=True)
         cloud.wait_status(
-            lambda s: s["updates_rejected"].get("replay") and s["sites"]["north"]["online"]
-            and s["sites"]["south"]["status"] == "offline",
-            what="replay refused and both twins in",
+            lambda s: s["updates_rejected"].get("wrong_round") and s["updates_duplicate"] == 1
+            and s["sites"]["north"]["online"] and s["sites"]["south"]["status"] == "offline",
+            what="the late update refused and both twins in",
         )  # fmt: skip
         yield {"url": f"http://{LOOPBACK}:{port}/", "state": state, "cloud": cloud}
     finally:
@@ -162,7 +164,7 @@ def test_browser_shows_the_federation_and_every_twin(served_federation, tmp_path
     assert len(f1_points.split()) == 2
     assert re.search(r'data-series="loss"', dom)
     assert "0.800" in dom and "0.600" in dom  # round 2: mean F1 0.8; round 1: 0.6
-    assert re.search(r"<td>replay</td><td class=\"num\">1</td>", dom)
+    assert re.search(r"<td>wrong_round</td><td class=\"num\">1</td>", dom)
     north = re.search(r'<section class="twin" data-site="north">(.*?)</section>', dom).group(1)
     assert '<span class="online">online</span>' in north
     for shown in (
