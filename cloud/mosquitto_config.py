@@ -137,8 +137,10 @@ def _write_client(out: Path, ca, user: str) -> Path:
     atomic_write_bytes(folder / f"{user}.key", leaf.key_pem(), mode=0o600)
     toml = (
         "# MQTT credentials for the agent or cloud config ([mqtt] table); keep this folder private.\n"
-        f"# The broker takes the username from {user}.crt (its common name), no password.\n"
+        f"# The broker takes the user name from {user}.crt (its common name), whatever the\n"
+        "# username below says; no password.\n"
         "[mqtt]\n"
+        f'username = "{user}"\n'
         f'ca_file = "{folder / "ca.crt"}"\n'
         f'cert_file = "{folder / f"{user}.crt"}"\n'
         f'key_file = "{folder / f"{user}.key"}"\n'
