@@ -11,6 +11,10 @@ import typer
 
 from ftlct.protocol.cli import CliError, echo_json, main_for, new_app
 
+# The sections of `ftl-bench perf` (ftlct.bench.perf.SECTIONS, repeated here so --help
+# needs no import of the benchmark's dependencies).
+PERF_SECTIONS = ("backbone", "int8", "bytes", "ingest", "latency", "model", "cloud")
+
 app = new_app("Experiments and benchmarks: FTL vs FedAvg vs CFL on CT data, model performance.")
 
 
@@ -215,10 +219,17 @@ def perf(
     out: Path = typer.Option(..., "--out", help="Writes perf.json and perf.md here."),
     quick: bool = typer.Option(False, "--quick", help="Fewer repetitions (a smoke run)."),
     threads: str = typer.Option("1,2", "--threads", help="Thread counts to measure."),
+    model: Path = typer.Option(
+        None, "--model", help="Model directory to measure (default: one built under OUT)."
+    ),
+    only: str = typer.Option(
+        None, "--only", help="Comma-separated sections (default all): " + ", ".join(PERF_SECTIONS)
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print perf.json to stdout."),
 ) -> None:
-    """Model-level benchmarks: backbone throughput, preprocessing, head swap, int8, torch vs ORT."""
+    """Issue 13's figures beside their anchors: backbone, int8, bytes, ingest, latency, memory."""
     from ftlct.bench.perf import perf_markdown, run_perf
+    from ftlct.export.model_dir import ModelDirError
 
     try:
         thread_counts = [int(t) for t in threads.split(",") if t.strip()]
@@ -226,8 +237,17 @@ def perf(
         raise CliError(f"--threads takes comma-separated integers, got {threads!r}") from exc
     if not thread_counts or min(thread_counts) < 1:
         raise CliError("--threads needs positive integers")
+    sections = tuple(s.strip() for s in only.split(",") if s.strip()) if only else PERF_SECTIONS
+    unknown = sorted(set(sections) - set(PERF_SECTIONS))
+    if unknown or not sections:
+        raise CliError(f"--only: unknown sections {unknown}; known: {', '.join(PERF_SECTIONS)}")
+    if model is not None and not (model / "manifest.json").is_file():
+        raise CliError(f"--model {model}: no manifest.json (not a model directory)")
     out.mkdir(parents=True, exist_ok=True)
-    document = run_perf(out, quick=quick, thread_counts=thread_counts)
+    try:
+        document = run_perf(out, quick, thread_counts, model, sections)
+    except ModelDirError as exc:
+        raise CliError(f"--model: {exc}") from exc
     _write_json(out / "perf.json", document)
     (out / "perf.md").write_text(perf_markdown(document) + "\n")
     if json_out:

@@ -90,8 +90,10 @@ def _phantom(label: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(hu + 1024, 0, 4095).astype(np.uint16)
 
 
-def phantom_study(label: str, folder: Path, rng: np.random.Generator, slices: int = 3) -> DemoStudy:
-    """A small synthetic CT series (HU via rescale intercept -1024)."""
+def phantom_study(
+    label: str, folder: Path, rng: np.random.Generator, slices: int = 3, size: int = 64
+) -> DemoStudy:
+    """A synthetic CT series, ``size`` px square (HU via rescale intercept -1024), new UIDs."""
     study = DemoStudy(label, generate_uid(), generate_uid(), source="phantom")
     for index in range(slices):
         ds = _base_dataset(CTImageStorage, study.study_uid, study.series_uid, index + 1)
@@ -99,11 +101,11 @@ def phantom_study(label: str, folder: Path, rng: np.random.Generator, slices: in
         ds.Manufacturer = "ftl-ct demo phantom"
         ds.SliceThickness = 5.0
         ds.KVP = 120.0
-        ds.Rows = ds.Columns = 64
+        ds.Rows = ds.Columns = size
         ds.BitsAllocated = ds.BitsStored = 16
         ds.HighBit = 15
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = _phantom(label, 64, rng).tobytes()
+        ds.PixelData = _phantom(label, size, rng).tobytes()
         path = folder / f"{study.series_uid}-{index:02d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         study.paths.append(path)

@@ -1,29 +1,68 @@
-"""``ftl-bench perf`` and the int8 backbone it measures."""
+"""``ftl-bench perf``: its measuring helpers, its sections, and the int8 backbones it measures."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ftlct.bench.cli import app
-from ftlct.export.quantize import quantize_backbone
+from ftlct.bench.cli import PERF_SECTIONS, app
+from ftlct.bench.perf import SECTIONS, perf_markdown
+from ftlct.bench.perf.cloud import cloud_section
+from ftlct.bench.perf.ingest import smaps_breakdown
+from ftlct.bench.perf.measure import goal, interleaved, machine_load, summary
+from ftlct.bench.perf.upload_bytes import upload_bytes_section
+from ftlct.export.quantize import float_end_convs, quantize_backbone, quantize_backbone_static
+from ftlct.export.verify import ct_phantom
 from ftlct.protocol.cli import run
 
 
-def test_int8_backbone_is_smaller_and_gives_close_embeddings(model_dir, tmp_path):
+def _embed(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x})[0]
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _phantoms(model_dir, n):
+    from ftlct.export.preprocessing import to_model_input
+
+    return to_model_input([ct_phantom(seed=s) for s in range(n)], model_dir.preprocessing)
+
+
+def test_static_int8_backbone_keeps_the_ends_float_and_gives_close_embeddings(model_dir, tmp_path):
+    out = tmp_path / "int8.onnx"
+    done = quantize_backbone_static(model_dir.backbone_path, out, _phantoms(model_dir, 8))
+    assert done["kept_float"] == float_end_convs(model_dir.backbone_path)
+    assert len(done["kept_float"]) == 2 and done["calibration_slices"] == 8
+    assert out.stat().st_size < 0.5 * model_dir.backbone_path.stat().st_size
+    x = _phantoms(model_dir, 10)[8:]  # not among the calibration slices
+    fp32, int8 = _embed(model_dir.backbone_path, x), _embed(out, x)
+    assert int8.shape == fp32.shape
+    assert _cosine(fp32, int8).min() > 0.9
+
+
+def test_static_int8_refuses_too_little_calibration(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="calibration needs"):
+        quantize_backbone_static(
+            model_dir.backbone_path, tmp_path / "q.onnx", _phantoms(model_dir, 2)
+        )
+    with pytest.raises(FileNotFoundError):
+        quantize_backbone_static(tmp_path / "absent.onnx", tmp_path / "q.onnx", np.zeros((8, 3)))
+
+
+def test_dynamic_int8_backbone_is_smaller_and_gives_close_embeddings(model_dir, tmp_path):
     out = quantize_backbone(model_dir.backbone_path, tmp_path / "int8.onnx")
     assert out.stat().st_size < 0.4 * model_dir.backbone_path.stat().st_size
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
-    fp32, int8 = (
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-        for p in (model_dir.backbone_path, out)
-    )
+    fp32, int8 = _embed(model_dir.backbone_path, x), _embed(out, x)
     assert int8.shape == fp32.shape == (2, 1280)
-    cosine = (fp32 * int8).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1))
-    assert cosine.min() > 0.9
+    assert _cosine(fp32, int8).min() > 0.9
 
 
 def test_quantize_refuses_missing_files_and_unknown_types(tmp_path, model_dir):
@@ -33,23 +72,152 @@ def test_quantize_refuses_missing_files_and_unknown_types(tmp_path, model_dir):
         quantize_backbone(model_dir.backbone_path, tmp_path / "q.onnx", weight_type="int4")
 
 
-def test_perf_rejects_bad_thread_lists(tmp_path, capsys):
+def test_summary_gives_median_count_and_spread():
+    assert summary([3.0, 1.0, 2.0, 10.0], "s") == {
+        "median": 2.5,
+        "n": 4,
+        "min": 1.0,
+        "max": 10.0,
+        "unit": "s",
+    }
+    with pytest.raises(ValueError):
+        summary([], "s")
+
+
+def test_interleaved_runs_alternatives_in_turns_and_counts_cores():
+    calls = []
+    cores = {}
+    samples = interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats=3,
+        warmup=1,
+        cores_used=cores,
+    )
+    assert calls == ["a", "b"] * 4  # warm-up round, then three rounds in turns
+    assert [len(s) for s in samples.values()] == [3, 3]
+    assert set(cores) == {"a", "b"}
+
+
+def test_goal_compares_in_the_stated_direction():
+    assert goal("g", 1.6, 1.5, at_least=True, what="x")["met"]
+    assert not goal("g", 1.4, 1.5, at_least=True, what="x")["met"]
+    assert goal("g", 290, 300, at_least=False, what="x")["met"]
+    assert not goal("g", 310, 300, at_least=False, what="x")["met"]
+
+
+def test_machine_load_records_the_load_around_a_block():
+    record = {}
+    with machine_load(record):
+        sum(range(10000))
+    assert set(record["load"]) == {
+        "loadavg_1min_before",
+        "loadavg_1min_after",
+        "cpu_busy_share",
+        "seconds",
+    }
+
+
+def test_smaps_breakdown_names_where_resident_memory_sits():
+    found = smaps_breakdown(os.getpid())
+    assert found["total_mb"] > 1
+    assert any("python" in name or name.startswith("[") for name in found if name != "total_mb")
+    assert smaps_breakdown(2**22 + 12345) == {}  # no such process
+
+
+def test_upload_bytes_are_real_envelopes_and_ftl_is_far_smaller(model_dir):
+    section = upload_bytes_section(model_dir)
+    ftl, fedavg = section["ftl_envelope_bytes"], section["fedavg_envelope_bytes"]
+    assert ftl["int8"] < ftl["fp16"] < ftl["fp32"]
+    assert fedavg["fp32"] > 4 * section["fedavg_parameters"]  # every float, 4 bytes each
+    assert section["goal"]["met"] and section["goal"]["value"] < 1 / 50
+    assert ftl["fp16"] > 2 * section["ftl_parameters"]  # the body, plus a signed header
+
+
+def test_cloud_figures_come_from_a_stored_run_when_there_is_no_module(tmp_path):
+    assert "skipped" in cloud_section(tmp_path, quick=True)
+    (tmp_path / "cloud_scale.json").write_text(json.dumps({"sites": {"10000": {"rss_mb": 400}}}))
+    section = cloud_section(tmp_path, quick=True)
+    assert section["sites"] == {"10000": {"rss_mb": 400}}
+    assert "separate run" in section["source"]
+
+
+def test_the_report_puts_every_goal_in_one_table():
+    document = {
+        "machine": {
+            "cpus": 2,
+            "processor": "cpu",
+            "int8_instructions": [],
+            "load_average_at_start": [1.0, 1.0, 1.0],
+        },
+        "model_under_test": {"version": "v", "backbone_sha256": "ab" * 32},
+        "wall_s": 1.0,
+        "bytes": {
+            "ftl_parameters": 2,
+            "fedavg_parameters": 200,
+            "ftl_envelope_bytes": {"fp16": 10},
+            "fedavg_envelope_bytes": {"fp16": 1000},
+            "fedavg_over_ftl_same_codec": {"fp16": 100.0},
+            "goal": goal("bytes", 0.01, 0.02, at_least=False, what="ratio"),
+            "load": {
+                "loadavg_1min_before": 1.0,
+                "loadavg_1min_after": 1.0,
+                "cpu_busy_share": 0.5,
+                "seconds": 1.0,
+            },
+        },
+        "cloud": {"skipped": "not measured"},
+    }
+    text = perf_markdown(document)
+    assert "| bytes | 0.01 | <= 0.02 | yes | ratio |" in text
+    assert "## Cloud scale" in text and "not measured" in text
+
+
+def test_cli_sections_match_the_benchmark():
+    assert PERF_SECTIONS == SECTIONS
+
+
+def test_perf_rejects_bad_arguments(tmp_path, capsys):
     assert run(app, "ftl-bench", ["perf", "--out", str(tmp_path), "--threads", "two"]) == 1
     assert "--threads" in capsys.readouterr().err
+    assert run(app, "ftl-bench", ["perf", "--out", str(tmp_path), "--only", "speed"]) == 1
+    assert "unknown sections" in capsys.readouterr().err
+    args = ["perf", "--out", str(tmp_path), "--model", str(tmp_path / "nope")]
+    assert run(app, "ftl-bench", args) == 1
+    assert "not a model directory" in capsys.readouterr().err
 
 
 @pytest.mark.perf
-def test_perf_quick_run_reports_every_measurement(tmp_path, imagenet_weights):
-    assert run(app, "ftl-bench", ["perf", "--out", str(tmp_path), "--quick", "--threads", "1"]) == 0
-    document = json.loads((tmp_path / "perf.json").read_text())
-    assert [(r["threads"], r["batch"]) for r in document["backbone_throughput"]] == [
-        (1, 1),
-        (1, 8),
-        (1, 32),
+def test_perf_quick_run_reports_every_model_figure(tmp_path, model_dir):
+    args = [
+        "perf",
+        "--out",
+        str(tmp_path),
+        "--quick",
+        "--threads",
+        "1",
+        "--model",
+        str(model_dir.path),
     ]
-    assert all(r["images_per_s"] > 0 for r in document["backbone_throughput"])
-    assert document["head_swap"]["engine_swap_ms"] > 0
-    q = document["int8"]
-    assert q["int8_bytes"] < q["fp32_bytes"] and 0.5 < q["embedding_cosine_mean"] <= 1.0
-    assert document["torch_vs_ort"]["max_abs_diff"] < 1e-3  # same network, two runtimes
-    assert "| threads | batch | images/s |" in (tmp_path / "perf.md").read_text()
+    assert run(app, "ftl-bench", [*args, "--only", "backbone,int8,bytes,model"]) == 0
+    document = json.loads((tmp_path / "perf.json").read_text())
+    sessions = document["backbone"]["sessions"][0]
+    assert sessions["threads"] == 1 and sessions["figures"]["agent"]["median"] > 0
+    assert document["int8"]["speed"]["int8 static QDQ"]["n"] == 3
+    assert document["model"]["torch_vs_ort"]["max_abs_diff"] < 1e-3
+    text = (tmp_path / "perf.md").read_text()
+    assert "## Goals (issue 13)" in text and "| backbone |" in text and "| int8 speed |" in text
+
+
+@pytest.mark.perf
+@pytest.mark.slow
+def test_perf_quick_run_measures_the_receivers(tmp_path, model_dir):
+    from tests.support.paths import require_program
+
+    for program in ("/usr/bin/storescp", "/usr/bin/storescu", "/usr/sbin/Orthanc"):
+        require_program(program)
+    args = ["perf", "--out", str(tmp_path), "--quick", "--model", str(model_dir.path)]
+    assert run(app, "ftl-bench", [*args, "--only", "ingest"]) == 0
+    ingest = json.loads((tmp_path / "perf.json").read_text())["ingest"]
+    one = ingest["by_associations"]["1_association"]["seconds"]
+    assert set(one) == {"storescp", "orthanc", "agent"}
+    assert ingest["memory"]["agent_peak_rss_mb"] > 50

@@ -1,0 +1,240 @@
+"""Ingest throughput, the agent's memory, and series latency, against real receivers in one run.
+
+Ingest: the same synthetic 512x512 CT slices (new UIDs every pass) from the same
+sender (dcmtk ``storescu --max-pdu 131072``, ``TCP_NODELAY=1``) to dcmtk
+``storescp``, Orthanc and ``ftl-agent serve`` (inference on), the receivers in
+turns within each pass, over 1 and over 4 concurrent associations. A pass
+ends when the sender has every status back: for the agent each 0x0000 means
+fsynced and indexed. Between passes the agent finishes the pass's series
+(result written), so every pass starts from the same state.
+
+Memory: the agent's peak RSS (``VmHWM``) over the ingest run, and where its
+resident memory sits at the end (``/proc/PID/smaps`` by mapping).
+
+Series latency: the 238-slice CQ500 series (``storescu -xs``, new UIDs each
+pass), last slice to result, alone and while another association streams
+synthetic slices, at the default quiet period.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ftlct.bench.perf import peers
+from ftlct.bench.perf.measure import goal, machine_load, ratio, summary
+
+SLICE_SIZE = 512
+
+
+def synthetic_passes(work: Path, passes: int, slices: int) -> list[list[Path]]:
+    """``passes`` series of ``slices`` 512x512 CT phantoms, each with its own UIDs."""
+    from ftlct.bench.demo_data import phantom_study
+
+    rng = np.random.default_rng(0)
+    sets = []
+    for index in range(passes):
+        folder = work / "slices" / f"pass-{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        study = phantom_study("normal", folder, rng, slices=slices, size=SLICE_SIZE)
+        sets.append(study.paths)
+    return sets
+
+
+def smaps_breakdown(pid: int, top: int = 10) -> dict:
+    """Resident kB by mapping (shared library, ``[heap]``, anonymous), largest first."""
+    by_mapping: dict[str, int] = defaultdict(int)
+    current = "[anonymous]"
+    try:
+        with open(f"/proc/{pid}/smaps") as handle:
+            for line in handle:
+                first = line.split(maxsplit=1)[0]
+                if "-" in first and not first.endswith(":"):
+                    parts = line.split()
+                    current = Path(parts[5]).name if len(parts) > 5 else "[anonymous]"
+                elif first == "Rss:":
+                    by_mapping[current] += int(line.split()[1])
+    except OSError:
+        return {}
+    rows = sorted(by_mapping.items(), key=lambda kv: -kv[1])
+    return {"total_mb": round(sum(by_mapping.values()) / 1024, 1)} | {
+        name: round(kb / 1024, 1) for name, kb in rows[:top]
+    }
+
+
+def _agent_env(quiet_period_s: float) -> dict[str, str]:
+    return {"FTLCT_AGENT_SERIES_QUIET_PERIOD_S": str(quiet_period_s)}
+
+
+def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> dict:
+    """storescp vs Orthanc vs the agent, 1 and 4 associations; the agent's memory over it."""
+    sets = {n: synthetic_passes(work / f"assoc-{n}", passes, slices) for n in (1, 4)}
+    size = int(np.median([p.stat().st_size for p in sets[1][0]]))
+    seconds: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in sets}
+    record: dict = {}
+    with (
+        machine_load(record),
+        peers.storescp(work) as dcmtk,
+        peers.orthanc(work) as pacs,
+        peers.agent(work, model_path, _agent_env(1.0)) as agent,
+    ):
+        receivers = [dcmtk, pacs, agent]
+        done = 0
+        for associations, passes_files in sets.items():
+            for index, files in enumerate(passes_files):
+                order = receivers[index % 3 :] + receivers[: index % 3]  # who goes first rotates
+                for receiver in order:
+                    seconds[associations][receiver.name].append(
+                        peers.send(receiver, files, associations)
+                    )
+                    if receiver is agent:
+                        done += 1
+                        peers.wait_for_results(agent, done)
+        memory = {
+            "agent_peak_rss_mb": round((agent.peak_rss_bytes() or 0) / 2**20, 1),
+            "agent_rss_at_end_mb": round((agent.rss_bytes() or 0) / 2**20, 1),
+            "agent_resident_by_mapping_mb": smaps_breakdown(agent.process.pid),
+            "orthanc_peak_rss_mb": round((pacs.peak_rss_bytes() or 0) / 2**20, 1),
+        }
+    rows = {}
+    for associations, by_receiver in seconds.items():
+        figures = {name: summary(s, "s") for name, s in by_receiver.items()}
+        rows[f"{associations}_association{'s' if associations > 1 else ''}"] = {
+            "seconds": figures,
+            "agent_vs_orthanc": ratio(figures["orthanc"]["median"], figures["agent"]["median"]),
+            "agent_vs_storescp": ratio(figures["storescp"]["median"], figures["agent"]["median"]),
+        }
+    one = rows["1_association"]
+    return {
+        "slices": slices,
+        "slice_bytes": size,
+        "passes": passes,
+        "sender": f"{peers.STORESCU} --max-pdu {peers.SENDER_MAX_PDU}, TCP_NODELAY=1",
+        "load": record["load"],
+        "by_associations": rows,
+        "memory": memory,
+        "goals": [
+            goal(
+                "ingest vs Orthanc",
+                one["agent_vs_orthanc"],
+                1.0,
+                at_least=True,
+                what="Orthanc seconds / agent seconds, 1 association",
+            ),
+            goal(
+                "ingest vs storescp",
+                one["agent_vs_storescp"],
+                0.5,
+                at_least=True,
+                what="storescp seconds / agent seconds, 1 association",
+            ),
+            goal(
+                "agent memory",
+                memory["agent_peak_rss_mb"],
+                300,
+                at_least=False,
+                what="peak RSS (MB) of ftl-agent serve over the ingest run, inference on",
+            ),
+        ],
+    }
+
+
+def _fresh_uids(source: list[Path], out: Path) -> list[Path]:
+    """Copies of a series with new Study/Series/SOP UIDs; pixel data untouched (still JPEG)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    mapping: dict[str, str] = defaultdict(generate_uid)
+    copies = []
+    for index, path in enumerate(source):
+        ds = pydicom.dcmread(path)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+            setattr(ds, keyword, mapping[getattr(ds, keyword)])
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        copy = out / f"{index:04d}.dcm"
+        ds.save_as(copy)
+        copies.append(copy)
+    return copies
+
+
+def _stream(agent, sets: list[list[Path]], stop: threading.Event, sent: list[int]) -> None:
+    index = 0
+    while not stop.is_set():
+        files = sets[index % len(sets)]
+        if index >= len(sets):  # a set already sent: give it new UIDs first
+            files = _fresh_uids(files, files[0].parent.parent / f"again-{index}")
+        peers.send(agent, files, 1)
+        sent[0] += len(files)
+        index += 1
+
+
+def series_latency_section(
+    model_path: Path, work: Path, cq500: Path, passes: int, quiet_period_s: float = 5.0
+) -> dict:
+    """Last CQ500 slice to its result: alone, and while another association streams."""
+    source = sorted(cq500.glob("*.dcm"))
+    background = synthetic_passes(work / "background", 3, 100)
+    latencies: dict[str, list[float]] = defaultdict(list)
+    streamed = [0]
+    record: dict = {}
+    with (
+        machine_load(record),
+        peers.agent(work, model_path, _agent_env(quiet_period_s), "agent-latency") as agent,
+    ):
+        for index in range(passes):
+            for condition in ("alone", "while another association streams"):
+                files = _fresh_uids(
+                    source, work / "cq500" / f"{index}-{len(latencies[condition])}-{condition[:5]}"
+                )
+                stop = threading.Event()
+                streamer = None
+                before = {r["series_uid"] for r in peers.agent_results(agent)}
+                if condition != "alone":
+                    streamer = threading.Thread(
+                        target=_stream, args=(agent, background, stop, streamed), daemon=True
+                    )
+                    streamer.start()
+                    time.sleep(0.5)  # the stream is running before the series starts
+                try:
+                    peers.send(agent, files, 1, "-xs")
+                    result = _cq500_result(agent, before)
+                finally:
+                    stop.set()
+                    if streamer is not None:
+                        streamer.join(timeout=600)
+                latencies[condition].append(result["latency_s"])
+        peak = agent.peak_rss_bytes()
+    figures = {name: summary(v, "s") for name, v in latencies.items()}
+    loaded = figures["while another association streams"]["median"]
+    return {
+        "series": "CQ500 head CT, 238 JPEG Lossless slices (storescu -xs)",
+        "quiet_period_s": quiet_period_s,
+        "latency": figures,
+        "background_slices_streamed": streamed[0],
+        "agent_peak_rss_mb": round((peak or 0) / 2**20, 1),
+        "load": record["load"],
+        "goal": goal(
+            "series latency",
+            loaded,
+            quiet_period_s + 0.5,
+            at_least=False,
+            what="seconds from the last slice to the result while another association "
+            "streams (quiet period + 0.5 s)",
+        ),
+    }
+
+
+def _cq500_result(agent, before: set[str], timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for result in peers.agent_results(agent):
+            if result["series_uid"] not in before and result["n_instances"] >= 200:
+                return result
+        time.sleep(0.1)
+    raise peers.PeerError(f"no CQ500 result after {timeout} s")

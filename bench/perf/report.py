@@ -1,0 +1,246 @@
+"""``perf.md``: the goals of issue 13 in one table, then each section's figures beside their anchors."""
+
+from __future__ import annotations
+
+import json
+
+
+def _figure(f: dict) -> str:
+    return f"{f['median']} {f['unit']} (n={f['n']}, {f['min']}-{f['max']})"
+
+
+def _load(section: dict) -> str:
+    load = section.get("load") or {}
+    if not load:
+        return ""
+    return (
+        f"load average {load['loadavg_1min_before']} -> {load['loadavg_1min_after']}, "
+        f"CPU busy {load['cpu_busy_share']} (whole machine), {load['seconds']} s"
+    )
+
+
+def _goals(document: dict) -> list[tuple[dict, str]]:
+    found = []
+    for name, section in document.items():
+        if not isinstance(section, dict):
+            continue
+        for g in [section.get("goal"), *section.get("goals", [])]:
+            if isinstance(g, dict) and "goal" in g:
+                found.append((g, name))
+    return found
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _backbone(s: dict) -> list[str]:
+    lines = ["## Backbone: the agent's path vs a bare onnxruntime session", ""]
+    for c in s["sessions"]:
+        rows = [[name, _figure(f)] for name, f in c["figures"].items()]
+        lines += [
+            f"{c['threads']} intra-op thread(s); agent batch {c['agent_batch']}; anchor "
+            f"`{c['anchor']}`; agent / anchor = **{c['agent_vs_best_bare']}**",
+            "",
+            *_table(["session", "images/s"], rows),
+        ]
+    lv = s["levers"]
+    lines += [
+        f"Levers, one at a time against onnxruntime's defaults ({lv['threads']} threads, "
+        f"batch {lv['batch']}):",
+        "",
+        *_table(["variant", "images/s"], [[n, _figure(f)] for n, f in lv["figures"].items()]),
+    ]
+    p = s.get("pipeline")
+    if p:
+        lines += [
+            f"Agent pipeline from stored DICOM ({p['slices']} CQ500 slices, {p['threads']} "
+            f"onnxruntime thread(s), {p['decode_threads']} decode threads, batch {p['batch']}): "
+            f"{p['pipeline_s']} s against {p['sequential_sum_s']} s for decode then onnxruntime "
+            f"one after the other; the overlap hides {p['overlap_hides']:.0%} of the smaller part.",
+            "",
+            *_table(
+                ["stage", "slices/s", "CPU cores it had"],
+                [[n, _figure(f), p["cores_used"][n]] for n, f in p["figures"].items()],
+            ),
+        ]
+    return lines
+
+
+def _int8(s: dict) -> list[str]:
+    q = s["quantization"]
+    lines = [
+        f"## int8 ({s['threads']} thread(s), batch {s['batch']})",
+        "",
+        f"{q['method']}: weights {q['weights']}, activations {q['activations']}, "
+        f"{q['calibration_slices']} calibration slices; kept float: {', '.join(q['kept_float']) or 'none'}.",
+        "",
+    ]
+    rows = [
+        [n, _figure(f), s["speedup_vs_fp32"][n], f"{s['bytes'][n] / 1e6:.1f} MB"]
+        for n, f in s["speed"].items()
+    ]
+    lines += _table(["backbone", "images/s", "x fp32", "file"], rows)
+    a = s["accuracy"]
+    if "f1_fp32_head" in a:
+        rows = [
+            [
+                n,
+                a["f1_fp32_head"][n],
+                a["agreement_with_fp32"][n],
+                a["cosine_to_fp32"][n]["min"],
+                a["cosine_to_fp32"][n]["mean"],
+            ]
+            for n in a["f1_fp32_head"]
+        ]
+        lines += [
+            f"macro-F1 on {a['split']}, one linear head trained on fp32 embeddings:",
+            "",
+            *_table(
+                ["backbone", "macro-F1", "agrees with fp32", "cosine min", "cosine mean"], rows
+            ),
+            f"A head trained on the static int8 embeddings instead: macro-F1 "
+            f"{a['f1_int8_trained_head']}. F1 drop (fp32 - int8), paired bootstrap 95% interval: "
+            f"{a['f1_drop_95ci']}.",
+            "",
+        ]
+    else:
+        lines += [f"Accuracy: {a.get('skipped')}", ""]
+    lines += ["Per-op profile (onnxruntime profiler, ms per batch):", ""]
+    for name, prof in s["profile"].items():
+        ops = ", ".join(f"{op} {ms}" for op, ms in prof["by_op_ms"].items())
+        lines.append(f"- {name}: {prof['ms_per_batch']} ms: {ops}")
+    return [*lines, ""]
+
+
+def _bytes(s: dict) -> list[str]:
+    rows = [
+        [
+            c,
+            s["ftl_envelope_bytes"][c],
+            s["fedavg_envelope_bytes"][c],
+            f"1/{s['fedavg_over_ftl_same_codec'][c]}",
+        ]
+        for c in s["ftl_envelope_bytes"]
+    ]
+    return [
+        "## Upload bytes per site per round (sealed site_update envelopes)",
+        "",
+        f"FTL: the head delta ({s['ftl_parameters']} parameters); FedAvg: the whole MobileNetV2 "
+        f"({s['fedavg_parameters']} float parameters).",
+        "",
+        *_table(["codec", "FTL bytes", "FedAvg bytes", "FTL / FedAvg"], rows),
+    ]
+
+
+def _ingest(s: dict) -> list[str]:
+    lines = [
+        f"## Ingest: {s['slices']} synthetic 512x512 CT slices ({s['slice_bytes'] / 1e3:.0f} KB), "
+        f"{s['passes']} passes, new UIDs each; sender {s['sender']}",
+        "",
+    ]
+    for key, row in s["by_associations"].items():
+        lines += [
+            f"{key.replace('_', ' ')}: agent is {row['agent_vs_orthanc']}x Orthanc, "
+            f"{row['agent_vs_storescp']}x storescp",
+            "",
+            *_table(["receiver", "seconds"], [[n, _figure(f)] for n, f in row["seconds"].items()]),
+        ]
+    m = s["memory"]
+    lines += [
+        f"Agent peak RSS {m['agent_peak_rss_mb']} MB over the run ({m['agent_rss_at_end_mb']} MB at "
+        f"the end; Orthanc peak {m['orthanc_peak_rss_mb']} MB). Resident at the end by mapping (MB): "
+        + ", ".join(f"{k} {v}" for k, v in m["agent_resident_by_mapping_mb"].items()),
+        "",
+    ]
+    return lines
+
+
+def _latency(s: dict) -> list[str]:
+    rows = [[n, _figure(f)] for n, f in s["latency"].items()]
+    return [
+        f"## Series latency: {s['series']}, quiet period {s['quiet_period_s']} s",
+        "",
+        *_table(["condition", "last slice -> result"], rows),
+        f"{s['background_slices_streamed']} background slices streamed; agent peak RSS "
+        f"{s['agent_peak_rss_mb']} MB.",
+        "",
+    ]
+
+
+def _model(s: dict) -> list[str]:
+    pre, swap, t = s["preprocessing"], s["head_swap"], s["torch_vs_ort"]
+    return [
+        "## Model figures",
+        "",
+        "- preprocessing: "
+        + (
+            pre.get("skipped")
+            or f"{pre['files']} CQ500 files, {pre['slices_per_s']} slices/s ({pre['what']})"
+        ),
+        f"- head swap: write the model directory {swap['write_model_dir_ms']} ms, engine swap "
+        f"{swap['engine_swap_ms']} ms",
+        f"- torch {t['torch_ms_per_image']} ms/image vs onnxruntime {t['ort_ms_per_image']} ms/image "
+        f"({t['threads']} threads, batch {t['batch']}): onnxruntime {t['ort_speedup']}x; max |diff| "
+        f"{t['max_abs_diff']:.2e}",
+        "",
+    ]
+
+
+RENDER = {
+    "backbone": _backbone,
+    "int8": _int8,
+    "bytes": _bytes,
+    "ingest": _ingest,
+    "latency": _latency,
+    "model": _model,
+}
+
+
+def perf_markdown(document: dict) -> str:
+    m = document["machine"]
+    lines = [
+        "# ftl-bench perf",
+        "",
+        f"{m['cpus']} CPUs ({m['processor']}; int8: {', '.join(m['int8_instructions']) or 'none'}), "
+        f"load average at start {m['load_average_at_start']}; wall {document.get('wall_s')} s"
+        + (" (quick)" if document.get("quick") else "")
+        + f"; model {document['model_under_test']['version']} (backbone {document['model_under_test']['backbone_sha256'][:12]}). "
+        "Medians of n with min-max; alternatives timed in turns in the same run.",
+        "",
+        "## Goals (issue 13)",
+        "",
+    ]
+    rows = [
+        [
+            g["goal"],
+            g["value"],
+            g["target"],
+            "yes" if g["met"] else "**no**",
+            g["what"],
+            _load(document[name]),
+        ]
+        for g, name in _goals(document)
+    ]
+    lines += _table(["goal", "measured", "target", "met", "what", "load while measured"], rows)
+    for name, render in RENDER.items():
+        section = document.get(name)
+        if not section:
+            continue
+        if "skipped" in section:
+            lines += [f"## {name}", "", f"Skipped: {section['skipped']}", ""]
+            continue
+        lines += render(section)
+        if name in ("backbone", "int8", "bytes", "model"):
+            lines += [f"Load: {_load(section)}", ""]
+    cloud = document.get("cloud")
+    if cloud:
+        lines += ["## Cloud scale", ""]
+        if "skipped" in cloud:
+            lines += [f"Skipped: {cloud['skipped']}", ""]
+        else:
+            body = {k: v for k, v in cloud.items() if k not in ("goals", "load")}
+            lines += ["```json", json.dumps(body, indent=2), "```", ""]
+    return "\n".join(lines)
