@@ -54,6 +54,12 @@ def build(
         None, "--windows", help="CT windows as name:center:width,... (1 or 3; one channel each)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the head's hidden layer."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Serve a static int8 (QDQ) backbone, calibrated on --calibration."
+    ),
+    calibration: list[Path] = typer.Option(
+        [], "--calibration", help="CT slices to calibrate int8 on (DICOM/PNG/JPG files or folders)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Export the backbone to ONNX and write an untrained head for LABELS."""
@@ -73,6 +79,13 @@ def build(
         raise CliError(f"weights file not found: {weights}")
     tap_list = _taps(taps) if taps else None
     pooling_list = tuple(p.strip() for p in pooling.split("+")) if pooling else None
+    if int8 and not calibration:
+        raise CliError("--int8 needs --calibration PATH (CT slices: DICOM, PNG or JPG)")
+    if calibration and not int8:
+        raise CliError("--calibration is for --int8")
+    missing = [str(p) for p in calibration if not p.exists()]
+    if missing:
+        raise CliError(f"calibration path not found: {missing[0]}")
 
     from ftlct.export.backbones import ARCHITECTURES
     from ftlct.export.build import build_model_dir
@@ -96,10 +109,19 @@ def build(
         )
     except (WeightsError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    if int8:
+        from ftlct.export.int8_backbone import CalibrationError, calibration_inputs, make_int8
+        from ftlct.export.model_dir import ModelDirError
+
+        try:
+            model = make_int8(model, calibration_inputs(calibration, model.preprocessing))
+        except (CalibrationError, ModelDirError) as exc:
+            raise CliError(f"--int8: {exc}") from exc
     if json_out:
         echo_json(model.manifest)
     else:
-        print(f"wrote {out} (version {model.version}, labels {','.join(model.labels)})")
+        served = "int8 backbone, " if int8 else ""
+        print(f"wrote {out} ({served}version {model.version}, labels {','.join(model.labels)})")
 
 
 @app.command()

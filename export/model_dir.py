@@ -119,6 +119,9 @@ class ModelDir:
             entry = self.manifest[part]
             if "weights" in entry and "weights_sha256" in entry:
                 files[entry["weights"]] = entry["weights_sha256"]
+        kept_float = self.manifest["backbone"].get("float")  # an int8 model's float backbone
+        if kept_float:
+            files[kept_float["file"]] = kept_float["sha256"]
         return files
 
     def problems(self) -> list[str]:
@@ -158,8 +161,12 @@ class ModelDir:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         manifest = json.loads(json.dumps(self.manifest))
-        for key in ("file", "weights"):
-            name = manifest["backbone"].get(key)
+        backbone = manifest["backbone"]
+        for name in (
+            backbone.get("file"),
+            backbone.get("weights"),
+            backbone.get("float", {}).get("file"),
+        ):
             if name:
                 _link_or_copy(self.path / name, out / name)
         write_head_files(out, manifest, arrays, trained)

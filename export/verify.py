@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 
 from ftlct.export.backbones import pooled_backbone_from_manifest
 from ftlct.export.heads import head_from_arrays
+from ftlct.export.int8_backbone import TOLERANCE as INT8_TOLERANCE
+from ftlct.export.int8_backbone import float_backbone_path, int8_parity
 from ftlct.export.mobilenet_v2 import WeightsError
 from ftlct.export.model_dir import ModelDir, ModelDirError
 from ftlct.export.preprocessing import PreprocessingError, Slice, preprocess_file, to_model_input
@@ -99,7 +101,9 @@ def verify_model_dir(
         return report
 
     try:
-        backbone_sess, head_sess = _session(model.backbone_path), _session(model.head_path)
+        # torch is the float backbone's reference; an int8 backbone is checked against it below
+        backbone_sess = _session(float_backbone_path(model))
+        head_sess = _session(model.head_path)
     except Exception as exc:
         report.checks.append(Check("onnx load", False, str(exc).splitlines()[0]))
         return report
@@ -160,4 +164,22 @@ def verify_model_dir(
                     diff,
                 )
             )
+    if "quantization" in model.manifest["backbone"]:
+        report.checks.append(_int8_check(model, inputs))
     return report
+
+
+def _int8_check(model: ModelDir, inputs: dict[str, np.ndarray]) -> Check:
+    """The int8 backbone against the float one on the CT inputs (random noise is no CT slice)."""
+    ct = [batch for label, batch in inputs.items() if label != "random"]
+    try:
+        low, mean = int8_parity(model, np.concatenate(ct))
+    except Exception as exc:  # onnxruntime raises its own types
+        return Check("int8 backbone", False, f"cannot run: {str(exc).splitlines()[0]}")
+    tolerance = INT8_TOLERANCE
+    return Check(
+        "int8 backbone",
+        low >= tolerance["min_cosine"] and mean >= tolerance["mean_cosine"],
+        f"embedding cosine to float: min {low:.4f} (>= {tolerance['min_cosine']}), "
+        f"mean {mean:.4f} (>= {tolerance['mean_cosine']})",
+    )

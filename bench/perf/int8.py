@@ -185,16 +185,16 @@ def int8_section(
     quick: bool,
 ) -> dict:
     """Every int8 figure and the goal: static QDQ >= 1.5x fp32 with macro-F1 drop <= 0.01."""
+    from ftlct.export.int8_backbone import float_backbone_path
     from ftlct.export.quantize import quantize_backbone, quantize_backbone_static
 
-    paths = {"fp32": model.backbone_path}
+    source = float_backbone_path(model)  # a model built --int8 is measured from its float file
+    paths = {"fp32": source}
     paths["int8 static QDQ"] = work / "backbone-int8-static.onnx"
-    done = quantize_backbone_static(model.backbone_path, paths["int8 static QDQ"], calibration)
+    done = quantize_backbone_static(source, paths["int8 static QDQ"], calibration)
     paths["int8 static QDQ, every Conv"] = work / "backbone-int8-static-all.onnx"
-    quantize_backbone_static(
-        model.backbone_path, paths["int8 static QDQ, every Conv"], calibration, False
-    )
-    paths["int8 dynamic"] = quantize_backbone(model.backbone_path, work / "backbone-int8-dyn.onnx")
+    quantize_backbone_static(source, paths["int8 static QDQ, every Conv"], calibration, False)
+    paths["int8 dynamic"] = quantize_backbone(source, work / "backbone-int8-dyn.onnx")
     images = np.ascontiguousarray(np.resize(inputs, (WORK, *inputs.shape[1:])), np.float32)
     sessions = {name: _session(path, threads) for name, path in paths.items()}
     samples = interleaved(
