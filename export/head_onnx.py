@@ -8,10 +8,12 @@ box that never imports torch, so the head graph is built here from the arrays
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    import onnx
 
 HEAD_KINDS = ("linear", "mlp")
 INPUT_NAME = "embedding"
@@ -62,6 +64,11 @@ def head_kind(arrays: dict[str, np.ndarray]) -> str:
 
 def head_onnx_model(arrays: dict[str, np.ndarray], name: str = "ftlct_head") -> onnx.ModelProto:
     """An ONNX graph ``embedding [N, D] -> logits [N, C]`` with the given weights."""
+    # onnx costs ~20 MB of resident memory: imported when a head is written, not by
+    # every agent that only serves one.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     layers = head_layers(arrays)
     nodes, initializers = [], []
     current = INPUT_NAME

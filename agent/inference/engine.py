@@ -41,6 +41,10 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     # Spinning workers would steal the core that decodes the next batch.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # A memory pattern pre-plans one block for all of a batch's activations on top of the
+    # arena; without it the arena reuses freed buffers: ~15% less peak memory, same speed
+    # (ftl-bench perf, backbone levers).
+    options.enable_mem_pattern = False
     return options
 
 

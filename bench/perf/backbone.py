@@ -36,6 +36,8 @@ def bare_session(path: Path, threads: int, **options) -> ort.InferenceSession:
         so.graph_optimization_level = options["level"]
     if "arena" in options:
         so.enable_cpu_mem_arena = options["arena"]
+    if "pattern" in options:
+        so.enable_mem_pattern = options["pattern"]
     if "spinning" in options:
         so.add_session_config_entry("session.intra_op.allow_spinning", options["spinning"])
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -82,10 +84,11 @@ def levers(model, inputs: np.ndarray, threads: int, batch: int, repeats: int) ->
     level = ort.GraphOptimizationLevel
     sessions = {
         "defaults (spinning on, ORT_ENABLE_ALL, arena on)": bare_session(path, threads),
-        "spinning off (the agent before issue 13)": bare_session(path, threads, spinning="0"),
+        "spinning off (the agent)": bare_session(path, threads, spinning="0"),
         "graph optimisation basic": bare_session(path, threads, level=level.ORT_ENABLE_BASIC),
         "graph optimisation extended": bare_session(path, threads, level=level.ORT_ENABLE_EXTENDED),
         "memory arena off": bare_session(path, threads, arena=False),
+        "memory pattern off (the agent)": bare_session(path, threads, pattern=False),
     }
     alternatives = {name: _runner(s, images, batch) for name, s in sessions.items()}
     strided = np.ascontiguousarray(np.concatenate([images, images], axis=1))[:, ::2]
