@@ -67,11 +67,11 @@ experiment-kidney: install
 		--methods ftl,ftl_closed_form,fedavg,cfl,central,local --seed 10 --splits 3 \
 		--out $(EXPERIMENT_OUT)-kidney --cache-dir $(EXPERIMENT_CACHE)
 
-# Model-level performance (throughput, preprocessing, head swap, int8, torch vs ORT), then
+# Every figure of issue 13 beside its anchor (perf.json, perf.md; README: Performance), then
 # every benchmark of the suite (pytest -m perf).
 BENCH_OUT ?= out/bench
 bench: install
-	$(VENV)/bin/ftl-bench perf --out $(BENCH_OUT)
+	$(VENV)/bin/ftl-bench perf --out $(BENCH_OUT) --model $(MODEL)
 	$(VENV)/bin/pytest -m perf $(PYTEST_ARGS)
 
 # The real peers the suite and the demo talk to (root: apt-get); chromium drives the

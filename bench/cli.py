@@ -228,7 +228,7 @@ def perf(
     json_out: bool = typer.Option(False, "--json", help="Print perf.json to stdout."),
 ) -> None:
     """Issue 13's figures beside their anchors: backbone, int8, bytes, ingest, latency, memory."""
-    from ftlct.bench.perf import perf_markdown, run_perf
+    from ftlct.bench.perf import failed_sections, perf_markdown, run_perf
     from ftlct.export.model_dir import ModelDirError
 
     try:
@@ -254,6 +254,10 @@ def perf(
         echo_json(document)
     else:
         print(perf_markdown(document))
+    failed = failed_sections(document)
+    if failed:
+        reasons = [f"{name} ({document[name]['error']})" for name in failed]
+        raise CliError(f"sections failed (see perf.md): {'; '.join(reasons)}")
 
 
 def main() -> None:

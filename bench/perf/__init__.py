@@ -13,6 +13,7 @@ records the machine's load while it ran (``measure.machine_load``).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from ftlct.bench.perf.report import perf_markdown
 
 SECTIONS = ("backbone", "int8", "bytes", "ingest", "latency", "model", "cloud")
 
-__all__ = ["SECTIONS", "perf_markdown", "run_perf"]
+__all__ = ["SECTIONS", "failed_sections", "perf_markdown", "run_perf"]
+
+log = logging.getLogger(__name__)
+
+
+def failed_sections(document: dict) -> list[str]:
+    """Names of the sections that raised instead of measuring (their ``error``)."""
+    return [n for n in SECTIONS if isinstance(document.get(n), dict) and "error" in document[n]]
 
 
 def run_perf(
@@ -35,7 +43,7 @@ def run_perf(
     from ftlct.agent.settings import AgentSettings
     from ftlct.bench.perf import model_figures as mf
 
-    out = Path(out)
+    out = Path(out).resolve()  # the receivers run in their own working directories
     work = out / "perf-work"
     work.mkdir(parents=True, exist_ok=True)
     thread_counts = thread_counts or [1, 2]
@@ -66,10 +74,14 @@ def run_perf(
         if name not in only:
             return
         record: dict = {}
-        with machine_load(record):
-            result = run()
+        try:
+            with machine_load(record):
+                result = run()
+        except Exception as exc:  # the other sections still run; the CLI then fails
+            log.exception("perf section %s failed", name)
+            result = {"error": f"{type(exc).__name__}: {exc}"}
         document[name] = result
-        result.setdefault("load", record["load"])
+        result.setdefault("load", record.get("load"))
 
     from ftlct.bench.perf.backbone import backbone_section
     from ftlct.bench.perf.cloud import cloud_section

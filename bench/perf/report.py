@@ -229,8 +229,13 @@ def perf_markdown(document: dict) -> str:
         section = document.get(name)
         if not section:
             continue
-        if "skipped" in section:
-            lines += [f"## {name}", "", f"Skipped: {section['skipped']}", ""]
+        if "skipped" in section or "error" in section:
+            why = (
+                f"Skipped: {section['skipped']}"
+                if "skipped" in section
+                else f"Failed: {section['error']}"
+            )
+            lines += [f"## {name}", "", why, ""]
             continue
         lines += render(section)
         if name in ("backbone", "int8", "bytes", "model"):
@@ -238,8 +243,8 @@ def perf_markdown(document: dict) -> str:
     cloud = document.get("cloud")
     if cloud:
         lines += ["## Cloud scale", ""]
-        if "skipped" in cloud:
-            lines += [f"Skipped: {cloud['skipped']}", ""]
+        if "skipped" in cloud or "error" in cloud:
+            lines += [f"Not measured: {cloud.get('skipped') or cloud.get('error')}", ""]
         else:
             body = {k: v for k, v in cloud.items() if k not in ("goals", "load")}
             lines += ["```json", json.dumps(body, indent=2), "```", ""]

@@ -186,6 +186,24 @@ def test_perf_rejects_bad_arguments(tmp_path, capsys):
     assert "not a model directory" in capsys.readouterr().err
 
 
+def test_a_failing_section_is_reported_and_fails_the_command_after_the_rest_ran(
+    tmp_path, model_dir, monkeypatch, capsys
+):
+    from ftlct.bench.perf import upload_bytes
+
+    def broken(model):
+        raise RuntimeError("no envelope today")
+
+    monkeypatch.setattr(upload_bytes, "upload_bytes_section", broken)
+    args = ["perf", "--out", str(tmp_path), "--model", str(model_dir.path), "--only", "bytes,cloud"]
+    assert run(app, "ftl-bench", args) == 1
+    assert "bytes (RuntimeError: no envelope today)" in capsys.readouterr().err
+    document = json.loads((tmp_path / "perf.json").read_text())
+    assert document["bytes"]["error"] == "RuntimeError: no envelope today"
+    assert "skipped" in document["cloud"]  # the next section still ran
+    assert "Failed: RuntimeError" in (tmp_path / "perf.md").read_text()
+
+
 @pytest.mark.perf
 def test_perf_quick_run_reports_every_model_figure(tmp_path, model_dir):
     args = [
