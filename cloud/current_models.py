@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftlct.cloud.state.models import ModelStore
-from ftlct.cloud.strategies import FederationState, Weights
+from ftlct.cloud.strategies import FederationState
+from ftlct.export.tensors import Weights
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,11 @@ from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.cloud.state.inbox import JUDGED_KEY, InboxMessage
 from ftlct.cloud.state.models import weights_to_blob
 from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
-from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, Weights, default_cluster
+from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, default_cluster
 from ftlct.cloud.twin_registry import TwinRegistry
 from ftlct.cloud.update_intake import UpdateIntake
 from ftlct.export.model_dir import ModelDir
+from ftlct.export.tensors import Weights
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.exchange import build_global_model, build_receipt, build_round
 from ftlct.protocol.identity import Identity

@@ -5,7 +5,6 @@ from ftlct.cloud.strategies.base import (
     FederationState,
     SiteUpdate,
     Strategy,
-    Weights,
 )
 from ftlct.cloud.strategies.registry import STRATEGIES, make_strategy
 
@@ -15,6 +14,5 @@ __all__ = [
     "FederationState",
     "SiteUpdate",
     "Strategy",
-    "Weights",
     "make_strategy",
 ]

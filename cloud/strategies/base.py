@@ -5,7 +5,7 @@ decoded updates and persists what it returns (the way Flower keeps ``Strategy``
 apart from its ``Grid``). ``FederationState.round`` counts completed
 aggregations: ``aggregate`` returns a state whose ``round`` is one more.
 ``check_update`` (below) is the check every update passes, here so that the
-interface and its contract sit in one module that imports no other.
+interface and its contract sit in one module that imports no other strategy.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Weights = dict[str, np.ndarray]
+from ftlct.export.tensors import Weights
 
 DEFAULT_CLUSTER = "global"
 

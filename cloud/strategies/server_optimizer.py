@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlct.cloud.strategies.base import FederationState, Weights
+from ftlct.cloud.strategies.base import FederationState
 from ftlct.cloud.strategies.strategy_utils import apply_delta, copy_weights, next_state
+from ftlct.export.tensors import Weights
 
 KINDS = ("sgd", "adam")
 EXTRA_KEY = "server_optimizer"
