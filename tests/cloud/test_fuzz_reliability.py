@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ftlct.bench.light_fleet import paced_publish, stored_by
 from ftlct.cloud.state import StateStore
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url
@@ -28,7 +29,6 @@ from tests.cloud.fuzz_runs import (
     run_in_process,
 )
 from tests.cloud.harness import FED, CloudProcess, ScriptedSite, wait_until
-from tests.cloud.light_sites import paced_publish, stored_by
 
 pytestmark = pytest.mark.reliability
 

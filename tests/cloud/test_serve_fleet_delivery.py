@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ftlct.bench.light_fleet import FleetConnection, LightFleet, stored_by
 from ftlct.cloud.state import StateStore
 from ftlct.protocol import exchange
 from ftlct.protocol.identity import load_or_create_identity
 from tests.cloud.harness import FED, CloudProcess, ScriptedSite, wait_until
-from tests.cloud.light_sites import FleetConnection, LightFleet, stored_by
 
 SITES = 2000
 

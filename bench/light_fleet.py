@@ -1,5 +1,7 @@
 """Many light simulated sites over one MQTT connection: own Ed25519 keys, enrolled, one update each.
 
+Used by the cloud's delivery tests and the cloud-scale benchmark (``cloud_scale.py``).
+
 What a fleet looks like to the cloud (each update signed by its own site, on
 its own topic), without a process or a model per site. Each update is
 published once and never resent: anything lost on the way stays lost, so a
@@ -25,18 +27,22 @@ from ftlct.protocol import exchange
 from ftlct.protocol.identity import Identity, public_b64_of
 from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url
 from ftlct.protocol.topics import Topics
-from tests.cloud.harness import DIM
 
 
-def site_value(index: int) -> float:
+def site_value(index: int, scale: float = 1.0) -> float:
     """Site ``index``'s delta fills every tensor with this value (mean over 0..n-1 is known)."""
-    return float(index % 5)  # mean 2.0 whenever n is a multiple of 5
+    return float(index % 5) * scale  # mean 2.0 * scale whenever n is a multiple of 5
 
 
 @dataclass
 class LightFleet:
     federation: str
     count: int
+    dim: int = 4  # the head is a dim -> 2 linear layer (the agent's is 1280 -> 2)
+    codec: str = "fp32"
+    scale: float = (
+        1.0  # of every delta value (a wide head needs small values to pass the norm bound)
+    )
     identities: list[Identity] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -53,9 +59,9 @@ class LightFleet:
         """site -> its signed update for ``round_``."""
         out = {}
         for index, identity in enumerate(self.identities):
-            value = site_value(index)
+            value = site_value(index, self.scale)
             delta = {
-                "dense.0.weight": np.full((2, DIM), value, np.float32),
+                "dense.0.weight": np.full((2, self.dim), value, np.float32),
                 "dense.0.bias": np.full(2, value, np.float32),
             }
             out[identity.name] = exchange.build_update(
@@ -66,6 +72,7 @@ class LightFleet:
                 cluster="global",
                 n_samples=10,
                 delta=delta,
+                codec=self.codec,
             )
         return out
 
@@ -101,13 +108,17 @@ class FleetConnection:
         return self
 
     def publish_once(
-        self, updates: dict[str, bytes], stored: Callable[[], int], window: int = 500
+        self,
+        updates: dict[str, bytes],
+        stored: Callable[[], int],
+        window: int = 500,
+        timeout: float = 120.0,
     ) -> float:
         """Publish every update once (QoS 1, never resent), paced by what the cloud ``stored``;
         seconds until the broker had them all."""
         started = time.monotonic()
         messages = [(self.topics.updates(site), data, False) for site, data in updates.items()]
-        paced_publish(self.client, messages, stored, window, timeout=120.0)
+        paced_publish(self.client, messages, stored, window, timeout)
         return time.monotonic() - started
 
     def received_receipts(self) -> list[bytes]:
