@@ -13,7 +13,14 @@ def iso(ts: float | None) -> str | None:
 
 
 def status_report(store: StateStore) -> dict:
-    """The ``--json`` object: DESIGN.md's keys first, then details."""
+    """The ``--json`` object: DESIGN.md's keys first, then details; read as of one commit."""
+    with store.snapshot():
+        return _report(store)
+
+
+def _report(store: StateStore) -> dict:
+    # Read inside one snapshot only: the round loop commits an aggregation between any two
+    # reads otherwise, and a report could say round 1 is open and completed at once.
     last = store.rounds.last()
     loaded = store.models.federation_state()
     membership = loaded[0].membership if loaded else {}

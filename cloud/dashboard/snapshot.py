@@ -28,12 +28,12 @@ def read_snapshot(state_dir: str | Path) -> dict | None:
     if store is None:
         return None
     try:
-        # one read transaction: one snapshot of the WAL, so a round the loop closes between
-        # two of the reads below cannot show as closed and still open at once
-        store.db.execute("BEGIN")
-        report = status_report(store)
-        twins = store.twins.all()
-        history = round_history(store)
+        # one snapshot of the WAL, so a round the loop closes between two of the reads
+        # below cannot show as closed and still open at once
+        with store.snapshot():
+            report = status_report(store)
+            twins = store.twins.all()
+            history = round_history(store)
     except (sqlite3.Error, KeyError, ValueError) as exc:  # mid-write, damaged, other schema
         raise SnapshotError(f"cloud state in {state_dir} not readable: {exc}") from exc
     finally:

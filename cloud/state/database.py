@@ -5,11 +5,15 @@ Each owner module (``meta``, ``site_keys``, ``models``, ``rounds``, ``updates``,
 only code that reads or writes them. ``Database.transaction()`` nests: the
 outermost one is ``BEGIN IMMEDIATE`` ... ``COMMIT``, inner ones are savepoints,
 so a caller can group several owners' writes into one commit.
+``Database.snapshot()`` is the readers' counterpart: several reads that see
+one committed state (one WAL snapshot), whatever commits in between.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -46,6 +50,20 @@ class Database:
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Database]:
+        """Reads inside see one committed state: a deferred ``BEGIN`` takes the WAL snapshot at
+        the first read and keeps it to the end. Inside a transaction already, that one is it."""
+        if self._depth or self.connection.in_transaction:
+            yield self
+            return
+        self.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            if self.connection.in_transaction:
+                self.execute("ROLLBACK")  # a read-only view: there is nothing to keep
 
     def close(self) -> None:
         self.connection.close()

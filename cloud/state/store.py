@@ -79,5 +79,9 @@ class StateStore:
         """Group writes of several owners into one commit (nests: inner ones are savepoints)."""
         return self.db.transaction()
 
+    def snapshot(self):
+        """Read several owners as of one commit (``ftl-cloud status`` while the loop writes)."""
+        return self.db.snapshot()
+
     def close(self) -> None:
         self.db.close()

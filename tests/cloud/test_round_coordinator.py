@@ -488,3 +488,32 @@ def test_one_site_claiming_a_trillion_samples_moves_the_head_by_at_most_its_shar
     assert liar_share <= limits.get("max_site_share", 0.5)
     np.testing.assert_allclose(head["dense.0.weight"], np.full((2, 4), step), atol=1e-6)
     np.testing.assert_allclose(head["dense.0.bias"], [step, step], atol=1e-6)
+
+
+def test_a_status_taken_while_the_round_closes_shows_one_committed_state(tmp_path):
+    """Another process reads the status while the loop commits the aggregation mid-read."""
+    rig = Rig(tmp_path)
+    rig.send("a", rig.update("a", delta(1.0, (0, 0))))
+    rig.send("b", rig.update("b", delta(1.0, (0, 0))))
+    reader = StateStore.open_existing(rig.settings.state_dir)
+    read_models = reader.models.federation_state
+
+    def models_while_the_round_closes():
+        # the first reads (the round) are done: the loop now closes round 1 and opens round 2
+        if not rig.store.rounds.completed():
+            assert rig.send("c", rig.update("c", delta(1.0, (0, 0)))) == "accepted"
+            assert rig.store.rounds.completed() == 1
+        return read_models()
+
+    reader.models.federation_state = models_while_the_round_closes
+    try:
+        during = status_report(reader)
+        after = status_report(reader)
+    finally:
+        reader.close()
+    # as of the commit before the last update: round 1 open, none completed, base v0
+    assert (during["round"], during["round_status"], during["rounds_completed"]) == (1, "open", 0)
+    assert during["global_versions"] == {"global": "v0"}
+    assert during["updates_this_round"] == ["a", "b"]
+    assert after["round"] == 2 and after["rounds_completed"] == 1
+    assert after["global_versions"]["global"].startswith("r1-global-")
