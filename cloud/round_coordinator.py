@@ -16,6 +16,7 @@ accepted stay counted.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import time
@@ -185,8 +186,17 @@ class RoundCoordinator:
         outcomes = []
         try:
             with self.store.transaction():
+                # what is the same for the whole batch is read once: the round (only tick()
+                # changes it, after this commit) and the message counts (one write per kind)
+                current = self.store.rounds.last()
+                counted: collections.Counter[str] = collections.Counter()
                 for message in messages:
-                    outcomes.append(self._contained(message))
+                    outcome, kind = self._contained(message, current)
+                    outcomes.append(outcome)
+                    if kind is not None:
+                        counted[kind] += 1
+                for kind, n in counted.items():
+                    self.store.counters.bump(f"messages.{kind}", n)
                 last = max(message.id for message in messages)
                 if last > self.inbox_judged:
                     self.store.meta.set(JUDGED_KEY, str(last))
@@ -198,18 +208,21 @@ class RoundCoordinator:
             self.tick()
         return outcomes
 
-    def _contained(self, message: InboxMessage) -> str:
+    def _contained(self, message: InboxMessage, current: RoundRow | None) -> tuple[str, str | None]:
+        """``(outcome, the messages.* kind to count)``; a failure is counted where it is
+        caught, so its kind is None."""
         published = len(self._outgoing)
         try:
             with self.store.transaction():  # a savepoint: a failure undoes this message only
-                outcome = self._dispatch(message.topic, message.payload, message.retained)
-                self.store.counters.bump(f"messages.{outcome.partition(':')[0]}")
+                outcome = self._dispatch(message.topic, message.payload, message.retained, current)
         except Exception as exc:  # a bug must cost one message, never the federation
             del self._outgoing[published:]
-            outcome = self.errors.message_failed(message.topic, exc)
-        return outcome
+            return self.errors.message_failed(message.topic, exc), None
+        return outcome, outcome.partition(":")[0]
 
-    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> str:
+    def _dispatch(
+        self, topic: str, payload: bytes, retained: bool, current: RoundRow | None
+    ) -> str:
         try:
             ref = parse_topic(topic)
         except ProtocolError as exc:
@@ -223,9 +236,7 @@ class RoundCoordinator:
                 self._outgoing.append((topic, b"", True))
             if not payload:  # a cleared retained message
                 return "ignored"
-            verdict = self.updates.handle(
-                ref.subject, payload, self.store.rounds.last(), self.current
-            )
+            verdict = self.updates.handle(ref.subject, payload, current, self.current)
             if verdict.message is not None:  # attributable: its site hears the verdict
                 receipt = Receipt(
                     verdict.message.site,

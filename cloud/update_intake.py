@@ -84,7 +84,10 @@ class UpdateIntake:
             self.store.counters.bump("updates_duplicate")
             log.info("ignored resend of update %s from %s", message.update_id, topic_site)
             return UpdateVerdict("duplicate", "", message)
-        if self.store.sites.public_key(message.site) is None:
+        if (
+            self.settings.dev_trust_on_first_use
+            and self.store.sites.public_key(message.site) is None
+        ):
             self.store.sites.enroll(message.site, message.public_key, via="trust-on-first-use")
             log.warning("DEV trust-on-first-use: enrolled %s from its first update", message.site)
         self.store.updates.add(current.round, message, norm)
