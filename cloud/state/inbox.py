@@ -73,7 +73,13 @@ class Inbox:
             self.db.execute("DELETE FROM inbox WHERE id <= ?", (judged,))
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
+        """How many messages the inbox holds (at most), from the ends of the id range: the ids are
+        contiguous (appended in order, removed only from the oldest end), and COUNT(*) would
+        read every row, each ~6 KB, at every batch the receive path stores."""
+        row = self.db.execute(
+            "SELECT (SELECT MAX(id) FROM inbox) - (SELECT MIN(id) FROM inbox) + 1"
+        ).fetchone()
+        return row[0] or 0
 
     def continue_after(self, judged: int) -> None:
         """Make new ids exceed ``judged`` (an inbox file recreated under an older state)."""

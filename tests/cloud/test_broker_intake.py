@@ -158,3 +158,16 @@ def test_a_failing_judge_commit_leaves_the_messages_in_the_inbox(tmp_path, monke
     assert server._judge_waiting(rig.coordinator, inbox) is True
     assert inbox.count() == 0 and rig.status()["updates_this_round"] == ["a"]
     assert server._judge_waiting(rig.coordinator, inbox) is False
+
+
+def test_the_inbox_counts_what_it_holds_as_messages_are_judged_and_removed(tmp_path):
+    inbox = Inbox(tmp_path / "inbox.sqlite")
+    assert inbox.count() == 0
+    inbox.append([(f"ftl/F/updates/s{i}", b"x" * 100, False) for i in range(5)])
+    inbox.append([("ftl/F/updates/t", b"y", False)])
+    assert inbox.count() == 6
+    inbox.remove_upto(2)
+    assert inbox.count() == 4 and [m.id for m in inbox.after(0, 10)] == [3, 4, 5, 6]
+    inbox.remove_upto(6)
+    assert inbox.count() == 0
+    inbox.close()
