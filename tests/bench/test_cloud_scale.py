@@ -7,13 +7,17 @@ import json
 import pytest
 
 from ftlct.bench import cloud_scale
+from ftlct.bench.perf.cloud import cloud_section
 
 GOAL_KEYS = {"goal", "value", "target", "met", "what"}  # what ftl-bench perf lists
 
 
 @pytest.mark.slow
-def test_a_small_fleet_is_counted_once_each_and_reported_with_its_goals(tmp_path):
-    report = cloud_scale.measure([100], tmp_path / "work")
+def test_a_small_fleet_is_counted_once_each_and_reported_with_its_goals(tmp_path, monkeypatch):
+    monkeypatch.setattr(cloud_scale, "QUICK_SITES", (100,))  # ftl-bench perf --quick, smaller
+    section = cloud_section(tmp_path, quick=True)
+    assert section["source"].endswith("(this run)")
+    report = {key: section[key] for key in ("fleets", "goals")}
     (fleet,) = report["fleets"]
     assert fleet["sites"] == 100 and fleet["counted"] == 100
     assert fleet["messages"] == {"accepted": 100} and fleet["receipts"] == 100

@@ -133,7 +133,8 @@ def test_upload_bytes_are_real_envelopes_and_ftl_is_far_smaller(model_dir):
     assert ftl["fp16"] > 2 * section["ftl_parameters"]  # the body, plus a signed header
 
 
-def test_cloud_figures_come_from_a_stored_run_when_there_is_no_module(tmp_path):
+def test_cloud_figures_come_from_a_stored_run_when_there_is_no_module(tmp_path, monkeypatch):
+    monkeypatch.setattr("ftlct.bench.perf.cloud.MODULE", "ftlct.bench.no_cloud_scale_here")
     assert "skipped" in cloud_section(tmp_path, quick=True)
     (tmp_path / "cloud_scale.json").write_text(json.dumps({"sites": {"10000": {"rss_mb": 400}}}))
     section = cloud_section(tmp_path, quick=True)
@@ -195,6 +196,8 @@ def test_a_failing_section_is_reported_and_fails_the_command_after_the_rest_ran(
         raise RuntimeError("no envelope today")
 
     monkeypatch.setattr(upload_bytes, "upload_bytes_section", broken)
+    # no cloud-scale module: the section that follows is skipped, in seconds
+    monkeypatch.setattr("ftlct.bench.perf.cloud.MODULE", "ftlct.bench.no_cloud_scale_here")
     args = ["perf", "--out", str(tmp_path), "--model", str(model_dir.path), "--only", "bytes,cloud"]
     assert run(app, "ftl-bench", args) == 1
     assert "bytes (RuntimeError: no envelope today)" in capsys.readouterr().err
