@@ -32,6 +32,8 @@ AGGREGATIONS = ("top_k_mean", "mean")
 # (ftlct.agent.training.local_training imports torch, and these from here).
 OPTIMIZERS = ("adamw", "adam", "sgd")
 CLASS_WEIGHTING = ("logit_adjusted", "balanced", "none")
+CONFLICT_POLICIES = ("keep_first", "replace")  # what the store does with a resent UID
+_CERT_ID = re.compile(r"^(CN=.{1,64}|sha256:[0-9a-fA-F]{64})$")
 
 
 def default_data_dir() -> Path:
@@ -79,6 +81,9 @@ class DicomSettings:
     allow_ae: list[str] = field(default_factory=list)  # empty: any calling AE title
     max_associations: int = 10
     max_pdu: int = 65536  # bytes we accept per P-DATA PDU; 0 = no limit
+    # A C-STORE dataset larger than this is aborted while it arrives (received to disk
+    # in PDU-sized pieces, never whole in memory); 0 = no limit.
+    max_dataset_bytes: int = _size_field(4 * 2**30)
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
@@ -93,6 +98,10 @@ class TlsSettings:
     key: Path | None = None
     ca: Path | None = None  # CA bundle that client certificates must chain to
     require_client_cert: bool = False
+    # Calling AE title -> the client certificate it must present: "CN=name" (the subject's
+    # common name) or "sha256:HEX" (the certificate's fingerprint). When set, only these
+    # AE titles are accepted, each with its own certificate.
+    ae_certificates: dict[str, str] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -104,6 +113,12 @@ class StorageSettings:
     data_dir: Path = field(default_factory=default_data_dir)
     # Below this much free space the agent refuses new data instead of half-writing it.
     min_free_bytes: int = _size_field(512 * 2**20)
+    # A resent SOP Instance with other bytes: "keep_first" (the stored copy stays, the new
+    # bytes go to quarantine as a conflict) or "replace" (the new copy wins).
+    on_conflict: str = "keep_first"
+    # Refused bytes kept for inspection, at most; the oldest go first.
+    quarantine_max_bytes: int = _size_field(2**30)
+    quarantine_max_entries: int = 10_000
 
 
 @dataclass
@@ -134,6 +149,11 @@ class ResultsSettings:
     """Where DICOM SR results go; nothing is sent unless ``destination`` is set."""
 
     destination: str | None = None  # AE@HOST:PORT
+    # TLS to the destination: on when tls_ca is set (the CA its certificate must chain
+    # to; the host name is checked), with our client certificate when tls_cert is set.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     retry_initial_s: float = 5.0
     retry_max_s: float = 300.0
     max_attempts: int = 20
@@ -246,7 +266,28 @@ class AgentSettings:
         for name in ("cert", "key", "ca"):
             path = getattr(t, name)
             _check(path is None or path.is_file(), f"tls.{name}", f"no such file: {path}")
-        _check(self.storage.min_free_bytes >= 0, "storage.min_free_bytes", "must be >= 0")
+        _check(
+            not t.ae_certificates or t.require_client_cert,
+            "tls.ae_certificates",
+            "needs tls.require_client_cert (and tls.cert, tls.key, tls.ca)",
+        )
+        for ae, wanted in t.ae_certificates.items():
+            _check_ae_title("tls.ae_certificates", ae)
+            _check(
+                isinstance(wanted, str) and _CERT_ID.match(wanted) is not None,
+                f"tls.ae_certificates.{ae}",
+                f'expected "CN=name" or "sha256:64 hex digits", got {wanted!r}',
+            )
+        _check(d.max_dataset_bytes >= 0, "dicom.max_dataset_bytes", "must be >= 0 (0: no limit)")
+        st = self.storage
+        _check(st.min_free_bytes >= 0, "storage.min_free_bytes", "must be >= 0")
+        _check(
+            st.on_conflict in CONFLICT_POLICIES,
+            "storage.on_conflict",
+            f"one of {CONFLICT_POLICIES}",
+        )
+        _check(st.quarantine_max_bytes >= 0, "storage.quarantine_max_bytes", "must be >= 0")
+        _check(st.quarantine_max_entries >= 1, "storage.quarantine_max_entries", "must be >= 1")
         _check(self.series.quiet_period_s >= 0, "series.quiet_period_s", "must be >= 0")
         _check(self.series.poll_interval_s > 0, "series.poll_interval_s", "must be > 0")
         i = self.inference
@@ -255,11 +296,19 @@ class AgentSettings:
         _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
         _check(i.threads >= 0 and i.decode_threads >= 1, "inference.threads", "must be >= 0")
         _check(i.max_attempts >= 1, "inference.max_attempts", "must be >= 1")
-        if self.results.destination:
+        r = self.results
+        if r.destination:
             try:
-                parse_destination(self.results.destination)
+                parse_destination(r.destination)
             except ValueError as exc:
                 raise SettingsError(f"results.destination: {exc}") from exc
+        _check((r.tls_cert is None) == (r.tls_key is None), "results.tls_cert", "goes with tls_key")
+        _check(
+            r.tls_cert is None or r.tls_ca is not None, "results.tls_cert", "needs results.tls_ca"
+        )
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(r, name)
+            _check(path is None or path.is_file(), f"results.{name}", f"no such file: {path}")
         _check(0 <= self.metrics.port < 65536, "metrics.port", "must be 0..65535")
         level = self.logging.level.upper()
         _check(

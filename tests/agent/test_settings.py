@@ -84,6 +84,12 @@ def test_federation_flags_are_kept_for_the_sync_component():
         ({"overrides": {"storage.min_free_bytes": "lots"}}, "not a size"),
         ({"overrides": {"series.quiet_period_s": True}}, "series.quiet_period_s"),
         ({"overrides": {"nosuch.key": 1}}, "unknown setting nosuch.key"),
+        ({"overrides": {"storage.on_conflict": "newest"}}, "storage.on_conflict"),
+        ({"overrides": {"storage.quarantine_max_entries": 0}}, "quarantine_max_entries"),
+        ({"overrides": {"dicom.max_dataset_bytes": "-1"}}, "not a size"),
+        ({"overrides": {"tls.ae_certificates": {"PACS": "CN=x"}}}, "tls.ae_certificates"),
+        ({"overrides": {"results.tls_cert": "/x.pem"}}, "results.tls_cert"),
+        ({"overrides": {"results.tls_ca": "/nonexistent.pem"}}, "results.tls_ca"),
     ],
 )
 def test_bad_settings_name_the_setting(kwargs, message):
@@ -138,3 +144,24 @@ def test_a_new_section_is_one_dataclass_and_one_field(tmp_path):
     settings = load_typed_settings(Extended, config, ENV_PREFIX, env)
     assert settings.extra.interval_s == 5.0
     assert settings.extra.enabled is False
+
+
+def test_ae_certificates_name_a_subject_or_a_fingerprint(tmp_path):
+    for name in ("cert", "key", "ca"):
+        (tmp_path / f"{name}.pem").write_text("x")
+    tls = {
+        "tls.cert": tmp_path / "cert.pem",
+        "tls.key": tmp_path / "key.pem",
+        "tls.ca": tmp_path / "ca.pem",
+        "tls.require_client_cert": True,
+    }
+    good = {"PACS": "CN=pacs.example", "CT1": "sha256:" + "ab" * 32}
+    env = {
+        "FTLCT_AGENT_TLS_AE_CERTIFICATES": '{PACS = "CN=pacs.example", CT1 = "sha256:'
+        + "ab" * 32
+        + '"}'
+    }
+    assert load_settings(env=env, overrides=tls).tls.ae_certificates == good
+    for bad in ({"PACS": "pacs.example"}, {"PACS": "sha256:abc"}, {"A" * 17: "CN=x"}):
+        with pytest.raises(SettingsError, match=r"tls\.ae_certificates"):
+            load_settings(env={}, overrides={**tls, "tls.ae_certificates": bad})
