@@ -13,7 +13,7 @@ from ftlct.agent.series.jobs import JobQueue
 from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_index import InstanceIndex
-from ftlct.agent.store.quarantine import quarantined
+from ftlct.agent.store.quarantine import quarantine_summary
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.sync_status import federation_status
 
@@ -25,12 +25,14 @@ def collect_status(db: Database) -> dict:
     jobs = JobQueue(db, create=False).counts_by_state()
     instances = InstanceIndex(db, create=False)
     labels = LabelStore(db, create=False)
+    quarantine = quarantine_summary(db)
     return {
         "instances_stored": instances.count(),
         # every series whose quiet period has passed, whatever came of it
         "series_complete": sum(n for state, n in series_by_state.items() if state != "open"),
         "series_inferred": ResultStore(db, create=False).series_with_result(),
-        "quarantined": quarantined(db),
+        # every refusal recorded, also those the quota evicted since
+        "quarantined": quarantine["kept"] + quarantine["evicted"],
         # labels and the update outbox exist once labels were set or federation ran
         "labels": labels.count(),
         "model_version": db.get_meta("model_version"),
@@ -49,6 +51,8 @@ def collect_status(db: Database) -> dict:
             state: deliveries.get(state, 0) for state in ("pending", "sent", "failed", "superseded")
         },
         "jobs_failed": jobs.get("failed", 0),
+        # kept entries and bytes, evictions, resent SOP Instances with other bytes
+        "quarantine": quarantine,
         "labels_pending": labels.counts_by_level().get("pending", 0),
         "federation": federation_status(db),
     }

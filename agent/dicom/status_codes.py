@@ -13,6 +13,7 @@ STATUS_FOR = {
     Outcome.STORED: SUCCESS,
     Outcome.DUPLICATE: SUCCESS,
     Outcome.REPLACED: SUCCESS,
+    Outcome.CONFLICT: SUCCESS,  # the first copy is stored; PACS answer success too
     Outcome.OUT_OF_RESOURCES: OUT_OF_RESOURCES,
     Outcome.MISMATCH: DATASET_MISMATCH,
     Outcome.UNREADABLE: CANNOT_UNDERSTAND,

@@ -5,9 +5,16 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+# Values larger than this are left unread in a file (pydicom's defer_size): a peer's
+# 1 GB private element before the pixels must not become 1 GB of memory per association.
+DEFER_BYTES = 1 << 20
 
 
 class HeaderError(ValueError):
@@ -70,12 +77,29 @@ def _joined(ds, keyword: str) -> str | None:
     return "/".join(parts) or None
 
 
-def read_header(data: bytes) -> InstanceHeader:
-    """Parse a Part-10 byte stream up to the pixel data; ``HeaderError`` if it is not DICOM."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        for element in ds.iterall():  # convert every value: corrupt elements raise here
+def _convert_values(ds: Dataset) -> None:
+    """Convert every value read (corrupt elements raise here); deferred large ones stay unread."""
+    for raw in ds.elements():
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            continue  # deferred: larger than DEFER_BYTES
+        element = ds[raw.tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _convert_values(item)
+        else:
             _ = element.value
+
+
+def read_header(source: bytes | Path) -> InstanceHeader:
+    """Parse a Part-10 file or byte stream up to the pixel data; ``HeaderError`` if it is not
+    DICOM. A file is read element by element, large values deferred, so memory stays small
+    whatever the file's size."""
+    try:
+        if isinstance(source, bytes | bytearray):
+            ds = pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True)
+        else:
+            ds = pydicom.dcmread(source, stop_before_pixels=True, defer_size=DEFER_BYTES)
+        _convert_values(ds)
         meta = getattr(ds, "file_meta", None)
         header = InstanceHeader(
             sop_class_uid=_text(ds, "SOPClassUID"),

@@ -1,12 +1,18 @@
 """Store received instances durably, as received, and index them. Knows nothing of networking.
 
-``put(bytes)`` returns only after the bytes are on disk (temp file, fsync,
-rename, directory fsync) and the index row is committed (SQLite WAL,
-synchronous=FULL): the caller may then acknowledge. A duplicate SOP Instance
-with the same bytes changes nothing; with different bytes it replaces the
-stored copy and re-opens its series. What cannot be stored is refused with an
-outcome the DICOM layer maps to a status, and kept in quarantine when readable
-bytes exist to keep.
+``put_file(path)`` (a Part-10 file already in ``incoming/``, as the SCP receives
+it) and ``put(bytes)`` return only after the bytes are on disk (fsync, rename,
+directory fsync) and the index row is committed (SQLite WAL, synchronous=FULL):
+the caller may then acknowledge. A duplicate SOP Instance with the same bytes
+changes nothing. With different bytes the policy decides (``storage.on_conflict``):
+``keep_first`` (default, as PACS do) keeps the stored copy, answers success and
+keeps the other bytes in quarantine as a counted conflict; ``replace`` stores
+the new copy and re-opens its series. A replacement is atomic: the new file
+goes to a new, content-named path, the index commit switches to it, and only
+then the old file is removed; a crash between any two steps leaves the old or
+the new pair whole (``recover`` removes the copy the index does not name).
+What cannot be stored is refused with an outcome the DICOM layer maps to a
+status, and kept in quarantine when readable bytes exist to keep.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from pathlib import Path
 from typing import Protocol
 
 from ftlct.agent.logs import log_event
+from ftlct.agent.settings import CONFLICT_POLICIES
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.header import HeaderError, InstanceHeader, read_header
 from ftlct.agent.store.instance_index import InstanceIndex
 from ftlct.agent.store.layout import DataDir
-from ftlct.agent.store.quarantine import Quarantine
-from ftlct.export.files import fsync_dir, sha256_bytes
+from ftlct.agent.store.quarantine import Quarantine, QuarantineLimits
+from ftlct.export.files import fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +43,20 @@ log = logging.getLogger(__name__)
 class Outcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # same SOP Instance, same bytes: nothing to do
-    REPLACED = "replaced"  # same SOP Instance, new bytes: the new copy wins
+    REPLACED = "replaced"  # same SOP Instance, new bytes, policy "replace": the new copy wins
+    # same SOP Instance, new bytes, policy "keep_first": the stored copy stays, the new
+    # bytes go to quarantine; the sender is told success (its instance is stored)
+    CONFLICT = "conflict"
     OUT_OF_RESOURCES = "out_of_resources"  # disk below watermark or a write failed
     MISMATCH = "mismatch"  # readable, but not the instance/SOP class announced, or no UIDs
     UNREADABLE = "unreadable"  # not a DICOM dataset we can parse
 
     @property
     def ok(self) -> bool:
-        return self in (Outcome.STORED, Outcome.DUPLICATE, Outcome.REPLACED)
+        return self in (Outcome.STORED, Outcome.DUPLICATE, Outcome.REPLACED, Outcome.CONFLICT)
+
+
+KEEP_FIRST, REPLACE = CONFLICT_POLICIES
 
 
 @dataclass(frozen=True)
@@ -96,14 +109,19 @@ class InstanceStore:
         clock=time.time,
         *,
         series: SeriesArrivals,
+        on_conflict: str = KEEP_FIRST,
+        quarantine_limits: QuarantineLimits | None = None,
     ):
+        if on_conflict not in CONFLICT_POLICIES:
+            raise ValueError(f"on_conflict must be one of {CONFLICT_POLICIES}, not {on_conflict!r}")
         self.data_dir = data_dir.create()
         self.db = db
         self.guard = guard
         self.clock = clock
         self.series = series
+        self.on_conflict = on_conflict
         self.index = InstanceIndex(db)
-        self.quarantine = Quarantine(data_dir, db, guard, clock)
+        self.quarantine = Quarantine(data_dir, db, guard, clock, quarantine_limits)
 
     # ------------------------------------------------------------------ receive
     def put(
@@ -116,65 +134,109 @@ class InstanceStore:
     ) -> StoreResult:
         """Store one Part-10 byte stream (preamble + file meta + dataset as received)."""
         if self.guard.below_watermark(len(data)):
-            reason = f"free space below the {self.guard.min_free_bytes} byte watermark"
-            return StoreResult(Outcome.OUT_OF_RESOURCES, reason)
+            return StoreResult(Outcome.OUT_OF_RESOURCES, self._watermark_reason())
         try:
-            header = read_header(data)
-        except HeaderError as exc:
-            return self._refuse(
-                data,
-                Outcome.UNREADABLE,
-                str(exc),
-                calling_ae,
-                announced_sop_class,
-                announced_sop_instance,
+            temp = self._write_temp(data)
+        except OSError as exc:
+            return StoreResult(Outcome.OUT_OF_RESOURCES, f"cannot write: {exc.strerror or exc}")
+        try:
+            return self.put_file(
+                temp,
+                announced_sop_class=announced_sop_class,
+                announced_sop_instance=announced_sop_instance,
+                calling_ae=calling_ae,
             )
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def put_file(
+        self,
+        path: Path,
+        *,
+        announced_sop_class: str | None = None,
+        announced_sop_instance: str | None = None,
+        calling_ae: str = "",
+    ) -> StoreResult:
+        """Store the Part-10 file at ``path``, which must be in ``incoming/`` (same file system).
+
+        The file is moved into ``instances/`` or ``quarantine/``; whatever is left at
+        ``path`` afterwards (a duplicate, a refusal without room) is the caller's to delete.
+        """
+        path = Path(path)
+        if self.guard.below_watermark():
+            return StoreResult(Outcome.OUT_OF_RESOURCES, self._watermark_reason())
+        announced = (announced_sop_class, announced_sop_instance)
+        try:
+            header = read_header(path)
+        except HeaderError as exc:
+            return self._refuse(path, Outcome.UNREADABLE, str(exc), calling_ae, *announced)
         problem = _mismatch(header, announced_sop_class, announced_sop_instance)
         if problem:
-            return self._refuse(
-                data,
-                Outcome.MISMATCH,
-                problem,
-                calling_ae,
-                announced_sop_class,
-                announced_sop_instance,
-            )
+            return self._refuse(path, Outcome.MISMATCH, problem, calling_ae, *announced)
         try:
-            return self._write(data, header, calling_ae)
+            return self._write(path, header, calling_ae)
         except OSError as exc:
             return StoreResult(Outcome.OUT_OF_RESOURCES, f"cannot write: {exc.strerror or exc}")
 
-    def _refuse(self, data, outcome, reason, calling_ae, sop_class, sop_instance) -> StoreResult:
-        quarantine_id = self.quarantine.keep(
-            data, outcome.value, reason, calling_ae, sop_class, sop_instance
+    def _watermark_reason(self) -> str:
+        return f"free space below the {self.guard.min_free_bytes} byte watermark"
+
+    def _refuse(self, path, outcome, reason, calling_ae, sop_class, sop_instance) -> StoreResult:
+        quarantine_id = self.quarantine.keep_file(
+            path, outcome.value, reason, calling_ae, sop_class, sop_instance
         )
         return StoreResult(outcome, reason, quarantine_id=quarantine_id)
 
-    def _write(self, data: bytes, header: InstanceHeader, calling_ae: str) -> StoreResult:
-        sha = sha256_bytes(data)
+    def _write(self, path: Path, header: InstanceHeader, calling_ae: str) -> StoreResult:
+        sha = sha256_file(path)
+        size = path.stat().st_size
         sop = header.sop_instance_uid
         existing = self.index.lookup(None, sop)
         if existing is not None and existing["sha256"] == sha:
             return StoreResult(Outcome.DUPLICATE, instance=self._record(sop, False))
-        relpath = self.data_dir.instance_relpath(header.study_uid, header.series_uid, sop)
-        temp = self._write_temp(data)
+        if existing is not None and self.on_conflict == KEEP_FIRST:
+            return self._conflict(path, sop, calling_ae)
+        _fsync_file(path)  # the receiver wrote it without fsync; durable before it is named
+        relpath = self.data_dir.instance_relpath(header.study_uid, header.series_uid, sop, sha)
+        target = self.data_dir.root / relpath
+        placed = False
         try:
             with self.db.transaction() as conn:
+                # Another association may have stored this SOP Instance since the look above.
                 existing = self.index.lookup(conn, sop)
                 if existing is not None and existing["sha256"] == sha:
                     return StoreResult(Outcome.DUPLICATE, instance=self._record(sop, False))
-                target = self.data_dir.root / relpath
+                if existing is not None and self.on_conflict == KEEP_FIRST:
+                    raise _LostRace
                 _make_dirs_durable(target.parent, self.data_dir.root)
-                os.replace(temp, target)
+                os.replace(path, target)
+                placed = True
                 fsync_dir(target.parent)
-                reopened = self._index(conn, header, relpath, len(data), sha, calling_ae, existing)
-        finally:
-            temp.unlink(missing_ok=True)
+                reopened = self._index(conn, header, relpath, size, sha, calling_ae, existing)
+        except _LostRace:
+            return self._conflict(path, sop, calling_ae)
+        except BaseException:
+            if placed:  # not committed: the index still names the old copy (or none)
+                target.unlink(missing_ok=True)
+            raise
         if existing is not None and existing["path"] != relpath:
-            # The old copy lived elsewhere (its study or series changed); the new one wins.
+            # Only now that the index names the new copy may the old one go.
             (self.data_dir.root / existing["path"]).unlink(missing_ok=True)
         outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
         return StoreResult(outcome, instance=self._record(sop, reopened))
+
+    def _conflict(self, path: Path, sop: str, calling_ae: str) -> StoreResult:
+        reason = "SOP Instance UID already stored with other bytes; the first copy is kept"
+        quarantine_id = self.quarantine.keep_file(
+            path, Outcome.CONFLICT.value, reason, calling_ae, None, sop
+        )
+        log_event(log, "instance_conflict", logging.WARNING, sop_instance_uid=sop)
+        return StoreResult(
+            Outcome.CONFLICT,
+            reason,
+            instance=self._record(sop, False),
+            quarantine_id=quarantine_id,
+        )
 
     def _write_temp(self, data: bytes) -> Path:
         fd, name = tempfile.mkstemp(suffix=".part", dir=self.data_dir.incoming)
@@ -225,46 +287,70 @@ class InstanceStore:
 
     # ------------------------------------------------------------------ restart
     def recover(self) -> dict[str, int]:
-        """After a crash: drop unacknowledged temp files, index instance files the index lacks.
+        """After a crash: drop unacknowledged temp files and copies the index does not name.
 
-        A file renamed into place whose index row never committed was not acknowledged,
-        but it is a complete copy: indexing it loses nothing and frees no one from resending.
+        A file renamed into place whose index row never committed was not acknowledged.
+        If its SOP Instance is indexed with another copy (an interrupted replacement, or
+        one whose old copy was not removed yet), the index's copy is the one that stands
+        and this one goes. If the SOP Instance is not indexed at all, the file is a
+        complete first copy: indexing it loses nothing and frees no one from resending.
         """
         removed = 0
         for temp in self.data_dir.incoming.iterdir():
-            temp.unlink(missing_ok=True)
-            removed += 1
+            if temp.is_file():
+                temp.unlink(missing_ok=True)
+                removed += 1
         known = self.index.paths()
         indexed = dropped = 0
         for path in sorted(self.data_dir.instances.rglob("*.dcm")):
             relpath = path.relative_to(self.data_dir.root).as_posix()
             if relpath in known:
                 continue
-            data = path.read_bytes()
             try:
-                header = read_header(data)
+                header = read_header(path)
             except HeaderError:
                 header = None
+            sha = sha256_file(path)
             if (
                 header is None
                 or _mismatch(header, None, None)
+                or not _name_matches(path, sha)
                 or self.index.lookup(None, header.sop_instance_uid) is not None
             ):
-                path.unlink(missing_ok=True)  # a stale copy of something indexed elsewhere
+                path.unlink(missing_ok=True)  # a copy of something indexed elsewhere, or junk
                 dropped += 1
                 continue
             with self.db.transaction() as conn:
-                self._index(conn, header, relpath, len(data), sha256_bytes(data), "", None)
+                self._index(conn, header, relpath, path.stat().st_size, sha, "", None)
             indexed += 1
-        if removed or indexed or dropped:
-            log_event(
-                log,
-                "store_recovered",
-                temp_removed=removed,
-                orphans_indexed=indexed,
-                stale_removed=dropped,
-            )
-        return {"temp_removed": removed, "orphans_indexed": indexed, "stale_removed": dropped}
+        quarantine_orphans = self.quarantine.recover()
+        report = {
+            "temp_removed": removed,
+            "orphans_indexed": indexed,
+            "stale_removed": dropped,
+            "quarantine_orphans_removed": quarantine_orphans,
+        }
+        if any(report.values()):
+            log_event(log, "store_recovered", **report)
+        return report
+
+
+class _LostRace(Exception):
+    """Inside the store's transaction: another copy of the SOP Instance won meanwhile."""
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _name_matches(path: Path, sha: str) -> bool:
+    """Content-named files carry their sha256 prefix (older, UID-only names are trusted)."""
+    _, dash, suffix = path.stem.rpartition("-")
+    return not dash or sha.startswith(suffix)
 
 
 def _mismatch(header: InstanceHeader, sop_class: str | None, sop_instance: str | None) -> str:

@@ -31,7 +31,8 @@ def test_labels_count_at_every_level_and_only_for_the_current_copy(tmp_path):
     assert count_labelled(layout.root, "another-backbone") == 0
 
     # New bytes for a labelled instance: its kept embedding described the old copy.
-    store = InstanceStore(layout, db, DiskGuard(lambda: 10**15, 0), series=SeriesIndex(db))
+    guard = DiskGuard(lambda: 10**15, 0)
+    store = InstanceStore(layout, db, guard, series=SeriesIndex(db), on_conflict="replace")
     first = records[0]
     replacement = ct_instance(first.series_uid, first.study_uid, first.sop_uids[0], 99)
     assert store.put(part10_bytes(replacement)).outcome is Outcome.REPLACED
