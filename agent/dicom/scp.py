@@ -1,9 +1,11 @@
 """Storage SCP + Verification: pynetdicom event handlers over ``InstanceStore``.
 
-The handler takes the dataset exactly as the peer encoded it
-(``event.encoded_dataset()``, no decoding), hands it to the store and maps the
-store's outcome to a C-STORE status. The status goes back only after the store
-returned, i.e. after the bytes and their index row are durable.
+The dataset arrives exactly as the peer encoded it, written to a file in
+``incoming/`` fragment by fragment (``receive_limits``: chunked receive, size
+cap, watermark), never decoded or held whole in memory; the handler hands the
+file to the store and maps the store's outcome to a C-STORE status. The status
+goes back only after the store returned, i.e. after the bytes and their index
+row are durable.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import logging
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from ftlct.agent.dicom.receive_limits import ReceiveLimits, enable_chunked_receive
 from ftlct.agent.dicom.status_codes import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_status
-from ftlct.agent.dicom.tls import server_ssl_context
+from ftlct.agent.dicom.tls import certificate_matches, peer_ssl_socket, server_ssl_context
 from ftlct.agent.events import INSTANCE_STORED, EventBus
 from ftlct.agent.logs import log_event
 from ftlct.agent.metrics import AgentMetrics
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ: rejected-transient, by the service user, no reason given (PS3.8 9.3.4).
 REJECT_TRANSIENT = (0x02, 0x01, 0x01)
+# A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 # After SIGTERM, associations with no C-STORE for this long are closed without waiting more.
 IDLE_GRACE_S = 1.0
 
@@ -66,7 +72,11 @@ class StorageScp:
         self.guard = guard
         self.events = events
         self.metrics = metrics
+        self.limits = ReceiveLimits(
+            dicom.max_pdu, dicom.max_dataset_bytes, guard, self._dataset_aborted
+        )
         self._server = None
+        self._undo_chunked = None
         self._in_flight = 0
         self._last_store_done = time.monotonic()
         self._lock = threading.Lock()
@@ -80,8 +90,10 @@ class StorageScp:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
+            *self.limits.handlers(),
         ]
         where = f"{self.settings.host}:{self.settings.port}"
+        self._undo_chunked = enable_chunked_receive(self.store.data_dir.incoming)
         try:
             self._server = ae.start_server(
                 (self.settings.host, self.settings.port),
@@ -90,6 +102,7 @@ class StorageScp:
                 ssl_context=server_ssl_context(self.tls),
             )
         except OSError as exc:
+            self._undo_chunked()
             raise OSError(exc.errno, f"DICOM on {where}: {exc.strerror or exc}") from exc
         log_event(
             log,
@@ -120,6 +133,8 @@ class StorageScp:
         remaining = server.active_associations
         for assoc in remaining:
             assoc.abort()
+        if self._undo_chunked is not None:
+            self._undo_chunked()
         log_event(log, "dicom_stopped", aborted_associations=len(remaining))
 
     @property
@@ -128,19 +143,33 @@ class StorageScp:
 
     # ------------------------------------------------------------------ handlers
     def _on_requested(self, event) -> None:
+        calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
         # Refusing the whole association is kinder to a sender than failing every C-STORE.
         if self.guard.below_watermark():
-            calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
-            log_event(
-                log,
-                "association_refused",
-                logging.WARNING,
-                reason="disk below watermark",
-                calling_ae=calling_ae,
+            self._reject(event.assoc, REJECT_TRANSIENT, "disk below watermark", calling_ae)
+        elif self.tls.ae_certificates and not self._certificate_fits(event.assoc, calling_ae):
+            self._reject(
+                event.assoc,
+                REJECT_CALLING_AE,
+                "calling AE title not bound to the client certificate presented",
+                calling_ae,
             )
-            self.metrics.associations.labels("rejected").inc()
-            event.assoc.acse.send_reject(*REJECT_TRANSIENT)
-            event.assoc.kill()  # as pynetdicom does after its own rejections: flushes the PDU
+
+    def _certificate_fits(self, assoc, calling_ae: str) -> bool:
+        wanted = self.tls.ae_certificates.get(calling_ae)
+        sock = peer_ssl_socket(assoc)
+        return wanted is not None and sock is not None and certificate_matches(sock, wanted)
+
+    def _reject(self, assoc, reason: tuple[int, int, int], why: str, calling_ae: str) -> None:
+        log_event(log, "association_refused", logging.WARNING, reason=why, calling_ae=calling_ae)
+        self.metrics.associations.labels("rejected").inc()
+        assoc.acse.send_reject(*reason)
+        assoc.kill()  # as pynetdicom does after its own rejections: flushes the PDU
+
+    def _dataset_aborted(self, calling_ae: str, reason: str, received: int) -> None:
+        """A dataset refused while it arrived: counted, and remembered in the quarantine."""
+        self.metrics.instances_received.labels("aborted").inc()
+        self.store.quarantine.record("aborted", reason, received, calling_ae)
 
     def _on_accepted(self, event) -> None:
         self.metrics.associations.labels("accepted").inc()
@@ -165,9 +194,10 @@ class StorageScp:
         request = event.request
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
-            data = event.encoded_dataset()
-            result = self.store.put(
-                data,
+            path = Path(event.dataset_path)  # chunked receive: the file pynetdicom wrote
+            size = path.stat().st_size
+            result = self.store.put_file(
+                path,
                 announced_sop_class=str(request.AffectedSOPClassUID or "") or None,
                 announced_sop_instance=str(request.AffectedSOPInstanceUID or "") or None,
                 calling_ae=calling_ae,
@@ -183,8 +213,8 @@ class StorageScp:
         status = store_status(result.outcome)
         self.metrics.instances_received.labels(result.outcome.value).inc()
         if result.ok:
-            if result.outcome is not Outcome.DUPLICATE:
-                self.metrics.bytes_received.inc(len(data))
+            if result.outcome in (Outcome.STORED, Outcome.REPLACED):
+                self.metrics.bytes_received.inc(size)
             self.events.emit(INSTANCE_STORED, result.instance)
             log.debug(
                 "stored",

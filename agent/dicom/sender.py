@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pydicom
@@ -15,14 +16,22 @@ class SendError(RuntimeError):
 
 
 def send_file(
-    path: Path, destination: Destination, calling_ae: str, timeout_s: float = 30.0
+    path: Path,
+    destination: Destination,
+    calling_ae: str,
+    timeout_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
-    """C-STORE ``path`` to ``destination``; returns the success status or raises ``SendError``."""
+    """C-STORE ``path`` to ``destination`` (over TLS with ``ssl_context``); returns the success
+    status or raises ``SendError``."""
     meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = (ssl_context, destination.host) if ssl_context is not None else None
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
     if not assoc.is_established:
         state = "rejected" if assoc.is_rejected else "aborted or unreachable"
         raise SendError(f"association with {destination} {state}")

@@ -20,6 +20,7 @@ import pydicom
 from ftlct.agent.background import BackgroundLoop
 from ftlct.agent.destination import Destination
 from ftlct.agent.dicom.sender import SendError, send_file
+from ftlct.agent.dicom.tls import client_ssl_context
 from ftlct.agent.events import RESULT_DELIVERED, EventBus
 from ftlct.agent.inference.results import ResultStore, SeriesResult
 from ftlct.agent.logs import log_event
@@ -28,7 +29,7 @@ from ftlct.agent.reporting.deliveries import Deliveries
 from ftlct.agent.settings import ResultsSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_store import InstanceStore
-from ftlct.agent.store.layout import uid_key
+from ftlct.agent.store.layout import FILE_MODE, uid_key
 from ftlct.export.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,12 @@ class DeliveryQueue(BackgroundLoop):
         self.events = events
         self.metrics = metrics
         self.clock = clock
+        # Built once: a missing or bad certificate file fails at start, not at each send.
+        self.ssl_context = (
+            client_ssl_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+            if settings.tls_ca is not None
+            else None
+        )
 
     # ------------------------------------------------------------------ feeding
     def result_hook(self, conn: sqlite3.Connection, result: SeriesResult) -> None:
@@ -103,7 +110,10 @@ class DeliveryQueue(BackgroundLoop):
         attempts = delivery["attempts"] + 1
         try:
             send_file(
-                self.store.data_dir.resolve(delivery["path"]), self.destination, self.calling_ae
+                self.store.data_dir.resolve(delivery["path"]),
+                self.destination,
+                self.calling_ae,
+                ssl_context=self.ssl_context,
             )
         except (SendError, OSError) as exc:
             self._failed_attempt(delivery, attempts, str(exc))
@@ -170,7 +180,7 @@ class DeliveryQueue(BackgroundLoop):
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
         relpath = f"reports/{uid_key(result.series_uid)}-{result.id}.dcm"
-        atomic_write_bytes(self.store.data_dir.root / relpath, buffer.getvalue())
+        atomic_write_bytes(self.store.data_dir.root / relpath, buffer.getvalue(), mode=FILE_MODE)
         return relpath, str(sr.SOPInstanceUID)
 
     def _update(self, delivery: dict, **changes) -> None:

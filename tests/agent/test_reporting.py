@@ -1,7 +1,10 @@
-"""Results back to the hospital: the SR's content, and deliveries that retry and never crash."""
+"""Results back to the hospital: the SR's content, deliveries that retry and never crash, and
+TLS to the PACS when configured (a real dcmtk storescp +tls)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import time
 
@@ -21,6 +24,7 @@ from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.instance_store import InstanceStore
 from ftlct.agent.store.layout import DataDir
 from tests.agent.dicom_files import ct_instance, part10_bytes
+from tests.agent.tls_certs import make_tls_files
 from tests.support.dicom_peers import wait_for
 from tests.support.paths import require_program
 from tests.support.ports import LOOPBACK, free_port, wait_for_port
@@ -106,7 +110,7 @@ def test_destination_parsing():
 
 
 class Pipeline:
-    def __init__(self, root, destination, max_attempts=3):
+    def __init__(self, root, destination, max_attempts=3, **tls):
         self.now = 2_000_000.0
         clock = lambda: self.now  # noqa: E731
         self.data_dir = DataDir(root).create()
@@ -122,6 +126,7 @@ class Pipeline:
             retry_initial_s=5,
             retry_max_s=60,
             max_attempts=max_attempts,
+            **tls,
         )
         self.queue = DeliveryQueue(
             self.db, self.store, destination, settings, "FTLCT", self.events, AgentMetrics(), clock
@@ -195,3 +200,67 @@ def test_the_sr_reaches_a_real_storage_scp(tmp_path):
     finally:
         scp.terminate()
         scp.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@contextlib.contextmanager
+def storescp_over_tls(folder, key, cert, ca):
+    """dcmtk's storescp with TLS on a free port, requiring a client certificate from ``ca``."""
+    storescp = require_program("/usr/bin/storescp")
+    folder.mkdir()
+    port = free_port()
+    tls_options = ["+tls", str(key), str(cert), "+cf", str(ca)]
+    scp = subprocess.Popen(
+        [storescp, *tls_options, "-aet", "PACS", "-od", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    try:
+        wait_for_port(port, proc=scp)
+        yield port
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+
+
+def test_the_sr_goes_to_a_real_tls_pacs_when_tls_is_configured(tmp_path, tls):
+    received = tmp_path / "received"
+    with storescp_over_tls(received, tls.server_key, tls.server_cert, tls.ca_cert) as port:
+        pipeline = Pipeline(
+            tmp_path / "data",
+            Destination("PACS", LOOPBACK, port),
+            **results_tls(tls),
+        )
+        pipeline.add_result()
+        pipeline.queue.run_once()
+        assert pipeline.delivery()["state"] == "sent", pipeline.delivery()["last_error"]
+        (file,) = wait_for(lambda: list(received.iterdir()), timeout=10)
+        assert pydicom.dcmread(file).Modality == "SR"
+
+
+def results_tls(tls) -> dict:
+    return {"tls_ca": tls.ca_cert, "tls_cert": tls.client_cert, "tls_key": tls.client_key}
+
+
+def test_over_tls_a_pacs_with_a_certificate_our_ca_did_not_sign_gets_nothing(tmp_path, tls):
+    received = tmp_path / "received"
+    # the impostor trusts our client certificate, but its own is from another CA
+    with storescp_over_tls(received, tls.stranger_key, tls.stranger_cert, tls.ca_cert) as port:
+        pipeline = Pipeline(
+            tmp_path / "data",
+            Destination("PACS", LOOPBACK, port),
+            max_attempts=3,
+            **results_tls(tls),
+        )
+        pipeline.add_result()
+        pipeline.queue.run_once()
+        delivery = pipeline.delivery()
+        assert (delivery["state"], delivery["attempts"]) == ("pending", 1)
+        assert "association" in delivery["last_error"]
+        assert list(received.iterdir()) == []
+        assert pipeline.delivered == []

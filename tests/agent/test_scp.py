@@ -11,6 +11,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from ftlct.agent.dicom.scp import StorageScp
+from ftlct.agent.dicom.status_codes import store_status
 from ftlct.agent.events import INSTANCE_STORED, EventBus
 from ftlct.agent.logs import JsonFormatter
 from ftlct.agent.metrics import AgentMetrics
@@ -18,10 +19,10 @@ from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import DicomSettings, TlsSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
-from ftlct.agent.store.instance_store import InstanceStore
+from ftlct.agent.store.instance_store import InstanceStore, Outcome
 from ftlct.agent.store.layout import DataDir
 from tests.agent.dicom_files import ct_instance, garbage_part10, part10_bytes
-from tests.support.dicom_peers import raw_file_sending
+from tests.support.dicom_peers import raw_file_sending, wait_for
 from tests.support.ports import LOOPBACK, free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -116,3 +117,46 @@ def test_logs_carry_no_patient_data(scp, tmp_path):
     assert "instance_stored" in events and "instance_refused" in events
     for secret in ("SMITH", "JOHN", "MRN-99881", "19450101"):
         assert secret not in text
+
+
+def test_a_dataset_is_aborted_when_the_disk_reaches_the_watermark_while_it_arrives(tmp_path):
+    """The watermark is checked fragment by fragment, before each one is written."""
+    data_dir = DataDir(tmp_path / "data").create()
+    db = Database(data_dir.index)
+    watermark = 10**9
+
+    def free_bytes():
+        # the disk "fills" once 2 MiB of a dataset have arrived
+        written = sum(p.stat().st_size for p in data_dir.incoming.iterdir() if p.is_file())
+        return watermark * 2 if written < 2 * 2**20 else watermark - 1
+
+    guard = DiskGuard(free_bytes, watermark)
+    store = InstanceStore(data_dir, db, guard, series=SeriesIndex(db))
+    settings = DicomSettings(port=free_port(), max_pdu=32768)
+    server = StorageScp(settings, TlsSettings(), store, guard, EventBus(), AgentMetrics())
+    server.start()
+    try:
+        ds = ct_instance()
+        ds.Rows, ds.Columns = 2048, 2048
+        ds.PixelData = bytes(2048 * 2048 * 2)  # 8 MiB
+        path = tmp_path / "big.dcm"
+        path.write_bytes(part10_bytes(ds))
+        assoc = associate(server)
+        with raw_file_sending():
+            status = assoc.send_c_store(path)
+        assert not status  # no status: the association was aborted mid-dataset
+        wait_for(lambda: assoc.is_aborted, timeout=20)
+        assert store.count() == 0
+        (entry,) = store.quarantine.entries()
+        assert entry["outcome"] == "aborted" and "watermark" in entry["reason"]
+        assert 2 * 2**20 <= entry["size"] < 3 * 2**20
+        wait_for(lambda: not list(data_dir.incoming.iterdir()), timeout=10)
+        # with room again, the next one is stored
+        assert send_bytes(server, tmp_path, part10_bytes(ct_instance())) == 0x0000
+    finally:
+        server.stop(drain_timeout_s=2)
+        db.close()
+
+
+def test_every_store_outcome_has_a_status():
+    assert {store_status(outcome) for outcome in Outcome} <= {0x0000, 0xA700, 0xA900, 0xC000}

@@ -18,6 +18,8 @@ class TlsFiles:
     server_key: Path
     client_cert: Path
     client_key: Path
+    ct_cert: Path  # a second client of the same CA (CN "ct1")
+    ct_key: Path
     stranger_cert: Path  # signed by another CA: must be refused
     stranger_key: Path
 
@@ -36,11 +38,20 @@ def make_tls_files(folder: Path) -> TlsFiles:
         issue(ca, "ftl-agent", ["localhost", "127.0.0.1"]), folder, "server"
     )
     client_cert, client_key = _write(issue(ca, "pacs"), folder, "client")
+    ct_cert, ct_key = _write(issue(ca, "ct1"), folder, "ct1")
     stranger_cert, stranger_key = _write(
         issue(make_ca("someone else's CA"), "stranger"), folder, "stranger"
     )
     ca_cert = folder / "ca.pem"
     ca_cert.write_bytes(ca.cert_pem())
     return TlsFiles(
-        ca_cert, server_cert, server_key, client_cert, client_key, stranger_cert, stranger_key
+        ca_cert,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        ct_cert,
+        ct_key,
+        stranger_cert,
+        stranger_key,
     )
