@@ -26,6 +26,15 @@ def _settings(config: Path | None, overrides: dict):
         raise CliError(str(exc)) from exc
 
 
+def _private_files() -> None:
+    """Whatever this process creates in the data dir (sqlite's files too) is 0600/0700."""
+    import os
+
+    from ftlct.agent.store.layout import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
+
+
 def _read_index(config: Path | None, data_dir: Path | None, reader):
     """``reader(db)`` on the data dir's index (read-only use; fine beside a running serve)."""
     from ftlct.agent.store.database import Database
@@ -86,6 +95,7 @@ def serve(
         },
     )
     configure_logging(settings.logging)
+    _private_files()
     try:
         service = AgentService(settings)
     except ModelError as exc:
@@ -274,6 +284,7 @@ def train(
         config,
         {"storage.data_dir": data_dir, "federation.site": site, "federation.name": federation},
     )
+    _private_files()
     outcome = run_local_round(settings, settings.storage.data_dir)
     if json_out:
         echo_json(outcome.to_json())

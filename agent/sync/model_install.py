@@ -21,10 +21,11 @@ from ftlct.agent.inference.engine import InferenceEngine
 from ftlct.agent.logs import log_event
 from ftlct.agent.settings import TrainingSettings
 from ftlct.agent.store.database import Database
+from ftlct.agent.store.layout import FILE_MODE, restrict_tree
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.training.gate import GateResult, judge_head
 from ftlct.agent.training.labelled_data import holdout_split, labelled_data
-from ftlct.export.files import atomic_write_text
+from ftlct.export.files import atomic_write_bytes
 from ftlct.export.model_dir import ModelDir, ModelDirError
 from ftlct.protocol.messages import GlobalModel
 
@@ -172,8 +173,11 @@ class ModelInstaller:
             }
         }
         written = base.with_head(out, model.weights, model.version, trained=True, extra=extra)
+        restrict_tree(out)  # the model writer makes its files 0644; the data dir's are 0600
         self.engine.swap(written.path)  # ModelError: the old model stays; offer() records it
-        atomic_write_text(models_dir(self.data_root) / POINTER, out.name + "\n")
+        atomic_write_bytes(
+            models_dir(self.data_root) / POINTER, (out.name + "\n").encode(), mode=FILE_MODE
+        )
         self.db.set_meta(MODEL_ROUND_META, str(model.round))
         self._prune(keep={out.name, base.path.name})
 

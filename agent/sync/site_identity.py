@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ftlct.agent.settings import AgentSettings
 from ftlct.agent.store.database import Database
+from ftlct.agent.store.layout import restrict_tree
 from ftlct.protocol.identity import Identity, load_or_create_identity
 
 SITE_META = "federation.site"
@@ -22,8 +23,10 @@ def keys_dir(data_root: Path) -> Path:
 
 
 def site_identity(data_root: Path, site: str) -> Identity:
-    """The site's key pair, created on first use."""
-    return load_or_create_identity(keys_dir(data_root), site)
+    """The site's key pair, created on first use; both files 0600 like all of the data dir."""
+    identity = load_or_create_identity(keys_dir(data_root), site)
+    restrict_tree(keys_dir(data_root))
+    return identity
 
 
 def remember_names(db: Database, site: str, federation: str) -> None:

@@ -26,6 +26,7 @@ from tests.agent.federation_peers import (
     federation_args,
     send,
 )
+from tests.agent.file_modes import not_private
 from tests.agent.synthetic_ct import PHI, labels_csv, write_series, write_study_set
 from tests.cloud.harness import CloudProcess
 from tests.support.dicom_peers import running_agent, wait_for
@@ -201,3 +202,10 @@ def test_serve_never_loads_torch(federation):
     for agent in federation["agents"].values():
         maps = Path(f"/proc/{agent.process.pid}/maps").read_text()
         assert "libtorch" not in maps and agent.alive()
+
+
+def test_every_file_in_the_agents_data_dirs_is_private_installed_models_too(federation):
+    for site in SITES:
+        data_dir = federation["agents"][site].data_dir
+        assert any((data_dir / "models").rglob("head.onnx"))  # a global head was installed
+        assert not_private(data_dir) == {}
