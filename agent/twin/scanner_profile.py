@@ -2,8 +2,9 @@
 
 Only device-level values (manufacturer, model, reconstruction kernel, kVp,
 slice thickness) and counts per series ever leave this module; no UID, date
-or patient field is read. Names are folded to the twin schema's plain
-character set and the 16 most frequent are kept.
+or patient field is read. Names are never forwarded as written: each maps onto
+the closed vocabulary of ``device_vocabulary`` (unknown ones count as
+``other``), and the 16 most frequent are kept.
 """
 
 from __future__ import annotations
@@ -14,18 +15,12 @@ import time
 from collections import Counter
 
 from ftlct.agent.series.series_index import SeriesIndex
+from ftlct.agent.twin.device_vocabulary import kernel, model, vendor
 from ftlct.protocol.twin_state import ScannerProfile
 
-_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 ._+:()/-]+")
 MAX_NAMES = 16
 DAY_S = 86400.0
 WINDOW_DAYS = 7.0
-
-
-def plain(text: str | None) -> str:
-    """A header value in the twin's plain character set (<= 64 characters); '' if nothing is left."""
-    cleaned = _NOT_PLAIN.sub("_", (text or "").strip()).strip(" _")[:64].strip()
-    return cleaned
 
 
 def _top(counter: Counter) -> dict[str, int]:
@@ -43,11 +38,11 @@ def scanner_profile(series: SeriesIndex, now: float | None = None) -> ScannerPro
     kvps, thicknesses, slices = [], [], []
     recent = 0
     for row in rows:
-        if name := plain(row["manufacturer"]):
+        if name := vendor(row["manufacturer"]):
             manufacturers[name] += 1
-        if name := plain(row["model_name"]):
+        if name := model(row["model_name"]):
             models[name] += 1
-        if name := plain(row["kernel"]):
+        if name := kernel(row["kernel"]):
             kernels[name] += 1
         modality = (row["modality"] or "").strip().upper()
         if re.fullmatch(r"[A-Z]{2,4}", modality):
