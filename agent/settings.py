@@ -179,6 +179,12 @@ class FederationSettings:
     site: str | None = None
     name: str | None = None  # the federation name (topics live under ftl/{name}/)
     cloud_key: str | None = None  # public key that global models must be signed with
+    # An update is resent until the cloud's signed receipt for it arrives (or its round
+    # closes): first after resend_initial_s, then each wait resend_factor times the last,
+    # at most resend_max_s (each wait jittered by +-20% so sites do not resend in step).
+    resend_initial_s: float = 30.0
+    resend_factor: float = 2.0
+    resend_max_s: float = 600.0
 
 
 @dataclass
@@ -207,6 +213,16 @@ class TrainingSettings:
     gate: bool = True
     gate_max_f1_drop: float = 0.05
     gate_min_samples: int = 10  # held-out slices needed before the gate judges at all
+    # Bounds on the round's announced recipe: a round asking for more (or less) is
+    # refused (logged, counted in status), never trained on silently clamped values.
+    max_local_epochs: int = 50
+    max_batch_size: int = 4096
+    min_lr: float = 1e-6
+    max_lr: float = 1.0
+    max_fedprox_mu: float = 100.0
+    # Wall-clock limit of one local round's training child; on expiry its process group is
+    # killed and the round recorded as failed (and not tried again).
+    max_duration_s: float = 3600.0
 
 
 @dataclass
@@ -218,6 +234,9 @@ class PrivacySettings:
     noise_multiplier: float = 1.0  # noise std = noise_multiplier * clip_norm
     delta: float = 1e-5
     epsilon_limit: float = 10.0  # no more rounds once the total would pass it; 0 = no limit
+    # With DP on, the update's n_samples is the count rounded to a multiple of this (at
+    # least one bucket): the exact count would be a data-dependent number outside the noise.
+    sample_count_bucket: int = 50
 
 
 @dataclass
@@ -341,8 +360,20 @@ class AgentSettings:
                 "federation.broker",
                 f"needs federation.{', federation.'.join(missing)}",
             )
+        _check(f.resend_initial_s > 0, "federation.resend_initial_s", "must be > 0")
+        _check(f.resend_factor >= 1, "federation.resend_factor", "must be >= 1")
+        _check(
+            f.resend_max_s >= f.resend_initial_s,
+            "federation.resend_max_s",
+            "must be >= resend_initial_s",
+        )
         t = self.training
         _check(t.min_samples >= 1, "training.min_samples", "must be >= 1")
+        _check(t.max_local_epochs >= 0, "training.max_local_epochs", "must be >= 0")
+        _check(t.max_batch_size >= 1, "training.max_batch_size", "must be >= 1")
+        _check(0 < t.min_lr <= t.max_lr, "training.min_lr", "0 < min_lr <= max_lr")
+        _check(t.max_fedprox_mu >= 0, "training.max_fedprox_mu", "must be >= 0")
+        _check(t.max_duration_s > 0, "training.max_duration_s", "must be > 0")
         _check(
             t.epochs >= 0 and t.batch_size >= 1, "training.epochs", "epochs >= 0, batch_size >= 1"
         )
@@ -363,6 +394,7 @@ class AgentSettings:
         _check(p.noise_multiplier > 0, "privacy.noise_multiplier", "must be > 0")
         _check(0 < p.delta < 1, "privacy.delta", "must be in (0, 1)")
         _check(p.epsilon_limit >= 0, "privacy.epsilon_limit", "must be >= 0 (0: no limit)")
+        _check(p.sample_count_bucket >= 1, "privacy.sample_count_bucket", "must be >= 1")
         _check(self.twin.period_s > 0 and self.twin.debounce_s >= 0, "twin.period_s", "must be > 0")
 
 

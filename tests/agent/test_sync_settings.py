@@ -40,6 +40,13 @@ def test_tables_and_environment_fill_the_new_sections(tmp_path):
         ({"training.val_fraction": 1.0}, "training.val_fraction"),
         ({"privacy.noise_multiplier": 0}, "privacy.noise_multiplier"),
         ({"privacy.delta": 1.5}, "privacy.delta"),
+        ({"privacy.sample_count_bucket": 0}, "privacy.sample_count_bucket"),
+        ({"training.max_duration_s": 0}, "training.max_duration_s"),
+        ({"training.min_lr": 2.0}, "training.min_lr"),
+        ({"training.max_batch_size": 0}, "training.max_batch_size"),
+        ({"federation.resend_initial_s": 0}, "federation.resend_initial_s"),
+        ({"federation.resend_factor": 0.5}, "federation.resend_factor"),
+        ({"federation.resend_max_s": 1}, "federation.resend_max_s"),
     ],
 )
 def test_bad_federation_settings_name_the_setting(overrides, message):
@@ -52,13 +59,12 @@ def test_the_round_recipe_wins_unless_told_otherwise():
     announced = {
         "local_epochs": 2,
         "lr": 0.01,
-        "batch_size": "big",
         "codec": "int8",
         "max_delta_norm": 5,
     }
     recipe = recipe_for(training, announced)
     assert (recipe.epochs, recipe.lr, recipe.codec, recipe.max_delta_norm) == (2, 0.01, "int8", 5.0)
-    assert recipe.batch_size == training.batch_size  # a value of the wrong type is ignored
+    assert recipe.batch_size == training.batch_size  # not announced: the local value
     training.follow_round = False
     local = recipe_for(training, announced)
     assert (local.epochs, local.codec, local.max_delta_norm) == (
