@@ -144,6 +144,8 @@ def status(
         )
         print(
             f"updates            made={fed['updates_made']} acknowledged={fed['updates_acknowledged']}"
+            f" pending={fed['updates_pending']} rejected={fed['updates_receipted']['rejected']}"
+            f" unreceipted={fed['updates_receipted']['unreceipted']}"
             f" gate_refusals={fed['gate_refusals']} models_refused={fed['models_refused']}"
         )
         if fed["training_waiting_for"]:

@@ -24,6 +24,7 @@ from ftlct.agent.sync.model_pin import ModelPin
 from ftlct.agent.sync.mqtt_link import MqttLink
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.outbox_sender import OutboxSender
+from ftlct.agent.sync.receipts import Receipts
 from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.sync.site_identity import remember_names, site_identity
 from ftlct.agent.sync.training_log import TrainingLog
@@ -64,7 +65,7 @@ def federation_sync(
         f"ftl-agent-{federation}-{site}",
         f.broker,
         settings.mqtt,
-        [topics.rounds_current, topics.all_models],
+        topics.site_subscriptions(site),
         will=(
             topics.twin_state(site),
             build_offline_will(identity, federation, engine.current.version),
@@ -94,10 +95,12 @@ def federation_sync(
         received,
         model_events,
         pin,
+        Receipts(site, federation, f.cloud_key, db, outbox),
         changed=schedule.replan_now,
         model_for_me=installer.offer,
     )
-    return FederationSync(link, inbox, OutboxSender(outbox, link), schedule, Heartbeat(db))
+    sender = OutboxSender(outbox, link, f)
+    return FederationSync(link, inbox, sender, schedule, Heartbeat(db))
 
 
 def twin_publisher(

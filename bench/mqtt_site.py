@@ -6,8 +6,8 @@ thread by the agent's ``Inbox`` against a ``ModelPin``, kept in a per-site
 index), its ``RoundPlanner`` (a site is ready for round r when the agent would
 train it: the round is open, this site has not sent its update, its base model
 has arrived) and its ``UpdateRelease`` and ``OutboxSender`` (the delta sealed,
-signed, queued and published QoS 1; sent once the broker's PUBACK removes it
-from the outbox). What differs from an agent is the data source only: the
+signed, queued and published QoS 1, resent until the cloud's signed receipt
+removes it from the outbox). What differs from an agent is the data source only: the
 bench's learner trains (in the round loop, timed) instead of a child process
 on kept embeddings, as Flower's simulation runs the same ClientApp over another
 Grid. A change to the agent's wire behaviour is therefore exercised here too.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ftlct.agent.privacy.ledger import PrivacyLedger
-from ftlct.agent.settings import PrivacySettings, TrainingSettings
+from ftlct.agent.settings import FederationSettings, PrivacySettings, TrainingSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync.federation_sync import FederationSync
 from ftlct.agent.sync.inbox import Inbox
@@ -29,6 +29,7 @@ from ftlct.agent.sync.model_pin import ModelPin
 from ftlct.agent.sync.mqtt_link import MqttLink
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.outbox_sender import OutboxSender
+from ftlct.agent.sync.receipts import Receipts
 from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.sync.round_plan import RoundOutcome, RoundPlan, RoundPlanner
 from ftlct.agent.sync.training_log import TrainingLog
@@ -88,7 +89,7 @@ class SimulatedSite:
             f"bench-{federation}-{site}",
             broker_url,
             MqttSettings(),
-            [topics.rounds_current, topics.all_models],
+            topics.site_subscriptions(site),
         )
         self._changed = threading.Condition()
         inbox = Inbox(
@@ -99,9 +100,11 @@ class SimulatedSite:
             received,
             self.model_events,
             lambda: pin,
+            Receipts(site, federation, cloud_key, self.db, self.outbox),
             changed=self._notify,
         )
-        self.sync = FederationSync(self.link, inbox, OutboxSender(self.outbox, self.link))
+        sender = OutboxSender(self.outbox, self.link, FederationSettings())
+        self.sync = FederationSync(self.link, inbox, sender)
         self._plan: RoundPlan | None = None
         self._current: tuple[str, GlobalModel] | None = None
         self.sync.start()
@@ -155,7 +158,9 @@ class SimulatedSite:
         return self._current
 
     def publish_update(self, round_: int, update: SiteUpdate, metrics: dict) -> None:
-        """Release the round's delta as the agent does; returns once the broker has it."""
+        """Release the round's delta as the agent does; returns once the broker has it
+        (the outbox keeps resending it until the cloud's receipt; the run waits for the
+        cloud's round)."""
         plan = self._plan
         if plan is None or plan.round != round_:
             raise TransportError(f"{self.site}: round {round_} was not planned")
@@ -167,7 +172,7 @@ class SimulatedSite:
         self._plan = None
         self.sync.wake()
         deadline = time.monotonic() + PUBACK_TIMEOUT_S
-        while self.outbox.count():
+        while not self.outbox.at_broker(outcome.update_id):
             if time.monotonic() > deadline:
                 raise TransportError(f"{self.site}: the broker did not acknowledge its update")
             time.sleep(ACK_POLL_S)

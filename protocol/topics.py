@@ -65,6 +65,11 @@ class Topics:
     def all_twin_states(self) -> str:
         return f"{self.root}/twins/+/state"
 
+    def site_subscriptions(self, site: str) -> list[str]:
+        """What a site subscribes to: the round, every cluster's model, its own receipts
+        (the broker's ACL lets a site read no one else's)."""
+        return [self.rounds_current, self.all_models, self.receipts(site)]
+
 
 @dataclass(frozen=True)
 class TopicRef:

@@ -4,7 +4,8 @@ One thread (``BackgroundLoop``) does what the MQTT link queues, in order:
 
 * messages go to the ``Inbox`` (verified, kept; models for this site installed
   through the gate by the agent's ``ModelInstaller``);
-* PUBACKs and the outbox go through the ``OutboxSender``;
+* PUBACKs and the outbox go through the ``OutboxSender`` (resent with backoff until
+  the cloud's receipt, which the inbox hands to ``Receipts``);
 * the ``TrainingSchedule`` (serve only) plans rounds, trains in a child
   process and releases the delta into the outbox;
 * the ``Heartbeat`` (serve only) tells ``ftl-agent status`` whether serve is connected.
@@ -60,6 +61,7 @@ class FederationSync(BackgroundLoop):
 
     def start(self) -> None:
         self._beat(False)
+        self.inbox.resume()
         self.link.start()
         super().start()
         log_event(
@@ -93,6 +95,8 @@ class FederationSync(BackgroundLoop):
             worked = True
             if kind in ("connected", "disconnected"):
                 self._beat(kind == "connected")
+                if kind == "connected":
+                    self.sender.reconnected()
             elif kind == "message":
                 topic, payload, _retained = item
                 try:

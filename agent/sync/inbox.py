@@ -1,4 +1,4 @@
-"""What the cloud sends, verified and kept: ``rounds/current`` and ``model/{cluster}``.
+"""What the cloud sends, verified and kept: ``rounds/current``, ``model/{cluster}``, receipts.
 
 Runs on the sync loop's thread (``MqttLink`` only queues on paho's): a round
 announcement is verified with the cloud key and kept unless it is older than
@@ -7,7 +7,9 @@ kept. Then ``changed()`` is called (plan again), and ``model_for_me(model)``
 when the kept model is the one the last announcement points this site at
 (install it). Messages that fail verification are logged with their reason,
 counted (``model_events`` for models, the ``sync.rounds_refused`` meta for
-rounds) and dropped.
+rounds) and dropped. Receipts for this site's updates go to ``Receipts``
+(``sync.receipts``), which also hears every round kept (updates of closed
+rounds stop waiting).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ftlct.agent.logs import log_event
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.sync.model_pin import ModelPin
+from ftlct.agent.sync.receipts import Receipts
 from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.exchange import open_round
@@ -40,6 +43,7 @@ class Inbox:
         received: ReceivedMessages,
         model_events: ModelEvents,
         pin: Callable[[], ModelPin],
+        receipts: Receipts,
         changed: Callable[[], None] = lambda: None,
         model_for_me: Callable[[GlobalModel], None] = lambda model: None,
     ):
@@ -50,8 +54,15 @@ class Inbox:
         self.received = received
         self.model_events = model_events
         self.pin = pin
+        self.receipts = receipts
         self.changed = changed
         self.model_for_me = model_for_me
+
+    def resume(self) -> None:
+        """At start: updates whose round closed while the agent was away stop waiting."""
+        announcement = self.received.load_round()
+        if announcement is not None:
+            self.receipts.on_round(announcement)
 
     def handle(self, topic: str, payload: bytes) -> None:
         ref = parse_topic(topic)
@@ -59,6 +70,8 @@ class Inbox:
             self._on_round(payload)
         elif ref.kind == "model" and payload:  # empty retained payload: a dissolved cluster
             self._on_model(ref.subject, payload)
+        elif ref.kind == "receipt":
+            self.receipts.on_receipt(ref.subject, payload)
 
     def _on_round(self, payload: bytes) -> None:
         try:
@@ -71,6 +84,7 @@ class Inbox:
         if known is not None and announcement.round < known.round:
             return  # an older announcement replayed: keep the newer one
         self.received.save_round(payload, announcement)
+        self.receipts.on_round(announcement)
         log_event(
             log,
             "round_announced",

@@ -9,6 +9,7 @@ from ftlct.agent.sync.inbox import rounds_refused
 from ftlct.agent.sync.local_rounds import waiting_for
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.sync.outbox import Outbox
+from ftlct.agent.sync.receipts import receipts_ignored
 from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.sync.site_identity import recorded_names
 from ftlct.agent.sync.training_log import TrainingLog
@@ -19,7 +20,8 @@ def federation_status(db: Database) -> dict:
     site, federation = recorded_names(db)
     received = ReceivedMessages(db, create=False)
     announcement = received.load_round()
-    made, acknowledged = Outbox(db, create=False).made_and_acknowledged()
+    outbox = Outbox(db, create=False)
+    made, acknowledged = outbox.made_and_acknowledged()
     events = ModelEvents(db, create=False)
     outcomes = events.counts_by_outcome()
     return {
@@ -30,7 +32,11 @@ def federation_status(db: Database) -> dict:
         "round_status": announcement.status if announcement else None,
         "global_versions": received.model_versions(),
         "updates_made": made,
-        "updates_acknowledged": acknowledged,
+        "updates_acknowledged": acknowledged,  # by the cloud's receipt, not the broker
+        "updates_pending": outbox.count(),  # in the outbox, resent until their receipt
+        "updates_receipted": outbox.delivery_counts(),  # + unreceipted: round closed first
+        "last_rejection": outbox.last_rejection(),
+        "receipts_ignored": receipts_ignored(db),
         "gate_refusals": outcomes.get("gate_refused", 0),
         "models_refused": outcomes.get("refused", 0),
         "rounds_refused": rounds_refused(db),

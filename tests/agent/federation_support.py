@@ -14,9 +14,10 @@ from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.instance_store import InstanceStore
 from ftlct.agent.store.layout import DataDir
-from ftlct.protocol.exchange import build_global_model, build_round
+from ftlct.protocol.exchange import build_global_model, build_receipt, build_round
 from ftlct.protocol.identity import Identity, load_or_create_identity
 from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
+from ftlct.protocol.receipt import Receipt
 from tests.agent.dicom_files import ct_instance, part10_bytes
 
 FED = "fedtest"
@@ -124,3 +125,10 @@ class ScriptedCloud:
             weights={k: np.asarray(v, np.float32) for k, v in weights.items()},
         )
         return build_global_model(self.identity, self.federation, model)
+
+    def receipt(
+        self, site: str, update_id: str, round_no: int, outcome: str, reason: str = ""
+    ) -> bytes:
+        return build_receipt(
+            self.identity, self.federation, Receipt(site, update_id, round_no, outcome, reason)
+        )

@@ -15,6 +15,7 @@ import pytest
 from ftlct.cloud.state import StateStore
 from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.mqtt_connection import MqttSettings
+from ftlct.protocol.topics import Topics
 from tests.cloud.harness import FED, CloudProcess, MqttPeer, ScriptedSite, delta, wait_until
 from tests.support.mosquitto import running_mosquitto
 from tests.support.ports import free_port
@@ -157,6 +158,31 @@ def test_site_cannot_write_another_sites_topic_nor_read_updates(tls_broker):
         assert cloud.messages(f"ftl/{FED}/receipts/b") == [b"b's receipt"]  # not a's forgery
     finally:
         for peer in (cloud, site_a, site_b):
+            peer.close()
+
+
+def test_what_an_agent_subscribes_to_is_delivered_under_the_acl_and_no_other_sites_receipts(
+    tls_broker,
+):
+    """The agent's own subscriptions (``Topics.site_subscriptions``) fit the generated ACL:
+    its round, models and receipts arrive; site b's receipts do not."""
+    broker, written = tls_broker
+    cloud = _peer(broker, written, "cloud").connect()
+    site_a = _peer(broker, written, "a").connect()
+    topics = Topics(FED)
+    try:
+        for topic in topics.site_subscriptions("a"):
+            site_a.subscribe(topic)
+        cloud.publish(topics.receipts("b"), b"b's receipt")
+        cloud.publish(topics.model("global"), b"a model")
+        cloud.publish(topics.receipts("a"), b"a's receipt")
+        cloud.publish(topics.rounds_current, b"round marker")
+        wait_until(lambda: site_a.messages(topics.rounds_current), what="round at a")
+        assert site_a.messages(topics.receipts("a")) == [b"a's receipt"]
+        assert site_a.messages(topics.model("global")) == [b"a model"]
+        assert site_a.messages(topics.receipts("b")) == []
+    finally:
+        for peer in (cloud, site_a):
             peer.close()
 
 
