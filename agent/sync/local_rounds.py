@@ -30,11 +30,13 @@ from ftlct.agent.sync.training_log import TrainingLog
 from ftlct.agent.sync.update_release import UpdateRelease
 from ftlct.agent.training.labelled_data import count_labelled
 from ftlct.agent.training.local_round import LocalRoundResult, NoResult, train_from_data_dir
-from ftlct.agent.training.runner import TrainingRunner
+from ftlct.agent.training.runner import TIMED_OUT, TrainingRunner
 
 log = logging.getLogger(__name__)
 
 LAST_SKIP_META = "training.last_skip"  # why the open round is not trained yet (status shows it)
+REFUSED_META = "training.rounds_refused"  # rounds whose recipe was out of bounds (status)
+LAST_REFUSED_META = "training.last_refused_round"
 FAILED_BACKOFF_S = 60.0  # do not spin on a failing round
 
 
@@ -74,6 +76,7 @@ class TrainingSchedule:
         self._plan: RoundPlan | None = None  # the plan the child is training
         self._next_plan = 0.0
         self._last_skip = ""
+        self._given_up: int | None = None  # a round whose training was killed: not again
 
     @property
     def active(self) -> bool:
@@ -99,7 +102,12 @@ class TrainingSchedule:
         self._next_plan = now + self.settings.check_interval_s
         plan = self.planner.plan(self.site, self.federation)
         if isinstance(plan, RoundOutcome):
+            if plan.outcome == "refused":
+                self._refused(plan)
             self._skipped(plan.reason)
+            return False
+        if plan.round == self._given_up:
+            self._skipped(f"round {plan.round}'s training ran out of time; waiting for the next")
             return False
         self._start(plan)
         return True
@@ -133,8 +141,25 @@ class TrainingSchedule:
         )
         if outcome.outcome == "failed":
             self._next_plan = self.clock() + FAILED_BACKOFF_S
+            if outcome.reason.startswith(TIMED_OUT):
+                self._given_up = outcome.round
         elif outcome.outcome == "skipped":
             self._skipped(outcome.reason)
+
+    def _refused(self, outcome: RoundOutcome) -> None:
+        """Count a round refused for its recipe once, however often it is planned again."""
+        if self.db.get_meta(LAST_REFUSED_META) == str(outcome.round):
+            return
+        self.db.set_meta_many(
+            {
+                REFUSED_META: str(rounds_refused_for_recipe(self.db) + 1),
+                LAST_REFUSED_META: str(outcome.round),
+            }
+        )
+        self.training_log.record(outcome.round, "refused", outcome.reason, {})
+        log_event(
+            log, "round_recipe_refused", logging.WARNING, round=outcome.round, reason=outcome.reason
+        )
 
     def _skipped(self, reason: str) -> None:
         if reason != self._last_skip:
@@ -160,6 +185,11 @@ def agent_planner(
         ledger,
         lambda model: count_labelled(data_root, model.backbone_sha256),
     )
+
+
+def rounds_refused_for_recipe(db: Database) -> int:
+    """Rounds this site refused because their recipe was outside its bounds."""
+    return int(db.get_meta(REFUSED_META) or 0)
 
 
 def waiting_for(db: Database) -> str | None:

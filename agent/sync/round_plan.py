@@ -7,7 +7,8 @@ labels imported while a round is open count). A round is skipped, with the
 reason, when: no site/federation is known; no round was announced or it is
 finished; this site already made its update for the round; the round's base
 global model has not arrived; there are fewer labelled samples than
-``training.min_samples``; or the privacy budget would be exceeded. The plan is
+``training.min_samples``; or the privacy budget would be exceeded. A round whose
+recipe is outside this site's bounds is ``refused`` (``training.recipe``). The plan is
 what training trains from (``plan.training``) and what the release seals
 (``sync.update_release``): nothing plans the round again.
 """
@@ -23,7 +24,7 @@ from ftlct.agent.settings import PrivacySettings, TrainingSettings
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.training.local_round import TrainingPlan
-from ftlct.agent.training.recipe import Recipe, recipe_for
+from ftlct.agent.training.recipe import Recipe, RecipeRefused, recipe_for
 from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
 
 # How many samples the site has for a base model (the agent: labelled slice embeddings).
@@ -34,7 +35,7 @@ CountSamples = Callable[[GlobalModel], int]
 class RoundOutcome:
     """What came of one round at this site (``ftl-agent train --json`` prints it)."""
 
-    outcome: str  # trained, skipped, failed
+    outcome: str  # trained, skipped, refused (the round's recipe), failed
     reason: str = ""
     round: int | None = None
     update_id: str | None = None
@@ -145,7 +146,10 @@ class RoundPlanner:
                     f"{p.epsilon_limit:g}",
                     number,
                 )
-        recipe = recipe_for(self.training, announcement.training)
+        try:
+            recipe = recipe_for(self.training, announcement.training)
+        except RecipeRefused as exc:
+            return RoundOutcome("refused", f"round {number}'s recipe is refused: {exc}", number)
         return RoundPlan(
             site,
             federation,

@@ -6,7 +6,7 @@ from ftlct.agent.privacy.ledger import PrivacyLedger
 from ftlct.agent.store.database import Database
 from ftlct.agent.sync import heartbeat
 from ftlct.agent.sync.inbox import rounds_refused
-from ftlct.agent.sync.local_rounds import waiting_for
+from ftlct.agent.sync.local_rounds import rounds_refused_for_recipe, waiting_for
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.receipts import receipts_ignored
@@ -40,6 +40,7 @@ def federation_status(db: Database) -> dict:
         "gate_refusals": outcomes.get("gate_refused", 0),
         "models_refused": outcomes.get("refused", 0),
         "rounds_refused": rounds_refused(db),
+        "recipes_refused": rounds_refused_for_recipe(db),  # rounds outside training.max_*
         "last_model_event": events.last(),
         "last_training": TrainingLog(db, create=False).last(),
         "training_waiting_for": waiting_for(db),

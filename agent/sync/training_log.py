@@ -13,7 +13,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS training_runs (
     id INTEGER PRIMARY KEY,
     round INTEGER,
-    outcome TEXT NOT NULL,         -- trained, skipped, failed
+    outcome TEXT NOT NULL,         -- trained, skipped, refused, failed
     reason TEXT,
     metrics TEXT,                  -- JSON
     at REAL NOT NULL

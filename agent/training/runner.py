@@ -6,7 +6,10 @@ data dir on stdin (pickled: same user, same code), trains
 (``train_from_data_dir``) and prints the result as one JSON line, the delta
 as base64 safetensors. It shares nothing with serve but the SQLite files
 (WAL: serve keeps receiving while it reads embeddings) and writes nothing:
-serve releases what it returns.
+serve releases what it returns. The child leads its own process group and has
+``training.max_duration_s`` of wall-clock time: past it, the whole group is
+killed (SIGKILL: a child stuck in native code ignores gentler signals) and
+the round comes back ``failed`` with a reason starting ``TIMED_OUT``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import json
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ftlct.agent.settings import LoggingSettings, TrainingSettings
@@ -30,16 +35,23 @@ log = logging.getLogger(__name__)
 CHILD = "from ftlct.agent.training.runner import child_main; child_main()"
 NICENESS = 10
 RESULT_PREFIX = "ftlct-training-result "  # marks the one stdout line that carries the result
+TIMED_OUT = "training ran out of time"
 
 
 class TrainingRunner:
     def __init__(
-        self, settings: TrainingSettings, logging_settings: LoggingSettings, data_root: Path
+        self,
+        settings: TrainingSettings,
+        logging_settings: LoggingSettings,
+        data_root: Path,
+        clock=time.monotonic,
     ):
         self.settings = settings
         self.logging = logging_settings
         self.data_root = Path(data_root)
+        self.clock = clock
         self._process: subprocess.Popen | None = None
+        self._started_at = 0.0
 
     @property
     def running(self) -> bool:
@@ -53,7 +65,9 @@ class TrainingRunner:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the child's log lines join serve's
+            start_new_session=True,  # its own process group: killed whole on expiry
         )
+        self._started_at = self.clock()
         assert self._process.stdin is not None
         job = (plan, self.settings, self.logging, str(self.data_root))
         self._process.stdin.write(pickle.dumps(job))
@@ -62,8 +76,19 @@ class TrainingRunner:
     def poll(self) -> LocalRoundResult | NoResult | None:
         """The result once the child has exited (then the runner is free again), else None."""
         process = self._process
-        if process is None or process.poll() is None:
+        if process is None:
             return None
+        if process.poll() is None:
+            limit = self.settings.max_duration_s
+            if self.clock() - self._started_at <= limit:
+                return None
+            self._kill(process)
+            self._process = None
+            if process.stdout:
+                process.stdout.close()
+            return NoResult(
+                "failed", f"{TIMED_OUT}: killed after training.max_duration_s = {limit:g} s"
+            )
         self._process = None
         output = process.stdout.read().decode(errors="replace") if process.stdout else ""
         process.stdout.close()
@@ -79,13 +104,23 @@ class TrainingRunner:
         process = self._process
         if process is None or process.poll() is not None:
             return
-        process.terminate()  # a round cut short has released nothing
+        _signal_group(process, signal.SIGTERM)  # a round cut short has released nothing
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self._kill(process)
         self._process = None
+
+    @staticmethod
+    def _kill(process: subprocess.Popen) -> None:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    """``sig`` to the child's process group (whatever it started dies with it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
 
 
 def encode_result(result: LocalRoundResult | NoResult) -> str:
