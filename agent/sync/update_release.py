@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 DP_METRICS = ("epochs", "n_train")  # data-independent: all that travels with DP on
 
 
+def sent_sample_count(n_samples: int, settings: PrivacySettings) -> int:
+    """The count the update carries: exact without DP; with DP, rounded to the nearest
+    multiple of ``privacy.sample_count_bucket`` (at least one bucket), because the exact
+    count is data-dependent and outside the noise (the cloud uses it only as a bounded
+    aggregation weight)."""
+    if not settings.enabled:
+        return n_samples
+    bucket = settings.sample_count_bucket
+    return max(bucket, round(n_samples / bucket) * bucket)
+
+
 def shape_delta(
     delta: Weights, max_delta_norm: float | None, settings: PrivacySettings
 ) -> tuple[Weights, dict[str, float]]:
@@ -84,7 +95,7 @@ class UpdateRelease:
             round=plan.round,
             base_version=plan.model.version,
             cluster=plan.cluster,
-            n_samples=result.n_samples,
+            n_samples=sent_sample_count(result.n_samples, self.privacy),
             delta=delta,
             metrics=sent,
             codec=plan.recipe.codec,

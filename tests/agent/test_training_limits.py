@@ -21,12 +21,12 @@ from ftlct.agent.sync.received_messages import ReceivedMessages
 from ftlct.agent.sync.round_plan import RoundPlanner
 from ftlct.agent.sync.site_identity import site_identity
 from ftlct.agent.sync.training_log import TrainingLog
-from ftlct.agent.sync.update_release import UpdateRelease
+from ftlct.agent.sync.update_release import UpdateRelease, sent_sample_count
 from ftlct.agent.training import runner as runner_module
-from ftlct.agent.training.local_round import NoResult, TrainingPlan
+from ftlct.agent.training.local_round import LocalRoundResult, NoResult, TrainingPlan
 from ftlct.agent.training.recipe import RecipeRefused, recipe_for
 from ftlct.agent.training.runner import TIMED_OUT, TrainingRunner
-from ftlct.protocol.exchange import open_global_model, open_round
+from ftlct.protocol.exchange import open_global_model, open_round, open_update
 from tests.agent.federation_support import (
     BACKBONE,
     FED,
@@ -189,3 +189,28 @@ def test_a_round_whose_real_training_runs_out_of_time_is_recorded_failed_and_not
     clock.now += 3600  # long past the failure backoff: the round is not tried again
     assert schedule.tick() is False and not schedule.runner.running
     assert "ran out of time" in db.get_meta("training.last_skip")
+
+
+@pytest.mark.parametrize(
+    ("exact", "sent"), [(1, 50), (12, 50), (74, 50), (76, 100), (1234, 1250), (100, 100)]
+)
+def test_with_dp_on_the_sample_count_is_rounded_to_its_bucket(exact, sent):
+    assert sent_sample_count(exact, PrivacySettings(enabled=True)) == sent
+    assert sent_sample_count(exact, PrivacySettings(enabled=False)) == exact
+
+
+def test_a_dp_update_on_the_wire_carries_the_bucketed_count_not_the_exact_one(site):
+    layout, db, received, announce = site
+    announce(1, {"max_delta_norm": 100.0})
+    privacy = PrivacySettings(enabled=True, epsilon_limit=0)
+    outbox, ledger, log = Outbox(db), PrivacyLedger(db), TrainingLog(db)
+    planner = RoundPlanner(SETTINGS, privacy, received, outbox, ledger, lambda model: 12)
+    identity = site_identity(layout.root, SITE)
+    release = UpdateRelease(db, identity, privacy, outbox, ledger, log)
+    outcome = release.release(
+        planner.plan(SITE, FED), LocalRoundResult(zero_head(), 37, {"epochs": 5.0})
+    )
+    assert outcome.trained
+    (entry,) = outbox.entries()
+    update = open_update(entry.payload, {SITE: identity.public_b64}.get, FED)
+    assert update.n_samples == 50 != 37
