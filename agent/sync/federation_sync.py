@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import Counter
 
 from ftlct.agent.background import BackgroundLoop
 from ftlct.agent.logs import log_event
+from ftlct.agent.sync import message_tally
 from ftlct.agent.sync.heartbeat import Heartbeat
 from ftlct.agent.sync.inbox import Inbox
 from ftlct.agent.sync.local_rounds import TrainingSchedule
@@ -30,6 +32,8 @@ from ftlct.agent.sync.mqtt_link import MqttLink
 from ftlct.agent.sync.outbox_sender import OutboxSender
 
 log = logging.getLogger(__name__)
+
+BATCH = 500  # messages handled (and their outcomes committed) per turn of the loop
 
 
 class FederationSync(BackgroundLoop):
@@ -87,22 +91,41 @@ class FederationSync(BackgroundLoop):
 
     def _drain_inbox(self) -> bool:
         worked = False
-        while True:
-            try:
-                kind, item = self.link.inbox.get_nowait()
-            except queue.Empty:
-                return worked
-            worked = True
-            if kind in ("connected", "disconnected"):
-                self._beat(kind == "connected")
-                if kind == "connected":
-                    self.sender.reconnected()
-            elif kind == "message":
-                topic, payload, _retained = item
+        outcomes: Counter[str] = Counter()
+        try:
+            for _ in range(BATCH):  # then the acks and the outbox get their turn
                 try:
-                    self.inbox.handle(topic, payload)
-                except Exception:
-                    log.exception("handling %s failed", topic)
+                    kind, item = self.link.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                worked = True
+                if kind in ("connected", "disconnected"):
+                    self._beat(kind == "connected")
+                    if kind == "connected":
+                        self.sender.reconnected()
+                elif kind == "message":
+                    outcomes[self._handle(*item)] += 1
+        finally:
+            if outcomes:
+                self._count(outcomes)
+        return worked
+
+    def _handle(self, topic: str, payload: bytes, _retained: bool) -> str:
+        try:
+            return self.inbox.handle(topic, payload)
+        except Exception as exc:  # one message never ends the loop: counted, logged
+            log_event(
+                log,
+                "message_failed",
+                logging.ERROR,
+                topic=topic[:120],
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
+            return "internal"
+
+    def _count(self, outcomes: Counter) -> None:
+        message_tally.add(self.inbox.db, outcomes)
 
     def _beat(self, connected: bool) -> None:
         if self.heartbeat is not None:

@@ -7,7 +7,8 @@ kept. Then ``changed()`` is called (plan again), and ``model_for_me(model)``
 when the kept model is the one the last announcement points this site at
 (install it). Messages that fail verification are logged with their reason,
 counted (``model_events`` for models, the ``sync.rounds_refused`` meta for
-rounds) and dropped. Receipts for this site's updates go to ``Receipts``
+rounds) and dropped; ``handle`` says what came of each message, which the sync
+loop counts (``message_counts``). Receipts for this site's updates go to ``Receipts``
 (``sync.receipts``), which also hears every round kept (updates of closed
 rounds stop waiting).
 """
@@ -64,25 +65,34 @@ class Inbox:
         if announcement is not None:
             self.receipts.on_round(announcement)
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        ref = parse_topic(topic)
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Verify and keep one message; what came of it (``round_kept``, ``model_refused``,
+        ``receipt_ignored``...: the sync loop counts these)."""
+        try:
+            ref = parse_topic(topic)
+        except ProtocolError:
+            return "ignored"
         if ref.kind == "round":
-            self._on_round(payload)
-        elif ref.kind == "model" and payload:  # empty retained payload: a dissolved cluster
-            self._on_model(ref.subject, payload)
-        elif ref.kind == "receipt":
-            self.receipts.on_receipt(ref.subject, payload)
+            return self._on_round(payload)
+        if ref.kind == "model":
+            if not payload:  # empty retained payload: a dissolved cluster
+                return "model_cleared"
+            return self._on_model(ref.subject, payload)
+        if ref.kind == "receipt":
+            outcome = self.receipts.on_receipt(ref.subject, payload)
+            return "receipt_ignored" if outcome.startswith("ignored") else "receipt_" + outcome
+        return "ignored"
 
-    def _on_round(self, payload: bytes) -> None:
+    def _on_round(self, payload: bytes) -> str:
         try:
             announcement = open_round(payload, self.cloud_key, self.federation)
         except ProtocolError as exc:
             self.db.set_meta(ROUNDS_REFUSED_META, str(rounds_refused(self.db) + 1))
             log_event(log, "round_refused", logging.WARNING, reason=exc.reason, detail=str(exc))
-            return
+            return "round_refused"
         known = self.received.load_round()
         if known is not None and announcement.round < known.round:
-            return  # an older announcement replayed: keep the newer one
+            return "round_stale"  # an older announcement replayed: keep the newer one
         self.received.save_round(payload, announcement)
         self.receipts.on_round(announcement)
         log_event(
@@ -98,8 +108,9 @@ class Inbox:
         model = self.received.load_model(announcement.cluster_for(self.site))
         if model is not None:
             self.model_for_me(model)
+        return "round_kept"
 
-    def _on_model(self, cluster: str, payload: bytes) -> None:
+    def _on_model(self, cluster: str, payload: bytes) -> str:
         try:
             model = self.pin().open(payload, self.cloud_key, self.federation)
         except ProtocolError as exc:
@@ -110,18 +121,19 @@ class Inbox:
                 logging.WARNING,
                 cluster=cluster,
                 reason=exc.reason,
-                detail=str(exc),
+                detail=str(exc)[:200],
             )
-            return
+            return "model_refused"
         if model.cluster != cluster:
             self.model_events.record(cluster, model.version, "refused", "wrong_cluster")
-            return
+            return "model_refused"
         self.received.save_model(payload, model)
         self.changed()
         announcement = self.received.load_round()
         mine = announcement.cluster_for(self.site) if announcement else "global"
         if cluster == mine:
             self.model_for_me(model)
+        return "model_kept"
 
 
 def rounds_refused(db: Database) -> int:

@@ -7,6 +7,7 @@ from ftlct.agent.store.database import Database
 from ftlct.agent.sync import heartbeat
 from ftlct.agent.sync.inbox import rounds_refused
 from ftlct.agent.sync.local_rounds import rounds_refused_for_recipe, waiting_for
+from ftlct.agent.sync.message_tally import message_counts
 from ftlct.agent.sync.model_events import ModelEvents
 from ftlct.agent.sync.outbox import Outbox
 from ftlct.agent.sync.receipts import receipts_ignored
@@ -37,6 +38,7 @@ def federation_status(db: Database) -> dict:
         "updates_receipted": outbox.delivery_counts(),  # + unreceipted: round closed first
         "last_rejection": outbox.last_rejection(),
         "receipts_ignored": receipts_ignored(db),
+        "messages": message_counts(db),  # every message from the cloud's topics, by outcome
         "gate_refusals": outcomes.get("gate_refused", 0),
         "models_refused": outcomes.get("refused", 0),
         "rounds_refused": rounds_refused(db),
