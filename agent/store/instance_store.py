@@ -1,9 +1,11 @@
 """Store received instances durably, as received, and index them. Knows nothing of networking.
 
 ``put_file(path)`` (a Part-10 file already in ``incoming/``, as the SCP receives
-it) and ``put(bytes)`` return only after the bytes are on disk (fsync, rename,
-directory fsync) and the index row is committed (SQLite WAL, synchronous=FULL):
-the caller may then acknowledge. A duplicate SOP Instance with the same bytes
+it) and ``put(bytes)`` return only after the bytes are on disk (rename, then the
+file and its directory fsynced together) and, after that, the index row is
+committed (SQLite WAL, synchronous=FULL): the caller may then acknowledge.
+Writes from concurrent associations share those fsyncs and one COMMIT
+(``store/group_commit.py``). A duplicate SOP Instance with the same bytes
 changes nothing. With different bytes the policy decides (``storage.on_conflict``):
 ``keep_first`` (default, as PACS do) keeps the stored copy, answers success and
 keeps the other bytes in quarantine as a counted conflict; ``replace`` stores
@@ -31,6 +33,7 @@ from ftlct.agent.logs import log_event
 from ftlct.agent.settings import CONFLICT_POLICIES
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
+from ftlct.agent.store.group_commit import GroupCommit
 from ftlct.agent.store.header import HeaderError, InstanceHeader, read_header
 from ftlct.agent.store.instance_index import InstanceIndex
 from ftlct.agent.store.layout import DataDir
@@ -121,6 +124,7 @@ class InstanceStore:
         self.series = series
         self.on_conflict = on_conflict
         self.index = InstanceIndex(db)
+        self.commits = GroupCommit(db)
         self.quarantine = Quarantine(data_dir, db, guard, clock, quarantine_limits)
 
     # ------------------------------------------------------------------ receive
@@ -196,33 +200,44 @@ class InstanceStore:
             return StoreResult(Outcome.DUPLICATE, instance=self._record(sop, False))
         if existing is not None and self.on_conflict == KEEP_FIRST:
             return self._conflict(path, sop, calling_ae)
-        _fsync_file(path)  # the receiver wrote it without fsync; durable before it is named
         relpath = self.data_dir.instance_relpath(header.study_uid, header.series_uid, sop, sha)
         target = self.data_dir.root / relpath
-        placed = False
+        placed = []
+
+        def place_and_index(conn, sync_paths):
+            # Another association may have stored this SOP Instance since the look above
+            # (or earlier in the same group commit).
+            existing = self.index.lookup(conn, sop)
+            if existing is not None and existing["sha256"] == sha:
+                return Outcome.DUPLICATE, existing, False
+            if existing is not None and self.on_conflict == KEEP_FIRST:
+                raise _LostRace
+            _make_dirs_durable(target.parent, self.data_dir.root)
+            os.replace(path, target)
+            placed.append(target)
+            # The receiver wrote the file without fsync: the file and its new name are synced
+            # together, before the COMMIT that indexes it (store/group_commit.py).
+            sync_paths.update((target, target.parent))
+            reopened = self._index(conn, header, relpath, size, sha, calling_ae, existing)
+            return (
+                (Outcome.REPLACED if existing is not None else Outcome.STORED),
+                existing,
+                reopened,
+            )
+
+        def unplace():  # not committed: the index still names the old copy (or none)
+            for copy in placed:
+                copy.unlink(missing_ok=True)
+
         try:
-            with self.db.transaction() as conn:
-                # Another association may have stored this SOP Instance since the look above.
-                existing = self.index.lookup(conn, sop)
-                if existing is not None and existing["sha256"] == sha:
-                    return StoreResult(Outcome.DUPLICATE, instance=self._record(sop, False))
-                if existing is not None and self.on_conflict == KEEP_FIRST:
-                    raise _LostRace
-                _make_dirs_durable(target.parent, self.data_dir.root)
-                os.replace(path, target)
-                placed = True
-                fsync_dir(target.parent)
-                reopened = self._index(conn, header, relpath, size, sha, calling_ae, existing)
+            outcome, existing, reopened = self.commits.run(place_and_index, unplace)
         except _LostRace:
             return self._conflict(path, sop, calling_ae)
-        except BaseException:
-            if placed:  # not committed: the index still names the old copy (or none)
-                target.unlink(missing_ok=True)
-            raise
+        if outcome is Outcome.DUPLICATE:
+            return StoreResult(Outcome.DUPLICATE, instance=self._record(sop, False))
         if existing is not None and existing["path"] != relpath:
             # Only now that the index names the new copy may the old one go.
             (self.data_dir.root / existing["path"]).unlink(missing_ok=True)
-        outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
         return StoreResult(outcome, instance=self._record(sop, reopened))
 
     def _conflict(self, path: Path, sop: str, calling_ae: str) -> StoreResult:
@@ -337,14 +352,6 @@ class InstanceStore:
 
 class _LostRace(Exception):
     """Inside the store's transaction: another copy of the SOP Instance won meanwhile."""
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _name_matches(path: Path, sha: str) -> bool:

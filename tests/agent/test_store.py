@@ -359,3 +359,25 @@ def test_recover_drops_unacknowledged_temp_files_and_indexes_orphans(store):
     }
     assert store.count() == 1
     assert store.put(data).outcome is Outcome.DUPLICATE
+
+
+def test_concurrent_stores_are_each_stored_whole_and_indexed(store):
+    import threading
+
+    instances = [ct_instance() for _ in range(12)]
+    payloads = [part10_bytes(ds) for ds in instances]
+    outcomes: list = [None] * len(payloads)
+
+    def put(index):
+        outcomes[index] = store.put(payloads[index]).outcome
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(len(payloads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert outcomes == [Outcome.STORED] * len(payloads)
+    for ds, data in zip(instances, payloads, strict=True):
+        assert store.path_of(store.instance(ds.SOPInstanceUID)).read_bytes() == data
+    assert store.commits.writes == len(payloads)
+    assert 1 <= store.commits.batches <= len(payloads)
