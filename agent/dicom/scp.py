@@ -20,6 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from ftlct.agent.dicom.prompt_polling import PromptPolling, enable_prompt_polling
 from ftlct.agent.dicom.receive_limits import ReceiveLimits, enable_chunked_receive
 from ftlct.agent.dicom.status_codes import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_status
 from ftlct.agent.dicom.tls import certificate_matches, peer_ssl_socket, server_ssl_context
@@ -76,7 +77,8 @@ class StorageScp:
             dicom.max_pdu, dicom.max_dataset_bytes, guard, self._dataset_aborted
         )
         self._server = None
-        self._undo_chunked = None
+        self.polling = PromptPolling()
+        self._undos: list = []  # process-wide pynetdicom switches, undone at stop
         self._in_flight = 0
         self._last_store_done = time.monotonic()
         self._lock = threading.Lock()
@@ -93,7 +95,10 @@ class StorageScp:
             *self.limits.handlers(),
         ]
         where = f"{self.settings.host}:{self.settings.port}"
-        self._undo_chunked = enable_chunked_receive(self.store.data_dir.incoming)
+        self._undos = [
+            enable_chunked_receive(self.store.data_dir.incoming),
+            enable_prompt_polling(self.polling),
+        ]
         try:
             self._server = ae.start_server(
                 (self.settings.host, self.settings.port),
@@ -102,7 +107,7 @@ class StorageScp:
                 ssl_context=server_ssl_context(self.tls),
             )
         except OSError as exc:
-            self._undo_chunked()
+            self._undo_switches()
             raise OSError(exc.errno, f"DICOM on {where}: {exc.strerror or exc}") from exc
         log_event(
             log,
@@ -133,9 +138,13 @@ class StorageScp:
         remaining = server.active_associations
         for assoc in remaining:
             assoc.abort()
-        if self._undo_chunked is not None:
-            self._undo_chunked()
+        self._undo_switches()
         log_event(log, "dicom_stopped", aborted_associations=len(remaining))
+
+    def _undo_switches(self) -> None:
+        undos, self._undos = self._undos, []
+        for undo in reversed(undos):
+            undo()
 
     @property
     def running(self) -> bool:
@@ -181,11 +190,13 @@ class StorageScp:
         return 0x0000
 
     def _on_store(self, event) -> int:
+        self.polling.busy()  # the response, then the sender's next request, come right away
         with self._lock:
             self._in_flight += 1
         try:
             return self._store(event)
         finally:
+            self.polling.busy()
             with self._lock:
                 self._in_flight -= 1
                 self._last_store_done = time.monotonic()

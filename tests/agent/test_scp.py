@@ -160,3 +160,28 @@ def test_a_dataset_is_aborted_when_the_disk_reaches_the_watermark_while_it_arriv
 
 def test_every_store_outcome_has_a_status():
     assert {store_status(outcome) for outcome in Outcome} <= {0x0000, 0xA700, 0xA900, 0xC000}
+
+
+def test_serving_polls_pynetdicom_promptly_after_a_store_and_stopping_restores_it(tmp_path):
+    import time
+
+    import pynetdicom.association
+    import pynetdicom.dul
+
+    data_dir = DataDir(tmp_path / "data").create()
+    db = Database(data_dir.index)
+    guard = DiskGuard(lambda: 10**15, 0)
+    store = InstanceStore(data_dir, db, guard, series=SeriesIndex(db))
+    settings = DicomSettings(port=free_port())
+    server = StorageScp(settings, TlsSettings(), store, guard, EventBus(), AgentMetrics())
+    server.start()
+    try:
+        assert pynetdicom.dul.time is server.polling
+        assert pynetdicom.association.time is server.polling
+        assert send_bytes(server, tmp_path, part10_bytes(ct_instance())) == 0x0000
+        assert server.polling._busy_until > time.monotonic()  # the next request is expected
+    finally:
+        server.stop(drain_timeout_s=2)
+        db.close()
+    assert pynetdicom.dul.time is time
+    assert pynetdicom.association.time is time
