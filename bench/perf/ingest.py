@@ -66,12 +66,17 @@ def smaps_breakdown(pid: int, top: int = 10) -> dict:
     }
 
 
-def _agent_env(quiet_period_s: float) -> dict[str, str]:
-    return {"FTLCT_AGENT_SERIES_QUIET_PERIOD_S": str(quiet_period_s)}
+def _agent_env(quiet_period_s: float, eager: bool = True) -> dict[str, str]:
+    env = {"FTLCT_AGENT_SERIES_QUIET_PERIOD_S": str(quiet_period_s)}
+    return env if eager else env | {"FTLCT_AGENT_INFERENCE_EAGER": "false"}
 
 
 def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> dict:
-    """storescp vs Orthanc vs the agent, 1 and 4 associations; the agent's memory over it."""
+    """storescp vs Orthanc vs the agent, 1 and 4 associations; the agent's memory over it.
+
+    ``agent-eager-off`` (``inference.eager = false``: the series is embedded after its quiet
+    period, outside the timed pass) shows what embedding while slices arrive costs the ingest.
+    """
     sets = {n: synthetic_passes(work / f"assoc-{n}", passes, slices) for n in (1, 4)}
     size = int(np.median([p.stat().st_size for p in sets[1][0]]))
     seconds: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in sets}
@@ -81,19 +86,21 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
         peers.storescp(work) as dcmtk,
         peers.orthanc(work) as pacs,
         peers.agent(work, model_path, _agent_env(1.0)) as agent,
+        peers.agent(work, model_path, _agent_env(1.0, eager=False), "agent-eager-off") as lazy,
     ):
-        receivers = [dcmtk, pacs, agent]
-        done = 0
+        receivers = [dcmtk, pacs, agent, lazy]
+        done = dict.fromkeys((agent.name, lazy.name), 0)
         for associations, passes_files in sets.items():
             for index, files in enumerate(passes_files):
-                order = receivers[index % 3 :] + receivers[: index % 3]  # who goes first rotates
+                turn = index % len(receivers)
+                order = receivers[turn:] + receivers[:turn]  # who goes first rotates
                 for receiver in order:
                     seconds[associations][receiver.name].append(
                         peers.send(receiver, files, associations)
                     )
-                    if receiver is agent:
-                        done += 1
-                        peers.wait_for_results(agent, done)
+                    if receiver.name in done:  # its series is inferred before the next pass
+                        done[receiver.name] += 1
+                        peers.wait_for_results(receiver, done[receiver.name])
         memory = {
             "agent_peak_rss_mb": round((agent.peak_rss_bytes() or 0) / 2**20, 1),
             "agent_rss_at_end_mb": round((agent.rss_bytes() or 0) / 2**20, 1),
@@ -107,6 +114,9 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
             "seconds": figures,
             "agent_vs_orthanc": ratio(figures["orthanc"]["median"], figures["agent"]["median"]),
             "agent_vs_storescp": ratio(figures["storescp"]["median"], figures["agent"]["median"]),
+            "agent_eager_off_vs_orthanc": ratio(
+                figures["orthanc"]["median"], figures["agent-eager-off"]["median"]
+            ),
         }
     one = rows["1_association"]
     return {

@@ -144,7 +144,8 @@ def _ingest(s: dict) -> list[str]:
     for key, row in s["by_associations"].items():
         lines += [
             f"{key.replace('_', ' ')}: agent is {row['agent_vs_orthanc']}x Orthanc, "
-            f"{row['agent_vs_storescp']}x storescp",
+            f"{row['agent_vs_storescp']}x storescp (with inference.eager = false: "
+            f"{row.get('agent_eager_off_vs_orthanc')}x Orthanc)",
             "",
             *_table(["receiver", "seconds"], [[n, _figure(f)] for n, f in row["seconds"].items()]),
         ]

@@ -240,5 +240,5 @@ def test_perf_quick_run_measures_the_receivers(tmp_path, model_dir):
     assert run(app, "ftl-bench", [*args, "--only", "ingest"]) == 0
     ingest = json.loads((tmp_path / "perf.json").read_text())["ingest"]
     one = ingest["by_associations"]["1_association"]["seconds"]
-    assert set(one) == {"storescp", "orthanc", "agent"}
+    assert set(one) == {"storescp", "orthanc", "agent", "agent-eager-off"}
     assert ingest["memory"]["agent_peak_rss_mb"] > 50
