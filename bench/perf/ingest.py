@@ -80,6 +80,7 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
     sets = {n: synthetic_passes(work / f"assoc-{n}", passes, slices) for n in (1, 4)}
     size = int(np.median([p.stat().st_size for p in sets[1][0]]))
     seconds: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in sets}
+    cpu: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in sets}
     record: dict = {}
     with (
         machine_load(record),
@@ -95,9 +96,13 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
                 turn = index % len(receivers)
                 order = receivers[turn:] + receivers[:turn]  # who goes first rotates
                 for receiver in order:
+                    before = receiver.cpu_seconds()
                     seconds[associations][receiver.name].append(
                         peers.send(receiver, files, associations)
                     )
+                    after = receiver.cpu_seconds()
+                    if before is not None and after is not None:
+                        cpu[associations][receiver.name].append(after - before)
                     if receiver.name in done:  # its series is inferred before the next pass
                         done[receiver.name] += 1
                         peers.wait_for_results(receiver, done[receiver.name])
@@ -112,6 +117,8 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
         figures = {name: summary(s, "s") for name, s in by_receiver.items()}
         rows[f"{associations}_association{'s' if associations > 1 else ''}"] = {
             "seconds": figures,
+            # CPU time the receiver used during the pass: what a busy machine makes wall time of.
+            "cpu_seconds": {name: summary(c, "s") for name, c in cpu[associations].items()},
             "agent_vs_orthanc": ratio(figures["orthanc"]["median"], figures["agent"]["median"]),
             "agent_vs_storescp": ratio(figures["storescp"]["median"], figures["agent"]["median"]),
             "agent_eager_off_vs_orthanc": ratio(

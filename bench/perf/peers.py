@@ -74,6 +74,14 @@ class Receiver:
     def rss_bytes(self) -> int | None:
         return _status_kb(self.process.pid, "VmRSS")
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used so far (Linux), None if unreadable."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
 
 def _status_kb(pid: int, key: str) -> int | None:
     try:

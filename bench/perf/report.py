@@ -142,12 +142,19 @@ def _ingest(s: dict) -> list[str]:
         "",
     ]
     for key, row in s["by_associations"].items():
+        cpu = row.get("cpu_seconds", {})
         lines += [
             f"{key.replace('_', ' ')}: agent is {row['agent_vs_orthanc']}x Orthanc, "
             f"{row['agent_vs_storescp']}x storescp (with inference.eager = false: "
             f"{row.get('agent_eager_off_vs_orthanc')}x Orthanc)",
             "",
-            *_table(["receiver", "seconds"], [[n, _figure(f)] for n, f in row["seconds"].items()]),
+            *_table(
+                ["receiver", "seconds", "CPU seconds it used"],
+                [
+                    [n, _figure(f), _figure(cpu[n]) if n in cpu else "-"]
+                    for n, f in row["seconds"].items()
+                ],
+            ),
         ]
     m = s["memory"]
     lines += [
