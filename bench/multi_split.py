@@ -13,6 +13,7 @@ each other method, and the per-split values behind them.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,19 +159,56 @@ def combine_splits(documents: list[dict], chosen_on: str = "") -> dict:
     return combined
 
 
+# settings that do not change a split's figures: a finished split run with other values is reused
+NOT_RESULTS = ("out", "cache_dir", "threads", "broker", "mqtt_timeout_s", "chosen_on", "splits")
+
+
+def _comparable(settings_json: dict) -> dict:
+    return {k: v for k, v in settings_json.items() if k not in NOT_RESULTS}
+
+
+def finished_split(folder: Path, settings) -> dict | None:
+    """A split's ``results.json`` written by a run with the same settings, else None.
+
+    An unreadable, unfinished or differently configured document is run again
+    (never mixed in), so an interrupted run loses the split in progress at most.
+    """
+    path = folder / "results.json"
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("settings"), dict):
+        return None
+    if _comparable(document["settings"]) != _comparable(settings.to_json()):
+        return None
+    if not (folder / "split.json").is_file():
+        return None
+    return document
+
+
 def run_splits(settings, reporter, out: Path, write_json) -> dict:
-    """Every split in turn (documents written per split as they finish); the combined results."""
+    """Every split in turn (documents written per split as they finish); the combined results.
+
+    A split whose folder already holds results of the same settings is reused.
+    """
     from ftlct.bench.experiment import run_experiment
 
     documents = []
     seeds = split_seeds(settings.seed, settings.splits)
     for index, seed in enumerate(seeds):
-        reporter.note(f"split {index + 1}/{len(seeds)}: seed {seed}")
         one = dataclasses.replace(settings, seed=seed, splits=1)
-        experiment = run_experiment(one, reporter)
         folder = out / "splits" / f"seed-{seed}"
+        reused = finished_split(folder, one)
+        if reused is not None:
+            reporter.note(f"split {index + 1}/{len(seeds)}: seed {seed} (reused {folder})")
+            documents.append(reused)
+            continue
+        reporter.note(f"split {index + 1}/{len(seeds)}: seed {seed}")
+        experiment = run_experiment(one, reporter)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "results.json", experiment.results)
+        # split.json first: results.json is what marks the split as finished
         write_json(folder / "split.json", experiment.split)
+        write_json(folder / "results.json", experiment.results)
         documents.append(experiment.results)
     return combine_splits(documents, settings.chosen_on)

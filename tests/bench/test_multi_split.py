@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -118,3 +120,38 @@ def test_zero_splits_is_a_one_line_error(image_folder, tmp_path, capsys):
     assert run(app, "ftl-bench", args) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--splits" in err
+
+
+def test_a_finished_split_is_reused_and_the_next_one_runs(two_splits, image_folder, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(two_splits / "splits", out / "splits")
+    seed0 = out / "splits" / "seed-0" / "results.json"
+    document = json.loads(seed0.read_text())
+    document["run"]["wall_s"] = 12345.0  # a mark only a reused document carries
+    seed0.write_text(json.dumps(document))
+    (out / "splits" / "seed-1" / "results.json").write_text('{"settings": ')  # cut short
+    cache = two_splits.parent / "cache"
+    args = tiny_args(image_folder, out, cache, "--splits", "3")
+    args[args.index("--methods") + 1] = "ftl,fedavg,central"
+    assert run(app, "ftl-bench", args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["multi_split"]["seeds"] == [0, 1, 2]
+    walls = [json.loads((out / "splits" / f"seed-{s}" / "results.json").read_text())["run"]["wall_s"] for s in (0, 1, 2)]  # fmt: skip
+    assert walls[0] == 12345.0 and walls[1] != 12345.0  # seed 1 ran again, seed 2 is new
+    assert results["run"]["wall_s"] == pytest.approx(sum(walls), abs=0.2)
+
+
+def test_a_split_run_with_other_settings_is_not_reused(two_splits):
+    from ftlct.bench.multi_split import finished_split
+    from ftlct.bench.settings import BenchSettings
+
+    folder = two_splits / "splits" / "seed-0"
+    saved = json.loads((folder / "results.json").read_text())["settings"]
+    tables = {k: type(getattr(BenchSettings(), k))(**v) for k, v in saved.items() if isinstance(v, dict)}  # fmt: skip
+    same = BenchSettings(**{**saved, **tables})
+    same.out, same.threads = "elsewhere", 2  # not part of the figures
+    assert finished_split(folder, same) is not None
+    other = dataclasses.replace(same, rounds=same.rounds + 1)
+    assert finished_split(folder, other) is None
+    assert finished_split(folder, BenchSettings()) is None
+    assert finished_split(folder.parent / "seed-99", same) is None  # no document at all
