@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ftlct.agent.training.metrics import accuracy, macro_f1
 from ftlct.bench.demo_data import covid_ct_split, labels_csv, phantom_split
 from ftlct.bench.local_federation import (
     FederationError,
@@ -28,6 +27,7 @@ from ftlct.bench.local_federation import (
     remove_tree,
     wait_until,
 )
+from ftlct.export.metrics import accuracy, macro_f1
 from ftlct.export.model_dir import ModelDir, ModelDirError
 from ftlct.export.weights import REPO_ROOT
 

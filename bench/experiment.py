@@ -66,7 +66,7 @@ class Plan:
     store: ViewStore
     site_names: list[str]
     jitter_views: int = 0
-    # per site: its images held out to score global versions (bench/selection.py)
+    # per site: its images held out to score global versions (cloud/model_selection.py)
     selection: tuple[np.ndarray, ...] = ()
     # per site: views through its AdaBN-adapted backbone (bench/site_adaptation.py), if any
     site_stores: tuple[ViewStore, ...] = ()

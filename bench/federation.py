@@ -17,10 +17,10 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ftlct.agent.training.local_training import ArrayDataset, Weights
-from ftlct.agent.training.metrics import ClassificationMetrics, from_confusion
 from ftlct.bench.learners import Learner, round_seed
-from ftlct.bench.selection import BestVersion, Candidate
+from ftlct.cloud.model_selection import BestVersion, Candidate
 from ftlct.cloud.strategies import SiteUpdate
+from ftlct.export.metrics import ClassificationMetrics, from_confusion
 from ftlct.protocol.exchange import build_update
 from ftlct.protocol.identity import Identity, public_b64_of
 
@@ -170,7 +170,7 @@ def wire_metrics(metrics: dict[str, float]) -> dict[str, float]:
 def validation_score(learner: Learner, models: dict, sites: Sequence[SiteData]) -> float | None:
     """Each site scores its current model on its held-out images; the federation sums the
     confusion matrices (``selection.federated_validation_score``). None without held-out data."""
-    from ftlct.bench.selection import federated_validation_score
+    from ftlct.cloud.model_selection import federated_validation_score
 
     n = learner.n_classes
     confusions = []

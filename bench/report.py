@@ -274,7 +274,7 @@ def write_report(results: dict, out: Path, command: str, levers: dict | None = N
         "flips and shifts) every batch.",
         "- Headline figures are those of the last round; `best (validated)` is the round whose "
         "models scored best on the sites' held-out images (federated validation, "
-        "`bench/selection.py`), scored on the test views: selection never sees the test split.",
+        "`cloud/model_selection.py`), scored on the test views: selection never sees the test split.",
         f"- Settings were chosen on: {results['settings'].get('chosen_on') or 'not recorded'}.",
         "",
         "## Sites (simulated scanners)",

@@ -170,7 +170,7 @@ class BenchSettings:
     scanners: str = "realistic"  # realistic | harsh | none (every site the reference scanner)
     val_fraction: float = 0.0  # local validation split (the agent's gating); 0: train on all
     # share of each site's images held out (whole images, all their views) to score every
-    # global version; the federation keeps the best (bench/selection.py). 0: last only
+    # global version; the federation keeps the best (cloud/model_selection.py). 0: last only
     selection_fraction: float = 0.2
     transport: str = "inproc"
     broker: str = ""  # mqtt transport: use this broker instead of starting mosquitto

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlct.agent.training.metrics import macro_f1
 from ftlct.export.head_onnx import numpy_head_logits
+from ftlct.export.metrics import macro_f1
 from ftlct.export.tensors import Weights
 
 

@@ -21,9 +21,9 @@ from ftlct.agent.settings import TrainingSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.layout import DataDir
 from ftlct.agent.training.labelled_data import LabelledData, holdout_split, labelled_data
-from ftlct.agent.training.metrics import classification_metrics
 from ftlct.agent.training.recipe import Recipe
 from ftlct.export.head_onnx import numpy_head_logits
+from ftlct.export.metrics import classification_metrics
 from ftlct.export.tensors import Weights
 from ftlct.protocol.messages import GlobalModel
 

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from ftlct.agent.settings import CLASS_WEIGHTING, OPTIMIZERS
-from ftlct.agent.training.metrics import classification_metrics
 from ftlct.export.heads import head_from_arrays
+from ftlct.export.metrics import classification_metrics
 from ftlct.export.tensors import Weights
 
 # (batch of inputs, generator) -> augmented batch; called in training only.

@@ -115,7 +115,7 @@ def calibration_inputs(model, cq500_files: list[Path], covid_count: int = 64) ->
 
 
 def _bootstrap_f1_difference(y, a, b, n_classes, rounds=1000) -> list[float]:
-    from ftlct.agent.training.metrics import classification_metrics
+    from ftlct.export.metrics import classification_metrics
 
     rng = np.random.default_rng(0)
     diffs = []
@@ -129,9 +129,9 @@ def _bootstrap_f1_difference(y, a, b, n_classes, rounds=1000) -> list[float]:
 
 def accuracy(model, sessions: dict[str, ort.InferenceSession], quick: bool) -> dict:
     from ftlct.agent.training.local_training import LocalTrainConfig, train_head
-    from ftlct.agent.training.metrics import classification_metrics
     from ftlct.export.head_onnx import numpy_head_logits
     from ftlct.export.heads import head_to_arrays, make_head
+    from ftlct.export.metrics import classification_metrics
 
     data, x_train, y_train, x_test, y_test = _covid_inputs(model, quick)
     n_classes = len(data.classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftlct.agent.training.metrics import (
+from ftlct.export.metrics import (
     accuracy,
     classification_metrics,
     confusion_matrix,

@@ -1,21 +1,16 @@
-"""Keeping the best global version by federated validation: the pure rule and the round loop."""
+"""Keeping the best global version by federated validation: the pure rule."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ftlct.agent.training.local_training import ArrayDataset, ModuleTrainResult
-from ftlct.bench.federation import SiteData, run_federated
-from ftlct.bench.inproc_transport import InProcessTransport
-from ftlct.bench.learners import Learner
-from ftlct.bench.selection import (
+from ftlct.cloud.model_selection import (
     BestVersion,
     Candidate,
     federated_validation_score,
     weighted_validation_score,
 )
-from ftlct.cloud.strategies import make_strategy
 
 
 def test_federated_score_is_the_macro_f1_of_the_summed_matrices():
@@ -52,40 +47,3 @@ def test_best_version_only_moves_on_a_strict_improvement():
     assert best.best == Candidate("r5", 5, 0.80)
     with pytest.raises(ValueError, match="not finite"):
         best.offer(Candidate("r7", 7, float("nan")))
-
-
-class DriftingLearner(Learner):
-    """Weights are one number w; the model predicts class 1 iff w > 0.5; sites push w up by 0.3."""
-
-    kind = "embedding"
-
-    def initial(self):
-        return {"w": np.zeros(1, np.float32)}
-
-    def train(self, weights, data, seed):
-        return ModuleTrainResult({"w": weights["w"] + 0.3}, len(data), {})
-
-    def predict(self, weights, inputs):
-        return np.full(len(inputs), int(weights["w"][0] > 0.5))
-
-
-def test_the_round_loop_reports_the_validated_best_beside_the_last(tmp_path):
-    from ftlct.agent.training.local_training import LocalTrainConfig
-
-    x = np.zeros((4, 1), np.float32)
-    # held-out and test images are all class 0: rounds 1 (w 0.3) is right, later rounds are wrong
-    site = SiteData(
-        "s", ArrayDataset(x, np.zeros(4, np.int64)), x, val=ArrayDataset(x, np.zeros(4, np.int64))
-    )
-    run = run_federated(
-        "toy",
-        DriftingLearner(LocalTrainConfig(), 2),
-        InProcessTransport(make_strategy("fedavg")),
-        [site],
-        np.zeros(4, np.int64),
-        rounds=4,
-        seed=0,
-    )
-    assert run.final.accuracy == 0.0  # w = 1.2 after 4 rounds: predicts class 1
-    assert run.best_round == 1 and run.best_validated.accuracy == 1.0
-    assert [h.validation_f1 for h in run.history] == [1.0, 0.0, 0.0, 0.0]

@@ -10,8 +10,8 @@ it, ties keep the earlier one); the experiment reports that version's test
 score beside the last one's. NVFlare's in-time model selection works the
 same way.
 
-Pure functions: the phase-2 cloud calls ``federated_validation_score`` and
-``BestVersion.offer`` with what sites send in their updates.
+Pure functions: the cloud (``round_coordinator``) and the bench call them with what
+sites report (the confusion matrices in their updates, ``protocol.validation_report``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlct.agent.training.metrics import from_confusion
+from ftlct.export.metrics import from_confusion
 
 
 def federated_validation_score(confusions: Sequence[np.ndarray]) -> float:

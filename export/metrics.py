@@ -1,4 +1,5 @@
-"""Classification metrics in numpy only (no torch, no sklearn): the bench and the agent's gating.
+"""Classification metrics in numpy only (no torch, no sklearn): the agent's gate, the cloud's
+model selection and the bench score with them.
 
 Macro averages follow the usual convention (scikit-learn's ``average="macro"``
 with ``zero_division=0``): the unweighted mean over the classes that occur in
