@@ -36,11 +36,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ftlct.protocol.messages import STATISTICS_TENSORS
+
 SOLVERS = ("discriminant", "ridge")
-GRAM = "stats.gram_upper"  # upper triangle (diagonal included), row by row
-CLASS_SUMS = "stats.class_sums"
-CLASS_COUNTS = "stats.class_counts"
-STAT_TENSORS = (GRAM, CLASS_SUMS, CLASS_COUNTS)
+# the wire names (a statistics update holds exactly these): the Gram matrix's upper triangle
+# (diagonal included, row by row), per-class sums, per-class counts
+GRAM, CLASS_SUMS, CLASS_COUNTS = STATISTICS_TENSORS
+STAT_TENSORS = STATISTICS_TENSORS
 
 
 class StatisticsError(ValueError):

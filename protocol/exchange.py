@@ -34,10 +34,12 @@ from ftlct.protocol.envelope import Envelope, open_envelope, seal
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.identity import Identity
 from ftlct.protocol.messages import (
+    STATISTICS_CODEC,
     GlobalModel,
     RoundAnnouncement,
     UpdateMessage,
     body_to_tensors,
+    check_update_tensors,
     tensors_to_body,
     update_fields,
 )
@@ -67,11 +69,16 @@ def build_update(
     codec: str = "fp32",
     update_id: str | None = None,
     created: float | None = None,
+    kind: str = "delta",
 ) -> bytes:
     """A signed ``site_update`` envelope. Resend the same bytes to resend the same update.
 
     ``created`` (default: now) is the envelope's time; a fixed one makes the bytes reproducible.
+    ``kind="statistics"``: ``delta`` holds a closed-form federation's statistics
+    (``messages.STATISTICS_TENSORS``), sent fp32 whatever ``codec`` says.
     """
+    if kind == "statistics":
+        codec = STATISTICS_CODEC
     message = UpdateMessage(
         site=identity.name,
         round=round,
@@ -83,10 +90,12 @@ def build_update(
         codec=codec,
         metrics=dict(metrics or {}),
         public_key=identity.public_b64,
+        kind=kind,
     )
     tensors, params = encode_delta(delta, codec)
     payload = message.to_payload(params)
     update_fields(payload)  # refuse to send what the cloud would refuse as malformed
+    check_update_tensors(kind, tensors)
     return seal("site_update", federation, payload, identity, tensors_to_body(tensors), created)
 
 
@@ -212,7 +221,9 @@ def open_update(
         raise ProtocolError(
             "wrong_sender", f"update names site {fields['site']}, signed by {envelope.signer}"
         )
-    delta = decode_delta(body_to_tensors(envelope.body), fields["codec"], fields["codec_params"])
+    tensors = body_to_tensors(envelope.body)
+    check_update_tensors(fields["kind"], tensors)
+    delta = decode_delta(tensors, fields["codec"], fields["codec_params"])
     fields.pop("codec_params")
     fields["public_key"] = public_key
     return UpdateMessage(**fields, delta=delta, created=envelope.created)

@@ -30,6 +30,7 @@ MAX_METRICS = 32
 MAX_INT = 2**53
 ROUND_STATUSES = ("open", "finished")
 UPDATE_KEYS = {
+    "kind",
     "site",
     "round",
     "base_version",
@@ -53,7 +54,16 @@ ROUND_KEYS = {
     "training",
     "status",
     "extensions",
+    "best_versions",
 }
+# What an update carries: "delta" (local - global; every federation but closed_form) or
+# "statistics": a closed-form federation's sufficient statistics of the site's labelled
+# embeddings (export/closed_form_head.py), exactly these tensors, fp32 only: a lossy codec
+# would break the exact sum, and fp16 overflows on a Gram matrix.
+UPDATE_KINDS = ("delta", "statistics")
+STATISTICS_TENSORS = ("stats.gram_upper", "stats.class_sums", "stats.class_counts")
+STATISTICS_CODEC = "fp32"
+MAX_BEST_VERSIONS = 64  # clusters named in one announcement's best_versions
 
 
 def tensors_to_body(tensors: dict[str, np.ndarray]) -> bytes:
@@ -138,6 +148,8 @@ class RoundAnnouncement:
     training: dict = field(default_factory=dict)  # local epochs, lr, codec, max_delta_norm, ...
     status: str = "open"  # "finished" once the last round is aggregated
     extensions: int = 0  # deadline extensions for lack of quorum
+    # cluster -> the best version so far by the sites' validation reports (BestVersionNote)
+    best_versions: dict[str, BestVersionNote] = field(default_factory=dict)
 
     def cluster_for(self, site: str) -> str:
         return self.assignments.get(site, self.default_cluster)
@@ -146,7 +158,7 @@ class RoundAnnouncement:
         return self.base_versions.get(self.cluster_for(site))
 
     def to_payload(self) -> dict:
-        return {
+        payload = {
             "round": self.round,
             "strategy": self.strategy,
             "deadline": self.deadline,
@@ -159,6 +171,9 @@ class RoundAnnouncement:
             "status": self.status,
             "extensions": self.extensions,
         }
+        if self.best_versions:  # absent until sites report: reads as before
+            payload["best_versions"] = {c: b.to_payload() for c, b in self.best_versions.items()}
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict) -> RoundAnnouncement:
@@ -181,7 +196,43 @@ class RoundAnnouncement:
             training=training,
             status=status,
             extensions=_int(payload, "extensions"),
+            best_versions=_best_versions(payload.get("best_versions", {})),
         )
+
+
+@dataclass(frozen=True)
+class BestVersionNote:
+    """The global version of one cluster that scored best on the sites' held-out slices."""
+
+    version: str
+    round: int  # the round that made it
+    score: float  # federated validation macro-F1 (cloud/model_selection.py)
+    n_val: int  # held-out slices behind the score, summed over the reporting sites
+
+    def to_payload(self) -> dict:
+        return {
+            "version": self.version,
+            "round": self.round,
+            "score": self.score,
+            "n_val": self.n_val,
+        }
+
+
+def _best_versions(value: object) -> dict[str, BestVersionNote]:
+    if not isinstance(value, dict) or len(value) > MAX_BEST_VERSIONS:
+        _fail(f"best_versions must map at most {MAX_BEST_VERSIONS} clusters to versions")
+    notes = {}
+    for cluster, note in value.items():
+        if not isinstance(cluster, str) or not NAME.match(cluster) or not isinstance(note, dict):
+            _fail("best_versions must map cluster names to objects")
+        _keys(note, {"version", "round", "score", "n_val"}, "best_versions")
+        score = _number(note, "score")
+        if not 0.0 <= score <= 1.0:
+            _fail(f"best version score must be in [0, 1], got {score}")
+        notes[cluster] = BestVersionNote(
+            _text(note, "version"), _int(note, "round"), score, _int(note, "n_val")
+        )
+    return notes
 
 
 # ----------------------------------------------------------------- global model
@@ -312,9 +363,10 @@ class UpdateMessage:
     metrics: dict[str, float] = field(default_factory=dict)  # local loss/accuracy..., no PHI
     created: float = 0.0
     public_key: str = ""  # the signer's key, used only by a cloud in trust-on-first-use mode
+    kind: str = "delta"  # or "statistics" (UPDATE_KINDS); ``delta`` then holds the statistics
 
     def to_payload(self, codec_params: dict) -> dict:
-        return {
+        payload = {
             "public_key": self.public_key,
             "site": self.site,
             "round": self.round,
@@ -326,6 +378,20 @@ class UpdateMessage:
             "codec": self.codec,
             "codec_params": codec_params,
         }
+        if self.kind != "delta":  # a delta's payload reads as it did before statistics existed
+            payload["kind"] = self.kind
+        return payload
+
+
+def check_update_tensors(kind: str, tensors: dict[str, np.ndarray]) -> None:
+    """Statistics are exactly ``STATISTICS_TENSORS``; a delta never uses their names."""
+    if kind == "statistics":
+        if set(tensors) != set(STATISTICS_TENSORS):
+            _fail(
+                f"a statistics update holds {', '.join(STATISTICS_TENSORS)}, got {sorted(tensors)[:4]}"
+            )
+    elif any(name.startswith("stats.") for name in tensors):
+        _fail("a delta may not carry statistics tensors (stats.*)")
 
 
 def check_metrics(metrics: object) -> dict[str, float]:
@@ -349,6 +415,11 @@ def update_fields(payload: dict) -> dict:
     codec = payload.get("codec")
     if codec not in CODECS:
         _fail(f"codec {codec!r} not in {CODECS}")
+    kind = payload.get("kind", "delta")
+    if kind not in UPDATE_KINDS:
+        _fail(f"update kind {kind!r} not in {UPDATE_KINDS}")
+    if kind == "statistics" and codec != STATISTICS_CODEC:
+        _fail(f"statistics travel as {STATISTICS_CODEC}, not {codec}")
     params = payload.get("codec_params")
     if not isinstance(params, dict):
         _fail("codec_params must be an object")
@@ -366,4 +437,5 @@ def update_fields(payload: dict) -> dict:
         "codec": codec,
         "codec_params": params,
         "public_key": public_key,
+        "kind": kind,
     }

@@ -3,6 +3,7 @@
 | topic                         | direction     | retained |
 | ``ftl/F/rounds/current``      | cloud -> all  | yes      |
 | ``ftl/F/model/{cluster}``     | cloud -> all  | yes      |
+| ``ftl/F/best/{cluster}``      | cloud -> all  | yes      |
 | ``ftl/F/updates/{site}``      | site -> cloud | no, QoS 1|
 | ``ftl/F/twins/{site}/state``  | site -> cloud | yes, LWT |
 | ``ftl/F/receipts/{site}``     | cloud -> site | no, QoS 1|
@@ -43,6 +44,10 @@ class Topics:
     def model(self, cluster: str) -> str:
         return f"{self.root}/model/{check_name('cluster', cluster)}"
 
+    def best_model(self, cluster: str) -> str:
+        """The cluster's best global version so far by the sites' validation reports."""
+        return f"{self.root}/best/{check_name('cluster', cluster)}"
+
     def updates(self, site: str) -> str:
         return f"{self.root}/updates/{check_name('site', site)}"
 
@@ -56,6 +61,10 @@ class Topics:
     @property
     def all_models(self) -> str:
         return f"{self.root}/model/+"
+
+    @property
+    def all_best_models(self) -> str:
+        return f"{self.root}/best/+"
 
     @property
     def all_updates(self) -> str:
@@ -74,8 +83,8 @@ class Topics:
 @dataclass(frozen=True)
 class TopicRef:
     federation: str
-    kind: str  # "round" | "model" | "update" | "twin_state" | "receipt"
-    subject: str | None  # cluster for model, site for update / twin_state / receipt
+    kind: str  # "round" | "model" | "best_model" | "update" | "twin_state" | "receipt"
+    subject: str | None  # cluster for model / best_model, site for update / twin_state / receipt
 
 
 def parse_topic(topic: str) -> TopicRef:
@@ -88,6 +97,8 @@ def parse_topic(topic: str) -> TopicRef:
         return TopicRef(federation, "round", None)
     if len(rest) == 2 and rest[0] == "model" and NAME.match(rest[1]):
         return TopicRef(federation, "model", rest[1])
+    if len(rest) == 2 and rest[0] == "best" and NAME.match(rest[1]):
+        return TopicRef(federation, "best_model", rest[1])
     if len(rest) == 2 and rest[0] == "updates" and NAME.match(rest[1]):
         return TopicRef(federation, "update", rest[1])
     if len(rest) == 3 and rest[0] == "twins" and rest[2] == "state" and NAME.match(rest[1]):
