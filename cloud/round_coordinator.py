@@ -5,6 +5,10 @@ the ``publish(topic, payload, retain)`` callable the server passes in, so the
 whole machine runs in tests without a broker. Every state change is
 committed to the ``StateStore`` before anything is published.
 
+Each aggregation also judges the version the round started from by the
+sites' validation reports (``cloud.best_versions``): the best version of each
+cluster is announced with the round and retained on ``best/{cluster}``.
+
 Closing rule: a round closes when it has ``min_sites`` accepted updates and
 either its deadline has passed or every enrolled site has answered. At the
 deadline with fewer than ``min_sites`` updates, the round is NOT aggregated
@@ -22,8 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 
-import numpy as np
-
+from ftlct.cloud.best_versions import BestVersions
 from ftlct.cloud.current_models import CurrentModels
 from ftlct.cloud.initial_model import HEAD, NETWORK, InitialModel, federation_kind, head_of
 from ftlct.cloud.internal_errors import InternalErrors
@@ -33,7 +36,7 @@ from ftlct.cloud.site_weights import bounded_weights
 from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.cloud.state.inbox import JUDGED_KEY, InboxMessage
 from ftlct.cloud.state.models import weights_to_blob
-from ftlct.cloud.strategies import FederationState, SiteUpdate, Strategy
+from ftlct.cloud.strategies import FederationState, Strategy
 from ftlct.cloud.strategies.base import DEFAULT_CLUSTER, default_cluster
 from ftlct.cloud.twin_registry import TwinRegistry
 from ftlct.cloud.update_intake import UpdateIntake
@@ -76,6 +79,7 @@ class RoundCoordinator:
         self.limiter = LogLimiter(log)
         self.twins = TwinRegistry(store, settings.federation, self.limiter)
         self.updates = UpdateIntake(settings, store, strategy, self.limiter)
+        self.best = BestVersions(store.meta)
         self.current: CurrentModels | None = None  # set by initialise()
         self.errors = InternalErrors(store, self.limiter, settings.limits.rejections_kept)
         self._outgoing: list[tuple[str, bytes, bool]] = []  # published after the commit
@@ -144,10 +148,10 @@ class RoundCoordinator:
         """Refuse to start when the strategy would refuse these tensors at every aggregation.
 
         The strategy is the authority on what it federates (``ftl``: head
-        tensors only), so it is asked with one all-zero update.
+        tensors only), so it is asked with one probe update (``Strategy.start_probe``).
         """
-        probe = SiteUpdate("start-check", {k: np.zeros_like(v) for k, v in weights.items()}, 1)
         try:
+            probe = self.strategy.start_probe(weights)
             self.strategy.aggregate(FederationState({DEFAULT_CLUSTER: weights}), [probe])
         except ValueError as exc:
             raise CloudStateError(
@@ -163,6 +167,8 @@ class RoundCoordinator:
         """(Re-)publish the retained state: every current global model and the round."""
         for cluster in self.current.versions:
             self._publish_model(cluster)
+        for cluster in self.best.notes():
+            self._publish_best(cluster)
         self._publish_round()
 
     # ------------------------------------------------------------------ inputs
@@ -345,6 +351,13 @@ class RoundCoordinator:
         updates = self.store.updates.of_round(row.round, weights)
         touched = self.store.updates.clusters_of_round(row.round)
         new_state = self.strategy.aggregate(state, updates)
+        best, best_changed, reports_ignored = self.best.judge(
+            self.store.updates.records_of_round(row.round),
+            row.base_versions,
+            lambda cluster, version: self.store.models.row(cluster, version)[0],
+            len(self._labels()),
+            set(new_state.models),
+        )
         new_versions = {}
         created = []
         for cluster, weights in new_state.models.items():
@@ -362,6 +375,9 @@ class RoundCoordinator:
                 new_state.round, new_versions, new_state.membership, new_state.extra
             )
             self.store.rounds.close(row.round, len(updates))
+            self.best.save(best)
+            if reports_ignored:
+                self.store.counters.bump("validation_reports_ignored", reports_ignored)
             self.store.updates.drop_deltas(row.round)
             if not self.finished:
                 self.store.rounds.add(self._next_round_row(row.round + 1, new_state, new_versions))
@@ -375,13 +391,27 @@ class RoundCoordinator:
         )
         for cluster, _, _, _ in created:
             self._publish_model(cluster)
+        for cluster in best_changed:
+            self._publish_best(cluster)
         for dissolved in set(versions) - set(new_versions):
             self.publish(self.topics.model(dissolved), b"", True)  # clears the retained model
+            self.publish(self.topics.best_model(dissolved), b"", True)
         self._publish_round()
 
     # ------------------------------------------------------------------ publishing
     def _publish_model(self, cluster: str) -> None:
         version = self.current.versions[cluster]
+        weights = self.current.weights(cluster)  # in memory: no decode per publish
+        self._publish_version(cluster, version, weights, self.topics.model(cluster))
+
+    def _publish_best(self, cluster: str) -> None:
+        """The cluster's best version so far (retained; agents may serve it instead)."""
+        note = self.best.notes().get(cluster)
+        if note is not None:
+            weights = self.store.models.weights(cluster, note.version)
+            self._publish_version(cluster, note.version, weights, self.topics.best_model(cluster))
+
+    def _publish_version(self, cluster: str, version: str, weights, topic: str) -> None:
         round_no, base = self.store.models.row(cluster, version)
         kind = self.kind
         pin = self.store.meta.get(PIN_KEY[kind]) or ""
@@ -389,15 +419,18 @@ class RoundCoordinator:
             cluster=cluster,
             version=version,
             round=round_no,
-            labels=(self.store.meta.get("labels") or "").split(","),
+            labels=self._labels(),
             backbone_sha256=pin if kind == HEAD else "",
-            weights=self.current.weights(cluster),
+            weights=weights,
             base_version=base,
             kind=kind,
             architecture_sha256=pin if kind == NETWORK else "",
         )
         data = build_global_model(self.identity, self.settings.federation, model)
-        self.publish(self.topics.model(cluster), data, True)
+        self.publish(topic, data, True)
+
+    def _labels(self) -> list[str]:
+        return (self.store.meta.get("labels") or "").split(",")
 
     def _publish_round(self) -> None:
         row = self.store.rounds.last()
@@ -405,6 +438,7 @@ class RoundCoordinator:
             return
         training = dict(self.settings.training)
         training.setdefault("max_delta_norm", self.settings.limits.max_delta_norm)
+        training.update(self.strategy.round_training())  # what its updates must be
         versions, default, assignments = row.base_versions, row.default_cluster, row.assignments
         if row.status != "open":
             # Finished: point every site at the final models. The last round's own
@@ -423,6 +457,7 @@ class RoundCoordinator:
             training=training,
             status="open" if row.status == "open" else "finished",
             extensions=row.extensions,
+            best_versions=self.best.notes(),
         )
         self.publish(
             self.topics.rounds_current,

@@ -3,7 +3,10 @@
 The wire layer (``protocol.exchange.open_update``) has already checked size,
 form, enrolment and signature. Here: the round's own rules, then the
 strategy's ``check_update`` (the same check its ``aggregate`` applies: tensor
-names, shapes, finite values), then the norm bound. Each failure is a
+names, shapes, finite values), then the norm bound. An update of another kind
+than the strategy takes (statistics for a head federation, a delta for a
+closed-form one) is ``wrong_update_kind``; statistics have no delta norm (the
+strategy bounds each embedding instead). Each failure is a
 ``Rejection`` with a stable reason, the key of ``updates_rejected`` in
 ``ftl-cloud status --json``.
 """
@@ -31,6 +34,7 @@ REASONS = (
     "wrong_round",
     "wrong_cluster",
     "wrong_base_version",
+    "wrong_update_kind",
     "already_submitted",
     "shape_mismatch",
     "bad_dtype",
@@ -82,6 +86,11 @@ def check_update(
             "wrong_base_version",
             f"update from base {message.base_version}, round {current.round} uses {expected_base}",
         )
+    if message.kind != strategy.update_kind:
+        raise Rejection(
+            "wrong_update_kind",
+            f"{message.kind} update, the {strategy.name} strategy takes {strategy.update_kind}",
+        )
     if store.updates.of(current.round, message.site) is not None:
         raise Rejection(
             "already_submitted", f"{message.site} already has an update in round {current.round}"
@@ -92,6 +101,6 @@ def check_update(
     except UpdateMismatch as exc:
         raise Rejection(exc.reason, str(exc)) from exc
     norm = l2_norm(message.delta)
-    if norm > max_delta_norm:
+    if message.kind == "delta" and norm > max_delta_norm:
         raise Rejection("norm_bound", f"delta norm {norm:.4g} exceeds {max_delta_norm:.4g}")
     return norm

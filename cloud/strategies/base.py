@@ -41,6 +41,17 @@ class Strategy(ABC):
     """One aggregation rule. Subclasses set ``name`` and implement ``aggregate``."""
 
     name: str
+    # what its sites send (protocol.messages.UPDATE_KINDS): a delta, or statistics (closed_form)
+    update_kind: str = "delta"
+
+    def round_training(self) -> dict:
+        """Keys this strategy adds to the training config announced with each round."""
+        return {}
+
+    def start_probe(self, weights: Weights) -> SiteUpdate:
+        """An update ``aggregate`` must take for a federation of ``weights`` (an all-zero
+        delta); the cloud refuses to start a federation the strategy would always refuse."""
+        return SiteUpdate("start-check", {k: np.zeros_like(v) for k, v in weights.items()}, 1)
 
     @abstractmethod
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:

@@ -15,7 +15,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "ftl": FTL,
     "fedavg": FedAvg,
     "cfl": CFL,
-    "closed_form": ClosedForm,  # updates carry statistics, not deltas (phase 2 wires the sites)
+    "closed_form": ClosedForm,  # updates carry statistics, not deltas
     "median": CoordinateMedian,
     "trimmed_mean": TrimmedMean,
     "norm_clipping": NormClipping,
@@ -42,5 +42,7 @@ def make_strategy(name: str, **params) -> Strategy:
     except TypeError as exc:
         raise ValueError(f"bad parameters for strategy {name!r}: {exc}") from exc
     if clip_norm is not None:
+        if strategy.update_kind != "delta":
+            raise ValueError(f"clip_norm clips deltas; {name} takes {strategy.update_kind}")
         strategy = NormClipping(float(clip_norm), strategy)
     return strategy
