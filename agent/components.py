@@ -65,7 +65,8 @@ def federation_sync(
         f"ftl-agent-{federation}-{site}",
         f.broker,
         settings.mqtt,
-        topics.site_subscriptions(site),
+        topics.site_subscriptions(site)
+        + ([topics.all_best_models] if settings.training.serve == "best" else []),
         will=(
             topics.twin_state(site),
             build_offline_will(identity, federation, engine.current.version),
@@ -98,6 +99,7 @@ def federation_sync(
         Receipts(site, federation, f.cloud_key, db, outbox),
         changed=schedule.replan_now,
         model_for_me=installer.offer,
+        serve=settings.training.serve,
     )
     sender = OutboxSender(outbox, link, f)
     return FederationSync(link, inbox, sender, schedule, Heartbeat(db))

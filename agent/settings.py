@@ -34,6 +34,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 CLASS_WEIGHTING = ("logit_adjusted", "balanced", "none")
 CONFLICT_POLICIES = ("keep_first", "replace")  # what the store does with a resent UID
 _CERT_ID = re.compile(r"^(CN=.{1,64}|sha256:[0-9a-fA-F]{64})$")
+SERVE_VERSIONS = ("last", "best")
 
 
 def default_data_dir() -> Path:
@@ -223,6 +224,9 @@ class TrainingSettings:
     # Wall-clock limit of one local round's training child; on expiry its process group is
     # killed and the round recorded as failed (and not tried again).
     max_duration_s: float = 3600.0
+    # Which global head to serve: "last" (each new one, through the gate) or "best" (the
+    # version the sites' validation reports score highest, best/{cluster}, through the gate)
+    serve: str = "last"
 
 
 @dataclass
@@ -237,6 +241,10 @@ class PrivacySettings:
     # With DP on, the update's n_samples is the count rounded to a multiple of this (at
     # least one bucket): the exact count would be a data-dependent number outside the noise.
     sample_count_bucket: int = 50
+    # closed-form federations: each embedding is clipped to this L2 norm before its statistics
+    # are summed, and noise of std noise_multiplier * sqrt(C^4 + C^2 + 1) goes on every number
+    # (a guarantee per labelled slice, not per site; README "Federation at the edge")
+    statistics_clip_norm: float = 30.0
 
 
 @dataclass
@@ -389,9 +397,11 @@ class AgentSettings:
         _check(t.codec in CODECS, "training.codec", f"one of {CODECS}")
         _check(t.gate_max_f1_drop >= 0, "training.gate_max_f1_drop", "must be >= 0")
         _check(t.check_interval_s > 0, "training.check_interval_s", "must be > 0")
+        _check(t.serve in SERVE_VERSIONS, "training.serve", f"one of {SERVE_VERSIONS}")
         p = self.privacy
         _check(p.clip_norm > 0, "privacy.clip_norm", "must be > 0")
         _check(p.noise_multiplier > 0, "privacy.noise_multiplier", "must be > 0")
+        _check(p.statistics_clip_norm > 0, "privacy.statistics_clip_norm", "must be > 0")
         _check(0 < p.delta < 1, "privacy.delta", "must be in (0, 1)")
         _check(p.epsilon_limit >= 0, "privacy.epsilon_limit", "must be >= 0 (0: no limit)")
         _check(p.sample_count_bucket >= 1, "privacy.sample_count_bucket", "must be >= 1")

@@ -5,7 +5,10 @@ announcement is verified with the cloud key and kept unless it is older than
 the one kept; a global model is verified against the site's ``ModelPin`` and
 kept. Then ``changed()`` is called (plan again), and ``model_for_me(model)``
 when the kept model is the one the last announcement points this site at
-(install it). Messages that fail verification are logged with their reason,
+(install it). With ``serve = "best"`` the model offered for installation is
+the cluster's best version (``best/{cluster}``, judged by the sites'
+validation reports) instead of the last; training always starts from the
+round's base model either way. Messages that fail verification are logged with their reason,
 counted (``model_events`` for models, the ``sync.rounds_refused`` meta for
 rounds) and dropped; ``handle`` says what came of each message, which the sync
 loop counts (``message_counts``). Receipts for this site's updates go to ``Receipts``
@@ -47,6 +50,7 @@ class Inbox:
         receipts: Receipts,
         changed: Callable[[], None] = lambda: None,
         model_for_me: Callable[[GlobalModel], None] = lambda model: None,
+        serve: str = "last",
     ):
         self.site = site
         self.federation = federation
@@ -58,6 +62,7 @@ class Inbox:
         self.receipts = receipts
         self.changed = changed
         self.model_for_me = model_for_me
+        self.serve_best = serve == "best"
 
     def resume(self) -> None:
         """At start: updates whose round closed while the agent was away stop waiting."""
@@ -78,6 +83,10 @@ class Inbox:
             if not payload:  # empty retained payload: a dissolved cluster
                 return "model_cleared"
             return self._on_model(ref.subject, payload)
+        if ref.kind == "best_model":  # the cluster's best version (training.serve = best)
+            if not payload:
+                return "model_cleared"
+            return self._on_model(ref.subject, payload, best=True)
         if ref.kind == "receipt":
             outcome = self.receipts.on_receipt(ref.subject, payload)
             return "receipt_ignored" if outcome.startswith("ignored") else "receipt_" + outcome
@@ -105,12 +114,12 @@ class Inbox:
         )
         self.changed()
         # A new round may put this site in another cluster: its model may already be here.
-        model = self.received.load_model(announcement.cluster_for(self.site))
+        model = self.received.load_model(announcement.cluster_for(self.site), self.serve_best)
         if model is not None:
             self.model_for_me(model)
         return "round_kept"
 
-    def _on_model(self, cluster: str, payload: bytes) -> str:
+    def _on_model(self, cluster: str, payload: bytes, best: bool = False) -> str:
         try:
             model = self.pin().open(payload, self.cloud_key, self.federation)
         except ProtocolError as exc:
@@ -127,11 +136,12 @@ class Inbox:
         if model.cluster != cluster:
             self.model_events.record(cluster, model.version, "refused", "wrong_cluster")
             return "model_refused"
-        self.received.save_model(payload, model)
-        self.changed()
+        self.received.save_model(payload, model, best)
+        if not best:
+            self.changed()  # a base model to train from may have arrived
         announcement = self.received.load_round()
         mine = announcement.cluster_for(self.site) if announcement else "global"
-        if cluster == mine:
+        if cluster == mine and best == self.serve_best:
             self.model_for_me(model)
         return "model_kept"
 

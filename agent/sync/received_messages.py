@@ -1,5 +1,5 @@
-"""The last verified ``rounds/current`` and each cluster's global model, as the signed bytes
-received: the ``fed_messages`` table, owned here.
+"""The last verified ``rounds/current``, each cluster's global model and best model, as the
+signed bytes received: the ``fed_messages`` table, owned here.
 
 Only the inbox writes, after verifying (``sync.inbox``); ``ftl-agent train``
 plans offline from what is kept, and status reads the round and versions.
@@ -15,7 +15,7 @@ from ftlct.protocol.messages import GlobalModel, RoundAnnouncement, body_to_tens
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fed_messages (
-    kind TEXT NOT NULL,            -- round, model
+    kind TEXT NOT NULL,            -- round, model, best
     subject TEXT NOT NULL,         -- '' for the round, the cluster for a model
     version TEXT NOT NULL,         -- round number or model version
     payload BLOB NOT NULL,         -- the signed envelope as received (verified before storing)
@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS fed_messages (
 """
 ROUND = "round"
 MODEL = "model"
+BEST = "best"  # the cluster's best version by validation (best/{cluster})
 
 
 class ReceivedMessages:
@@ -37,8 +38,8 @@ class ReceivedMessages:
     def save_round(self, payload: bytes, announcement: RoundAnnouncement) -> None:
         self._save(ROUND, "", str(announcement.round), payload)
 
-    def save_model(self, payload: bytes, model: GlobalModel) -> None:
-        self._save(MODEL, model.cluster, model.version, payload)
+    def save_model(self, payload: bytes, model: GlobalModel, best: bool = False) -> None:
+        self._save(BEST if best else MODEL, model.cluster, model.version, payload)
 
     def _save(self, kind: str, subject: str, version: str, payload: bytes) -> None:
         with self.db.transaction() as conn:
@@ -53,9 +54,10 @@ class ReceivedMessages:
         payload = self._payload(ROUND, "")
         return None if payload is None else RoundAnnouncement.from_payload(peek(payload).payload)
 
-    def load_model(self, cluster: str) -> GlobalModel | None:
-        """The last global model received for ``cluster`` (verified when it arrived)."""
-        payload = self._payload(MODEL, cluster)
+    def load_model(self, cluster: str, best: bool = False) -> GlobalModel | None:
+        """The last global model (or best model) received for ``cluster`` (verified when it
+        arrived)."""
+        payload = self._payload(BEST if best else MODEL, cluster)
         if payload is None:
             return None
         envelope = peek(payload)

@@ -15,6 +15,7 @@ what training trains from (``plan.training``) and what the release seals
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -150,6 +151,11 @@ class RoundPlanner:
             recipe = recipe_for(self.training, announcement.training)
         except RecipeRefused as exc:
             return RoundOutcome("refused", f"round {number}'s recipe is refused: {exc}", number)
+        if recipe.update_kind == "statistics" and p.enabled:
+            # per-slice DP on the statistics: the clip is the sensitivity's C
+            bound = recipe.embedding_clip or p.statistics_clip_norm
+            clip = min(p.statistics_clip_norm, bound)
+            recipe = dataclasses.replace(recipe, embedding_clip=clip)
         return RoundPlan(
             site,
             federation,

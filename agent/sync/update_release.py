@@ -1,5 +1,9 @@
 """Release a trained delta: shape it (DP, the cloud's norm bound), seal and sign it, queue it.
 
+A closed-form round's statistics are shaped their own way: no norm bound (the
+cloud bounds each embedding instead), DP noise on every released number with
+DP on, and sent fp32 (``protocol.messages.STATISTICS_CODEC``).
+
     UpdateRelease(...).release(plan, result) -> RoundOutcome
 
 The update, its privacy charge and its training-log line are committed in one
@@ -12,9 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import sqlite3
 import time
 import uuid
+
+import numpy as np
 
 from ftlct.agent.logs import log_event
 from ftlct.agent.privacy import mechanism as privacy
@@ -25,10 +32,13 @@ from ftlct.agent.sync.outbox import MadeUpdate, Outbox
 from ftlct.agent.sync.round_plan import RoundOutcome, RoundPlan, skipped
 from ftlct.agent.sync.training_log import TrainingLog
 from ftlct.agent.training.local_round import LocalRoundResult
+from ftlct.export.closed_form_head import HeadStatistics, privatise, sensitivity
 from ftlct.export.tensors import Weights
 from ftlct.protocol.exchange import build_update
 from ftlct.protocol.identity import Identity
+from ftlct.protocol.messages import MAX_METRICS, STATISTICS_CODEC
 from ftlct.protocol.topics import Topics
+from ftlct.protocol.validation_report import PREFIX as REPORT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,27 @@ def shape_delta(
     return delta, info
 
 
+def shape_statistics(
+    statistics: Weights, clip_norm: float | None, settings: PrivacySettings
+) -> tuple[Weights, int | None, dict[str, float]]:
+    """With DP on: Gaussian noise of std ``z * sqrt(C^4 + C^2 + 1)`` on every number
+    (``closed_form_head.privatise``), and the weight the noised counts imply (the exact
+    slice count would leak); else the statistics as they are, weight None (unchanged)."""
+    if not settings.enabled:
+        return statistics, None, {}
+    if clip_norm is None:
+        raise ValueError("DP on statistics needs each embedding clipped (recipe.embedding_clip)")
+    stats = HeadStatistics.from_arrays(statistics)
+    rng = np.random.default_rng(secrets.randbits(128))
+    noised = privatise(stats, clip_norm, settings.noise_multiplier, rng)
+    weight = max(1, round(noised.n))
+    return (
+        noised.to_arrays(),
+        weight,
+        {"dp_noise_std": settings.noise_multiplier * sensitivity(clip_norm)},
+    )
+
+
 class UpdateRelease:
     def __init__(
         self,
@@ -81,13 +112,31 @@ class UpdateRelease:
 
     def release(self, plan: RoundPlan, result: LocalRoundResult) -> RoundOutcome:
         """Seal ``result`` as this site's update for ``plan``'s round and queue it."""
-        delta, shaping = shape_delta(result.delta, plan.recipe.max_delta_norm, self.privacy)
+        kind = plan.recipe.update_kind
+        n_samples = result.n_samples
+        if kind == "statistics":
+            delta, weight, shaping = shape_statistics(
+                result.delta, plan.recipe.embedding_clip, self.privacy
+            )
+            n_samples = weight or n_samples
+        else:
+            delta, shaping = shape_delta(result.delta, plan.recipe.max_delta_norm, self.privacy)
         metrics = {**result.metrics, **shaping}
-        # With DP on, only data-independent numbers travel: the guarantee covers the delta only.
-        sent = (
-            {k: metrics[k] for k in DP_METRICS if k in metrics} if self.privacy.enabled else metrics
-        )
+        # With DP on, only data-independent numbers travel: the guarantee covers the delta only
+        # (a statistics update's slice count is in its noised counts: none travels beside it).
+        if self.privacy.enabled:
+            allowed = DP_METRICS if kind == "delta" else ()
+            sent = {k: metrics[k] for k in allowed if k in metrics}
+        else:
+            sent = metrics
         sent = {k: float(v) for k, v in sent.items() if math.isfinite(v)}
+        if len(sent) > MAX_METRICS:  # the validation report goes first: the rest says more
+            sent = {k: v for k, v in sent.items() if not k.startswith(REPORT_PREFIX)}
+        # a statistics update's weight is its noised count already; a delta's count goes
+        # bucketed with DP on (sent_sample_count)
+        wire_samples = (
+            n_samples if kind == "statistics" else sent_sample_count(n_samples, self.privacy)
+        )
         update_id = uuid.uuid4().hex
         payload = build_update(
             self.identity,
@@ -95,19 +144,20 @@ class UpdateRelease:
             round=plan.round,
             base_version=plan.model.version,
             cluster=plan.cluster,
-            n_samples=sent_sample_count(result.n_samples, self.privacy),
+            n_samples=wire_samples,
             delta=delta,
             metrics=sent,
             codec=plan.recipe.codec,
             update_id=update_id,
+            kind=kind,
         )
         update = MadeUpdate(
             update_id=update_id,
             round=plan.round,
             cluster=plan.cluster,
             base_version=plan.model.version,
-            n_samples=result.n_samples,
-            codec=plan.recipe.codec,
+            n_samples=n_samples,
+            codec=plan.recipe.codec if kind == "delta" else STATISTICS_CODEC,
             metrics=metrics,
             topic=Topics(plan.federation).updates(plan.site),
             payload=payload,
@@ -127,8 +177,9 @@ class UpdateRelease:
             round=plan.round,
             cluster=plan.cluster,
             update_id=update_id,
-            n_samples=result.n_samples,
+            n_samples=n_samples,
+            kind=kind,
             bytes=len(payload),
             **{k: round(v, 4) for k, v in metrics.items() if k.startswith(("val_", "global_"))},
         )
-        return RoundOutcome("trained", "", plan.round, update_id, result.n_samples, metrics)
+        return RoundOutcome("trained", "", plan.round, update_id, n_samples, metrics)

@@ -1,5 +1,6 @@
 """One local round of head training: from a plan (the round's global head and recipe) and the
-site's labelled embeddings to ``(delta, n_samples, metrics)``.
+site's labelled embeddings to ``(delta, n_samples, metrics)``; in a closed-form federation
+the "delta" is the site's statistics (``training.closed_form``, no torch).
 
     train_local_round(plan, settings, data) -> LocalRoundResult   # torch, in the child process
     train_from_data_dir(plan, settings, data_root) -> LocalRoundResult | NoResult
@@ -8,6 +9,10 @@ Nothing here plans a round, signs, queues or sends: ``ftlct.agent.sync`` makes t
 plan once (``sync.round_plan``), runs this (``training.runner`` in a child process
 under serve, in process for ``ftl-agent train``) and seals, signs and queues what
 comes back (``sync.update_release``). torch is imported only once there is data.
+
+The metrics carry the validation report (``protocol.validation_report``): the
+confusion matrix of the round's base head on the held-out series, which the
+cloud sums over sites to keep the best global version.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ftlct.export.head_onnx import numpy_head_logits
 from ftlct.export.metrics import classification_metrics
 from ftlct.export.tensors import Weights
 from ftlct.protocol.messages import GlobalModel
+from ftlct.protocol.validation_report import report_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,13 @@ def train_local_round(
     train_idx, val_idx = holdout_split(data, t.val_fraction, t.seed)
     train, val = data.take(train_idx), data.take(val_idx)
     n_classes = len(plan.model.labels)
+    if plan.recipe.update_kind == "statistics":
+        from ftlct.agent.training.closed_form import statistics_round
+
+        statistics, n_samples, metrics, own = statistics_round(plan.recipe, n_classes, train)
+        metrics.update(_validation(plan.model.weights, own, val, n_classes))
+        metrics["n_series"] = float(data.n_series)
+        return LocalRoundResult(statistics, n_samples, metrics)
 
     import torch  # only here: serve never imports torch itself
 
@@ -113,13 +126,18 @@ def train_from_data_dir(
 
 
 def _validation(global_weights, local_weights, val, n_classes: int) -> dict[str, float]:
-    """Held-out scores of the new local head and of the global head it started from."""
+    """Held-out scores of the new local head (if any) and of the global head it started from,
+    with the latter's confusion matrix as the validation report."""
     if len(val) == 0:
         return {"n_val": 0.0}
     out = {"n_val": float(len(val))}
     for prefix, weights in (("val", local_weights), ("global_val", global_weights)):
+        if weights is None:
+            continue
         predicted = numpy_head_logits(weights, val.vectors).argmax(axis=1)
         scores = classification_metrics(val.labels, predicted, n_classes)
         out[f"{prefix}_accuracy"] = scores.accuracy
         out[f"{prefix}_f1"] = scores.f1
+        if prefix == "global_val":
+            out.update(report_metrics(scores.confusion_matrix))
     return out

@@ -13,6 +13,14 @@ the reason (``RecipeRefused``), never trained on silently clamped values: a
 site that trained on other values than its round asked for would send an
 update that no longer fits the round. ``max_delta_norm`` always applies: a
 longer delta would only be refused.
+
+A closed-form federation (the cloud's ``closed_form`` strategy) announces
+``update_kind = "statistics"``, its ``solver`` and ``shrinkage`` and
+``max_embedding_norm``: the site then sends the sufficient statistics of its
+labelled embeddings instead of training (``training.closed_form``), each
+embedding clipped to that norm (the bound the cloud checks). These always
+apply: they say what the cloud can take, not how to train; a value of the
+wrong type there falls back to the default.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import math
 from dataclasses import dataclass
 
 from ftlct.agent.settings import TrainingSettings
+from ftlct.export.closed_form_head import SOLVERS
 from ftlct.protocol.codecs import CODECS
+from ftlct.protocol.messages import UPDATE_KINDS
 
 
 def _number(v) -> bool:
@@ -54,6 +64,12 @@ class Recipe:
     fedprox_mu: float
     codec: str
     max_delta_norm: float | None  # the cloud's bound on the delta's L2 norm
+    update_kind: str = "delta"  # or "statistics" (a closed-form federation)
+    solver: str = "discriminant"  # statistics: how the cloud solves the head
+    shrinkage: float = 0.5
+    # statistics: each embedding clipped to this L2 norm before summing (the cloud's bound,
+    # lowered to privacy.statistics_clip_norm with DP on: then it is the sensitivity's C)
+    embedding_clip: float | None = None
 
 
 def recipe_for(settings: TrainingSettings, announced: dict) -> Recipe:
@@ -75,14 +91,30 @@ def recipe_for(settings: TrainingSettings, announced: dict) -> Recipe:
             values[name] = announced[key]
     check_bounds(settings, values)
     bound = announced.get("max_delta_norm")
-    valid_bound = _number(bound) and bound > 0
+    kind = announced.get("update_kind", "delta")
+    solver = announced.get("solver")
+    shrinkage = announced.get("shrinkage")
+    clip = announced.get("max_embedding_norm")
     return Recipe(
         epochs=int(values["epochs"]),
         lr=float(values["lr"]),
         batch_size=int(values["batch_size"]),
         fedprox_mu=float(values["fedprox_mu"]),
         codec=str(values["codec"]),
-        max_delta_norm=float(bound) if valid_bound else None,
+        max_delta_norm=float(bound) if _positive(bound) else None,
+        update_kind=kind if kind in UPDATE_KINDS else "delta",
+        solver=solver if solver in SOLVERS else "discriminant",
+        shrinkage=float(shrinkage) if _positive(shrinkage) else 0.5,
+        embedding_clip=float(clip) if _positive(clip) else None,
+    )
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
     )
 
 
