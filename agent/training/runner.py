@@ -4,7 +4,9 @@ The child is ``python -c 'child_main()'`` at lower CPU priority; it gets the
 round's ``TrainingPlan``, the ``[training]`` and ``[logging]`` settings and the
 data dir on stdin (pickled: same user, same code), trains
 (``train_from_data_dir``) and prints the result as one JSON line, the delta
-as base64 safetensors. It shares nothing with serve but the SQLite files
+as base64 safetensors. A thread reads that output while the child runs: a
+closed-form round's statistics (~4 MiB in base64 for a 1280-d embedding) would
+otherwise fill the pipe and block the child forever. It shares nothing with serve but the SQLite files
 (WAL: serve keeps receiving while it reads embeddings) and writes nothing:
 serve releases what it returns. The child leads its own process group and has
 ``training.max_duration_s`` of wall-clock time: past it, the whole group is
@@ -23,6 +25,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +55,8 @@ class TrainingRunner:
         self.clock = clock
         self._process: subprocess.Popen | None = None
         self._started_at = 0.0
+        self._reader: threading.Thread | None = None
+        self._output = b""
 
     @property
     def running(self) -> bool:
@@ -69,9 +74,17 @@ class TrainingRunner:
         )
         self._started_at = self.clock()
         assert self._process.stdin is not None
+        self._output = b""
+        self._reader = threading.Thread(
+            target=self._read_output, args=(self._process,), name="training-output", daemon=True
+        )
+        self._reader.start()
         job = (plan, self.settings, self.logging, str(self.data_root))
         self._process.stdin.write(pickle.dumps(job))
         self._process.stdin.close()
+
+    def _read_output(self, process: subprocess.Popen) -> None:
+        self._output = process.stdout.read() if process.stdout else b""
 
     def poll(self) -> LocalRoundResult | NoResult | None:
         """The result once the child has exited (then the runner is free again), else None."""
@@ -84,14 +97,19 @@ class TrainingRunner:
                 return None
             self._kill(process)
             self._process = None
+            if self._reader is not None:  # the group is dead: its pipe ends, the reader with it
+                self._reader.join(5.0)
             if process.stdout:
                 process.stdout.close()
             return NoResult(
                 "failed", f"{TIMED_OUT}: killed after training.max_duration_s = {limit:g} s"
             )
         self._process = None
-        output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-        process.stdout.close()
+        if self._reader is not None:
+            self._reader.join()
+        output = self._output.decode(errors="replace")
+        if process.stdout:
+            process.stdout.close()
         for line in reversed(output.splitlines()):
             if line.startswith(RESULT_PREFIX):
                 try:

@@ -85,6 +85,26 @@ def test_the_child_process_returns_what_in_process_training_returns(site):
     }
 
 
+def test_a_result_larger_than_the_pipe_comes_back_whole(tmp_path):
+    """A closed-form round over 1280-d embeddings returns ~4 MiB of base64: the child must not
+    block on a full pipe while serve waits for it to exit."""
+    layout, records = site_with_embeddings(tmp_path / "wide", per_class=3, slices=2, dim=1280)
+    db = Database(layout.index)
+    LabelStore(db).set_many([(r.series_uid, r.label) for r in records], LABELS, "test")
+    db.close()
+    cloud = ScriptedCloud(tmp_path / "cloud-keys")
+    model = open_global_model(
+        cloud.model("v0", zero_head(1280)), cloud.key, FED, backbone_sha256=BACKBONE, labels=LABELS
+    )
+    plan = TrainingPlan(1, model, recipe_for(SETTINGS, {"update_kind": "statistics"}))
+    runner = TrainingRunner(SETTINGS, LoggingSettings(), layout.root)
+    runner.start(plan)
+    result = wait_for_result(runner)
+    assert isinstance(result, LocalRoundResult), result
+    assert result.delta["stats.gram_upper"].shape == (1280 * 1281 // 2,)
+    assert len(encode_result(result)) > 4 * 1024 * 1024 > 65536
+
+
 def test_a_child_without_agent_data_reports_a_failure(site, tmp_path):
     _layout, _cloud, plan = site
     runner = TrainingRunner(SETTINGS, LoggingSettings(), tmp_path / "no-data-here")
