@@ -76,6 +76,37 @@ def per_split_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _size(value: float | None) -> str:
+    if value is None:
+        return "— (data pooled)"
+    if value >= 1024 * 1024:
+        return f"{value / 1024 / 1024:.2f} MiB"
+    return f"{value / 1024:.1f} KiB" if value >= 1024 else f"{value:.0f} B"
+
+
+def cost_table(results: dict) -> str:
+    """What each method sends and how soon it reaches 0.9 x central, over the splits."""
+    multi = results["multi_split"]
+    n = multi["n_splits"]
+    rows = [
+        "| method | rounds | bytes up per site per round | bytes up per site, whole run "
+        "| rounds to 0.9 x central (mean over the splits reaching it) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for method, stats in multi["summary"].items():
+        rounds = max(len(s["history_f1"][method]) for s in multi["per_split"])
+        per_round = (stats.get("bytes_up_per_round") or {}).get("mean")
+        whole = None if per_round is None else per_round * rounds
+        reach = stats.get("rounds_to_target") or {}
+        reached = reach.get("n", 0)
+        mean = f"{reach['mean']:.1f}" if reach.get("mean") is not None else "never"
+        rows.append(
+            f"| {method} | {rounds} | {_size(per_round)} | {_size(whole)} "
+            f"| {mean} ({reached}/{n} splits) |"
+        )
+    return "\n".join(rows)
+
+
 def split_section(results: dict) -> list[str]:
     multi = results["multi_split"]
     seeds = multi["seeds"]
@@ -95,6 +126,10 @@ def split_section(results: dict) -> list[str]:
         "Macro-F1 of every split:",
         "",
         per_split_table(results),
+        "",
+        "Bytes and rounds:",
+        "",
+        cost_table(results),
         "",
     ]
 

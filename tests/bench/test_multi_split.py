@@ -11,6 +11,7 @@ import pytest
 
 from ftlct.bench.cli import app
 from ftlct.bench.multi_split import combine_splits, split_seeds
+from ftlct.bench.split_report import cost_table
 from ftlct.protocol.cli import run
 
 from .test_federation_cli import METRIC_KEYS, tiny_args
@@ -111,6 +112,7 @@ def test_multi_split_results_and_report(two_splits):
     report = (two_splits / "report.md").read_text()
     assert "## Over 2 splits (seeds 0-1)" in report
     assert "| ftl - fedavg |" in report
+    assert "| method | rounds | bytes up per site per round |" in report
     for name in ("f1_by_split.png", "f1_vs_round_splits.png"):
         assert (two_splits / name).stat().st_size > 1000
 
@@ -155,3 +157,15 @@ def test_a_split_run_with_other_settings_is_not_reused(two_splits):
     assert finished_split(folder, other) is None
     assert finished_split(folder, BenchSettings()) is None
     assert finished_split(folder.parent / "seed-99", same) is None  # no document at all
+
+
+def test_the_cost_table_gives_bytes_per_round_and_per_run_and_rounds_to_target():
+    docs = [fake_split(s, {"ftl": 0.8, "fedavg": 0.7}) for s in (0, 1)]
+    docs[1]["methods"]["ftl"]["rounds_to_target"] = 4
+    docs[0]["methods"]["fedavg"]["bytes_up_per_round"] = 3 * 1024 * 1024
+    table = cost_table(combine_splits(docs))
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    # ftl: 100 B a round over 2 rounds; the target at rounds 2 and 4
+    assert rows["ftl"] == "| ftl | 2 | 100 B | 200 B | 3.0 (2/2 splits) |"
+    # fedavg: the mean of 3 MiB and 100 B a round; never reached the target
+    assert rows["fedavg"] == "| fedavg | 2 | 1.50 MiB | 3.00 MiB | never (0/2 splits) |"
