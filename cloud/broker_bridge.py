@@ -41,6 +41,7 @@ BRIDGE_TOPICS: tuple[tuple[str, str], ...] = (
     ("twins/{site}/#", "out"),
     ("rounds/#", "in"),
     ("model/#", "in"),
+    ("best/#", "in"),  # each cluster's best version so far (agents with training.serve = best)
     ("receipts/{site}", "in"),  # the cloud's signed verdict on each of the site's updates
 )
 BRIDGE_QOS = 1

@@ -6,7 +6,8 @@ Writes into OUT::
     ca.crt ca.key        the private CA (ca.key: keep it offline after issuing)
     server.crt server.key
     acl                  site X writes ftl/+/updates/X and ftl/+/twins/X/#, reads ftl/+/rounds/#,
-                         ftl/+/model/# and its own ftl/+/receipts/X; the cloud reads and writes ftl/#
+                         ftl/+/model/#, ftl/+/best/# and its own ftl/+/receipts/X; the cloud
+                         reads and writes ftl/#
     clients/NAME/        ca.crt, NAME.crt, NAME.key, mqtt.toml (an [mqtt] table)
     data/                mosquitto persistence (retained models survive a broker restart)
 
@@ -76,6 +77,7 @@ def acl_text(sites: list[str], cloud_user: str) -> str:
             f"topic write ftl/+/twins/{site}/#",
             "topic read ftl/+/rounds/#",
             "topic read ftl/+/model/#",
+            "topic read ftl/+/best/#",  # the best version so far (training.serve = best)
             f"topic read ftl/+/receipts/{site}",
             "",
         ]

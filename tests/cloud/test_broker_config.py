@@ -135,18 +135,22 @@ def test_site_cannot_write_another_sites_topic_nor_read_updates(tls_broker):
         site_a.subscribe("ftl/+/updates/#")  # mosquitto grants it; the ACL filters delivery
         site_a.subscribe("ftl/+/rounds/#")
         site_a.subscribe("ftl/+/receipts/#")  # granted; only a's own receipts are delivered
+        site_a.subscribe("ftl/+/best/#")  # the best version so far (training.serve = best)
         site_a.publish(f"ftl/{FED}/updates/b", b"forged by a")  # not a's topic
         site_a.publish(f"ftl/{FED}/receipts/b", b"a receipt forged by a")  # only the cloud may
+        site_a.publish(f"ftl/{FED}/best/global", b"a best model forged by a")  # nor here
         site_a.publish(f"ftl/{FED}/updates/a", b"a's own update")
         site_b.publish(f"ftl/{FED}/updates/b", b"b's own update")
         cloud.publish(f"ftl/{FED}/receipts/b", b"b's receipt")
         cloud.publish(f"ftl/{FED}/receipts/a", b"a's receipt")
+        cloud.publish(f"ftl/{FED}/best/global", b"the cloud's best model")
         cloud.publish(f"ftl/{FED}/rounds/current", b"round marker")
         # messages from one connection are routed in order: once the later ones are in,
         # the earlier forbidden ones would have been too
         wait_until(lambda: cloud.messages(f"ftl/{FED}/updates/b"), what="b's update at the cloud")
         wait_until(lambda: cloud.messages(f"ftl/{FED}/updates/a"), what="a's update at the cloud")
         wait_until(lambda: site_a.messages(f"ftl/{FED}/rounds/current"), what="round at a")
+        assert site_a.messages(f"ftl/{FED}/best/global") == [b"the cloud's best model"]
         assert cloud.messages(f"ftl/{FED}/updates/b") == [b"b's own update"]
         assert (
             site_a.messages(f"ftl/{FED}/updates/b") == []

@@ -93,6 +93,7 @@ def test_region_command_writes_a_bridge_with_the_regions_topics_only(brokers):
         assert f"topic ftl/+/twins/{site}/# out 1" in conf
         assert f"topic ftl/+/receipts/{site} in 1" in conf  # the cloud's receipts come back
     assert "topic ftl/+/rounds/# in 1" in conf and "topic ftl/+/model/# in 1" in conf
+    assert "topic ftl/+/best/# in 1" in conf  # agents serving the best version read it
     assert "updates/direct" not in conf and "cleansession false" in conf
     acl = (brokers["root"] / "central" / "acl").read_text()
     assert f"user region-{REGION}\ntopic write ftl/+/updates/north" in acl
