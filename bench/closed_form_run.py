@@ -61,7 +61,7 @@ def run_closed_form(
     models = {s.name: (DEFAULT_CLUSTER, state.models[DEFAULT_CLUSTER]) for s in sites}
     final, per_site = _score_models(learner, models, sites, test_labels)
     score = validation_score(learner, models, sites)
-    size = EnvelopeMeter().size(updates[0], 1, {})
+    size = EnvelopeMeter(kind="statistics").size(updates[0], 1, {})
     extra = {
         "strategy": strategy.name,
         "solver": settings.solver,

@@ -135,13 +135,15 @@ def mean_metrics(per_site: list[ClassificationMetrics]) -> ClassificationMetrics
 
 
 class EnvelopeMeter:
-    """Bytes of the real signed ``site_update`` envelope (protocol.exchange) for a delta."""
+    """Bytes of the real signed ``site_update`` envelope (protocol.exchange) for an update of
+    ``kind`` (a delta, or a closed-form federation's statistics)."""
 
-    def __init__(self, federation: str = "bench", codec: str = "fp32"):
+    def __init__(self, federation: str = "bench", codec: str = "fp32", kind: str = "delta"):
         private = Ed25519PrivateKey.generate()
         self.identity = Identity("site-0", private, public_b64_of(private))
         self.federation = federation
         self.codec = codec
+        self.kind = kind
 
     def size(self, update: SiteUpdate, round_: int, metrics: dict[str, float]) -> int:
         return len(
@@ -155,6 +157,7 @@ class EnvelopeMeter:
                 delta=update.delta,
                 metrics=wire_metrics(metrics),
                 codec=self.codec,
+                kind=self.kind,
             )
         )
 
