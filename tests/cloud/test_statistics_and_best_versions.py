@@ -37,7 +37,9 @@ def past_deadline(rig):
     rig.coordinator.tick()
 
 
-def test_statistics_from_two_sites_give_the_head_of_their_pooled_slices(tmp_path):
+def test_statistics_from_two_sites_give_the_head_of_their_slices_pooled_at_bounded_weights(
+    tmp_path,
+):
     rig = closed_form_rig(tmp_path)
     rig.coordinator.publish_all()
     training = rig.last_round().training
@@ -48,7 +50,12 @@ def test_statistics_from_two_sites_give_the_head_of_their_pooled_slices(tmp_path
     assert rig.send("b", statistics_update(rig, "b", xb, yb)) == "accepted"
     past_deadline(rig)
     head = rig.last_model()
-    pooled = solve_head(site_statistics(np.concatenate([xa, xb]), np.concatenate([ya, yb]), 2))
+    # the default trust bound (limits.max_site_share 0.5) weighs b's 50 slices as a's 30: b's
+    # statistics are scaled to 30 slices (its means and covariance kept), then pooled with a's
+    b = site_statistics(xb, yb, 2)
+    scale = 30 / 50
+    bounded = type(b)(b.gram * scale, b.class_sums * scale, b.class_counts * scale)
+    pooled = solve_head(site_statistics(xa, ya, 2) + bounded)
     assert head.round == 1 and rig.status()["rounds_completed"] == 1
     for name, value in pooled.items():
         np.testing.assert_allclose(head.weights[name], value, rtol=1e-4, atol=1e-5)
