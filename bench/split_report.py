@@ -169,6 +169,11 @@ def write_split_plots(results: dict, out: Path, colours: dict) -> list[str]:
         mean = matrix.mean(axis=0)
         se = matrix.std(axis=0, ddof=1) / np.sqrt(len(matrix)) if len(matrix) > 1 else 0 * mean
         x = np.arange(1, rounds + 1)
+        if rounds == 1:  # a one-round method (the closed-form head): a point, not a line
+            ax.errorbar(
+                x, mean, yerr=se, fmt="D", capsize=4, color=colours.get(method), label=method
+            )
+            continue
         ax.plot(x, mean, color=colours.get(method), label=method)
         ax.fill_between(x, mean - se, mean + se, color=colours.get(method), alpha=0.2)
     ax.set_xlabel("round")
