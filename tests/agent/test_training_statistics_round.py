@@ -126,6 +126,8 @@ def inbox_for(tmp_path, cloud, serve):
     from ftlct.agent.sync.inbox import Inbox
     from ftlct.agent.sync.model_events import ModelEvents
     from ftlct.agent.sync.model_pin import ModelPin
+    from ftlct.agent.sync.outbox import Outbox
+    from ftlct.agent.sync.receipts import Receipts
     from ftlct.agent.sync.received_messages import ReceivedMessages
 
     db = Database(DataDir(tmp_path / serve).create().index)
@@ -133,6 +135,7 @@ def inbox_for(tmp_path, cloud, serve):
     inbox = Inbox(
         SITE, FED, cloud.key, db, ReceivedMessages(db), ModelEvents(db),
         lambda: ModelPin("head", LABELS, backbone_sha256=BACKBONE),
+        Receipts(SITE, FED, cloud.key, db, Outbox(db)),
         model_for_me=lambda model: offered.append(model.version), serve=serve,
     )  # fmt: skip
     return inbox, offered, db
@@ -147,9 +150,10 @@ def test_an_agent_serving_the_best_installs_from_best_and_trains_from_the_last(t
     last, best = cloud.model("r3", zero_head(), 3), cloud.model("r1", zero_head(), 1)
     for serve, expected in (("last", ["r3", "r3"]), ("best", ["r1", "r1"])):
         inbox, offered, db = inbox_for(tmp_path, cloud, serve)
-        inbox.handle(topics.model("global"), last)
-        inbox.handle(topics.best_model("global"), best)
-        inbox.handle(topics.rounds_current, cloud.round(4, "r3"))  # offers the served one again
+        assert inbox.handle(topics.model("global"), last) == "model_kept"
+        assert inbox.handle(topics.best_model("global"), best) == "model_kept"
+        # offers the served one again
+        assert inbox.handle(topics.rounds_current, cloud.round(4, "r3")) == "round_kept"
         received = ReceivedMessages(db)
         assert received.load_model("global").version == "r3"  # the base to train from
         assert received.load_model("global", best=True).version == "r1"
