@@ -71,7 +71,7 @@ experiment-cnn: install
 # kidney-ct, 4 classes, no patient ids: neighbouring slices leak across any split (optimistic).
 experiment-kidney: install
 	nice -n 10 $(VENV)/bin/ftl-bench federation --data ../shared/data/kidney-ct --sites 6 --rounds 20 \
-		--methods ftl,ftl_closed_form,fedavg,cfl,central,local --seed 10 --splits 3 \
+		--methods ftl,ftl_closed_form,fedavg,cfl,central,local --seed 10 --splits 5 \
 		--out $(EXPERIMENT_OUT)-kidney --cache-dir $(EXPERIMENT_CACHE)
 
 # Every figure of issue 13 beside its anchor (perf.json, perf.md; README: Performance), then
