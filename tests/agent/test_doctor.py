@@ -23,7 +23,7 @@ from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.messages import RoundAnnouncement
 from tests.cloud.harness import MqttPeer, make_tiny_model
 from tests.support.dicom_peers import running_agent
-from tests.support.mosquitto import running_mosquitto
+from tests.support.mosquitto import plain_config, running_mosquitto
 from tests.support.paths import require_program
 from tests.support.ports import LOOPBACK, free_port, wait_for_port
 
@@ -234,17 +234,45 @@ def test_tls_broker_with_another_ca_is_a_tls_error(box, tls_broker, tmp_path):
     assert "certificate is not accepted" in finding.message and "ca_file" in finding.fix
 
 
-def test_tls_broker_with_a_wrong_password_is_a_login_error(box, tls_broker, tmp_path):
-    broker, out = tls_broker
-    if "mqtt.password_file" not in _tls_settings(out):
-        pytest.skip("this broker-config issues no passwords (the certificate is the identity)")
-    wrong = tmp_path / "wrong-password"
-    wrong.write_text("not-the-password\n")
-    wrong.chmod(0o600)
-    fed = _federation(broker, load_or_create_identity(box["tmp"] / "c", "cloud").public_b64)
-    report = diagnose(None, overrides(box, **fed, **_tls_settings(out, password_file=str(wrong))))
-    (finding,) = errors(report, "broker")
+@pytest.fixture
+def password_broker(tmp_path):
+    """A plain mosquitto that takes only SITE with its password (a broker not from broker-config)."""
+    work = tmp_path / "password-broker"
+    work.mkdir()
+    passwords = work / "passwords"
+    subprocess.run(
+        ["/usr/bin/mosquitto_passwd", "-b", "-c", str(passwords), SITE, "the-password"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        plain_config(port).replace("allow_anonymous true", "allow_anonymous false")
+        + f"password_file {passwords}\n"
+    )
+    with running_mosquitto(work, conf_path=conf, port=port) as broker:
+        yield broker
+
+
+def _password_settings(tmp_path, password: str) -> dict:
+    secret = tmp_path / f"password-{len(password)}"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    return {"mqtt.username": SITE, "mqtt.password_file": str(secret)}
+
+
+def test_a_broker_refusing_the_password_is_a_login_error_and_the_right_one_logs_in(
+    box, password_broker, tmp_path
+):
+    fed = _federation(
+        password_broker, load_or_create_identity(box["tmp"] / "c", "cloud").public_b64
+    )
+    wrong = diagnose(None, overrides(box, **fed, **_password_settings(tmp_path, "not-it")))
+    (finding,) = errors(wrong, "broker")
     assert "refused the login" in finding.message and "password_file" in finding.fix
+    right = diagnose(None, overrides(box, **fed, **_password_settings(tmp_path, "the-password")))
+    assert not errors(right, "broker"), right.render()
+    assert f"logged in as {SITE}" in " ".join(f.message for f in right.findings)
 
 
 def test_tls_broker_without_a_client_certificate_is_an_error(box, tls_broker):
