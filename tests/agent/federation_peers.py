@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from ftlct.protocol.mqtt_connection import MqttSettings, new_client, parse_broker_url
-from tests.support.dicom_peers import storescu
+from tests.support.dicom_peers import running_agent, storescu
 from tests.support.ports import LOOPBACK
 
 FED = "ctfed"
@@ -67,6 +67,31 @@ def enroll(data_dir: Path, site: str, state_dir: Path) -> str:
 
 def federation_args(broker_url: str, site: str, cloud_key: str) -> list[str]:
     return ["--broker", broker_url, "--site", site, "--federation", FED, "--cloud-key", cloud_key]
+
+
+def enrolled_agent(
+    stack,
+    root: Path,
+    site: str,
+    model_path: Path,
+    broker_url: str,
+    state_dir: Path,
+    cloud_key: str,
+    env: dict | None = None,
+):
+    """A running ``ftl-agent serve`` for ``site`` (work dir ``root/site``), enrolled with the cloud
+    of ``state_dir`` and wired to the broker; it stops when ``stack`` closes."""
+    data_dir = root / site / "agent-data"
+    enroll(data_dir, site, state_dir)
+    return stack.enter_context(
+        running_agent(
+            root / site,
+            model_path,
+            *federation_args(broker_url, site, cloud_key),
+            env=AGENT_ENV if env is None else env,
+            data_dir=data_dir,
+        )
+    )
 
 
 def send(agent, paths: list[Path]) -> None:

@@ -10,19 +10,17 @@ import pytest
 
 from ftlct.cloud.state import StateStore
 from tests.agent.federation_peers import (
-    AGENT_ENV,
     FED,
     agent_cli,
     agent_status,
     cloud_cli,
     cloud_status,
-    enroll,
-    federation_args,
+    enrolled_agent,
     send,
 )
 from tests.agent.synthetic_ct import labels_csv, write_study_set
 from tests.cloud.harness import CloudProcess
-from tests.support.dicom_peers import running_agent, wait_for
+from tests.support.dicom_peers import wait_for
 from tests.support.mosquitto import running_mosquitto
 
 SITES = ("site-a", "site-b")
@@ -37,16 +35,8 @@ def test_outboxes_deliver_after_a_30_s_broker_outage_and_each_site_counts_once(t
         cloud_key = cloud_cli("identity", "--state-dir", str(state)).stdout.strip()
         agents, studies = {}, {}
         for index, site in enumerate(SITES):
-            data_dir = tmp_path / site / "agent-data"
-            enroll(data_dir, site, state)
-            agents[site] = stack.enter_context(
-                running_agent(
-                    tmp_path / site,
-                    model_dir.path,
-                    *federation_args(broker.url, site, cloud_key),
-                    env=AGENT_ENV,
-                    data_dir=data_dir,
-                )
+            agents[site] = enrolled_agent(
+                stack, tmp_path, site, model_dir.path, broker.url, state, cloud_key
             )
             studies[site] = write_study_set(
                 tmp_path / site / "studies", per_class=3, seed=index + 7

@@ -20,20 +20,18 @@ from ftlct.export.closed_form_head import (
 from ftlct.export.model_dir import ModelDir
 from ftlct.protocol.exchange import open_global_model, peek
 from tests.agent.federation_peers import (
-    AGENT_ENV,
     FED,
     Recorder,
     agent_cli,
     agent_status,
     cloud_cli,
     cloud_status,
-    enroll,
-    federation_args,
+    enrolled_agent,
     send,
 )
 from tests.agent.synthetic_ct import labels_csv, write_study_set
 from tests.cloud.harness import CloudProcess
-from tests.support.dicom_peers import running_agent, wait_for
+from tests.support.dicom_peers import wait_for
 from tests.support.mosquitto import running_mosquitto
 
 SITES = ("site-a", "site-b")
@@ -51,16 +49,8 @@ def federation(tmp_path_factory, model_dir):
         cloud_key = cloud_cli("identity", "--state-dir", str(state)).stdout.strip()
         agents, studies = {}, {}
         for index, site in enumerate(SITES):
-            data_dir = root / site / "agent-data"
-            enroll(data_dir, site, state)
-            agents[site] = stack.enter_context(
-                running_agent(
-                    root / site,
-                    model_dir.path,
-                    *federation_args(broker.url, site, cloud_key),
-                    env=AGENT_ENV,
-                    data_dir=data_dir,
-                )
+            agents[site] = enrolled_agent(
+                stack, root, site, model_dir.path, broker.url, state, cloud_key
             )
             # site-b holds more series than site-a: the sum must weigh them as pooled data would
             studies[site] = write_study_set(

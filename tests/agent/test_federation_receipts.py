@@ -20,13 +20,12 @@ from tests.agent.federation_peers import (
     agent_status,
     cloud_cli,
     cloud_status,
-    enroll,
-    federation_args,
+    enrolled_agent,
     send,
 )
 from tests.agent.synthetic_ct import labels_csv, write_study_set
 from tests.cloud.harness import CloudProcess
-from tests.support.dicom_peers import running_agent, wait_for
+from tests.support.dicom_peers import wait_for
 from tests.support.mosquitto import running_mosquitto
 
 SITE = "site-r"
@@ -55,17 +54,10 @@ def test_an_update_lost_after_the_brokers_puback_is_resent_until_the_clouds_rece
         broker = stack.enter_context(running_mosquitto(tmp_path / "broker"))
         state = tmp_path / "cloud-state"
         cloud_key = cloud_cli("identity", "--state-dir", str(state)).stdout.strip()
-        data_dir = tmp_path / SITE / "agent-data"
-        enroll(data_dir, SITE, state)
-        agent = stack.enter_context(
-            running_agent(
-                tmp_path / SITE,
-                model_dir.path,
-                *federation_args(broker.url, SITE, cloud_key),
-                env=ENV,
-                data_dir=data_dir,
-            )
+        agent = enrolled_agent(
+            stack, tmp_path, SITE, model_dir.path, broker.url, state, cloud_key, env=ENV
         )
+        data_dir = agent.data_dir
         studies = write_study_set(tmp_path / SITE / "studies", per_class=3, seed=11)
         cloud_args = [
             "--broker", broker.url, "--federation", FED, "--model", str(model_dir.path),

@@ -15,21 +15,19 @@ import pytest
 
 from ftlct.protocol.exchange import open_twin_state
 from tests.agent.federation_peers import (
-    AGENT_ENV,
     FED,
     Recorder,
     agent_cli,
     agent_status,
     cloud_cli,
     cloud_status,
-    enroll,
-    federation_args,
+    enrolled_agent,
     send,
 )
 from tests.agent.file_modes import not_private
 from tests.agent.synthetic_ct import PHI, labels_csv, write_series, write_study_set
 from tests.cloud.harness import CloudProcess
-from tests.support.dicom_peers import running_agent, wait_for
+from tests.support.dicom_peers import wait_for
 from tests.support.mosquitto import running_mosquitto
 
 SITES = ("site-a", "site-b")
@@ -47,16 +45,8 @@ def federation(tmp_path_factory, model_dir):
         cloud_key = cloud_cli("identity", "--state-dir", str(state)).stdout.strip()
         agents, studies = {}, {}
         for index, site in enumerate(SITES):
-            data_dir = root / site / "agent-data"
-            enroll(data_dir, site, state)
-            agents[site] = stack.enter_context(
-                running_agent(
-                    root / site,
-                    model_dir.path,
-                    *federation_args(broker.url, site, cloud_key),
-                    env=AGENT_ENV,
-                    data_dir=data_dir,
-                )
+            agents[site] = enrolled_agent(
+                stack, root, site, model_dir.path, broker.url, state, cloud_key
             )
             studies[site] = write_study_set(root / site / "studies", per_class=3, seed=index + 1)
         cloud = CloudProcess(
