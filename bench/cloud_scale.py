@@ -46,10 +46,10 @@ from ftlct.bench.cloud_scale_processes import (
     peak_rss_mb,
     start_broker,
     start_cloud,
-    stop,
 )
 from ftlct.bench.light_fleet import FleetConnection, LightFleet, stored_by
 from ftlct.bench.local_federation import free_port, wait_until
+from ftlct.bench.process_group import stop_process_group
 from ftlct.cloud.cloud_identity import CLOUD_IDENTITY, KEYS_DIR
 from ftlct.cloud.initial_model import write_network_file
 from ftlct.cloud.state import StateStore
@@ -111,8 +111,8 @@ def run_scale(n_sites: int, work: Path, codec: str = "fp16", timeout: float = 90
                 connection.close()
             watcher.close()
     finally:
-        stop(cloud)
-        stop(broker)
+        stop_process_group(cloud)
+        stop_process_group(broker)
     sent_ids = {site: exchange.peek(data).payload["update_id"] for site, data in updates.items()}
     counted = _counted(state)
     expected = np.mean([float(i % 5) * SCALE for i in range(n_sites)])

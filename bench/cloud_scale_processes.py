@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -70,17 +68,3 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def stop(process: subprocess.Popen | None) -> None:
-    """SIGTERM the process group, SIGKILL after 20 s."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)

@@ -24,6 +24,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 
+from ftlct.bench.process_group import stop_process_group
+
 LOOPBACK = "127.0.0.1"
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -91,16 +93,7 @@ class Process:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 20) -> None:
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=5)
+        stop_process_group(self.popen, timeout, kill_timeout=5)
 
 
 def _die_with_parent() -> None:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +35,7 @@ import numpy as np
 from ftlct.agent.sync.model_pin import ModelPin
 from ftlct.bench.federation import Transport
 from ftlct.bench.mqtt_site import SimulatedSite, TransportError
+from ftlct.bench.process_group import stop_process_group
 from ftlct.cloud.strategies import SiteUpdate
 from ftlct.export.tensors import Weights
 from ftlct.protocol.identity import load_or_create_identity
@@ -72,20 +71,6 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) 
             return
         time.sleep(0.05)
     raise TransportError(f"mosquitto is not listening on {port} after {timeout} s")
-
-
-def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    """SIGTERM the process group, SIGKILL if it lingers."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=timeout)
 
 
 class MqttTransport(Transport):
@@ -311,8 +296,8 @@ class MqttTransport(Transport):
             if self.finished:  # it exits by itself after the last round; give it the time
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.cloud.wait(timeout=15)
-            _stop(self.cloud)
-        _stop(self.broker_process)
+            stop_process_group(self.cloud, timeout=10, kill_timeout=10)
+        stop_process_group(self.broker_process, timeout=10, kill_timeout=10)
 
 
 def _toml(data: dict) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ftlct.bench.process_group import stop_process_group
 
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
@@ -110,15 +111,7 @@ def _process(
         _wait_listening(port, process)
         yield Receiver(name, ae, port, process, storage)
     finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_process_group(process, timeout=30, kill_timeout=10)
 
 
 def storescp(work: Path) -> contextlib.AbstractContextManager[Receiver]:
