@@ -41,7 +41,7 @@ from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
 from ftlct.protocol.receipt import Receipt
 from ftlct.protocol.topics import Topics
 from ftlct.protocol.twin_state import TwinState
-from tests.cloud.envelope_fuzz import FuzzCase, new_identity
+from tests.cloud.envelope_fuzz import FuzzCase, draw_cases, new_identity
 from tests.support.envelope_mutations import EnvelopeMutator, resign, split
 
 FAMILIES = {
@@ -153,15 +153,7 @@ class AgentEnvelopeFuzzer:
 
     # ------------------------------------------------------------ families
     def cases(self, count: int) -> Iterator[FuzzCase]:
-        names = list(FAMILIES)
-        weights = [FAMILIES[n] for n in names]
-        for _ in range(count):
-            family = self.rng.choices(names, weights)[0]
-            if family == "replay" and not self.sent:
-                family = "valid_round"
-            case = getattr(self, f"_{family}")()
-            self.sent.append(case)
-            yield case
+        return draw_cases(self, FAMILIES, count, first="valid_round")
 
     def _valid_round(self) -> FuzzCase:
         if self._round > 3 and self.rng.random() < 0.3:  # an older number: kept as stale

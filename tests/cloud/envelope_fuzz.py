@@ -77,6 +77,21 @@ class FuzzCase:
     retained: bool = False
 
 
+def draw_cases(fuzzer, families: dict[str, int], count: int, first: str) -> Iterator[FuzzCase]:
+    """``count`` cases, each of a family drawn by weight with ``fuzzer.rng`` and made by
+    ``fuzzer._<family>()``, kept in ``fuzzer.sent`` (a replay before anything was sent
+    becomes ``first``)."""
+    names = list(families)
+    weights = [families[n] for n in names]
+    for _ in range(count):
+        family = fuzzer.rng.choices(names, weights)[0]
+        if family == "replay" and not fuzzer.sent:
+            family = first
+        case = getattr(fuzzer, f"_{family}")()
+        fuzzer.sent.append(case)
+        yield case
+
+
 def new_identity(name: str) -> Identity:
     private = Ed25519PrivateKey.generate()
     return Identity(name, private, public_b64_of(private))
@@ -140,15 +155,7 @@ class EnvelopeFuzzer:
 
     # ------------------------------------------------------------ families
     def cases(self, count: int) -> Iterator[FuzzCase]:
-        names = list(FAMILIES)
-        weights = [FAMILIES[n] for n in names]
-        for _ in range(count):
-            family = self.rng.choices(names, weights)[0]
-            if family == "replay" and not self.sent:
-                family = "valid"
-            case = getattr(self, f"_{family}")()
-            self.sent.append(case)
-            yield case
+        return draw_cases(self, FAMILIES, count, first="valid")
 
     def _valid(self) -> FuzzCase:
         site = self._site()
