@@ -8,7 +8,6 @@ import pytest
 from ftlct.protocol import exchange
 from ftlct.protocol.envelope import seal
 from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.messages import (
     GlobalModel,
     RoundAnnouncement,
@@ -16,18 +15,9 @@ from ftlct.protocol.messages import (
     weights_layout_sha256,
 )
 from ftlct.protocol.twin_state import TwinState
+from tests.support.refusals import reason_of
 
 FED = "fed"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys")
-    return {
-        "cloud": load_or_create_identity(root / "cloud", "cloud"),
-        "a": load_or_create_identity(root / "a", "site-a"),
-        "b": load_or_create_identity(root / "b", "site-b"),
-    }
 
 
 @pytest.fixture
@@ -48,12 +38,6 @@ def _update(keys, **overrides):
     args = dict(round=2, base_version="v1", cluster="global", n_samples=40, delta=_delta())
     args.update(overrides)
     return exchange.build_update(keys["a"], FED, **args)
-
-
-def _reason(call, *args, **kwargs):
-    with pytest.raises(ProtocolError) as info:
-        call(*args, **kwargs)
-    return info.value.reason
 
 
 @pytest.mark.parametrize("codec", ["fp32", "fp16", "int8"])
@@ -77,20 +61,20 @@ def test_update_ids_are_fresh_unless_given(keys, enrolled):
 
 def test_update_rejections_carry_their_reason(keys, enrolled):
     data = _update(keys)
-    assert _reason(exchange.open_update, data, lambda site: None, FED) == "unknown_site"
+    assert reason_of(exchange.open_update, data, lambda site: None, FED) == "unknown_site"
     assert (
-        _reason(exchange.open_update, data, lambda site: keys["b"].public_b64, FED)
+        reason_of(exchange.open_update, data, lambda site: keys["b"].public_b64, FED)
         == "bad_signature"
     )
-    assert _reason(exchange.open_update, data, enrolled, "other-fed") == "wrong_federation"
-    assert _reason(exchange.open_update, data, enrolled, FED, max_bytes=100) == "oversize"
-    assert _reason(exchange.open_update, b"garbage!" * 4, enrolled, FED) == "malformed"
+    assert reason_of(exchange.open_update, data, enrolled, "other-fed") == "wrong_federation"
+    assert reason_of(exchange.open_update, data, enrolled, FED, max_bytes=100) == "oversize"
+    assert reason_of(exchange.open_update, b"garbage!" * 4, enrolled, FED) == "malformed"
 
 
 def test_trust_on_first_use_verifies_with_the_offered_key_only_when_asked(keys):
     data = _update(keys)
     unknown = lambda site: None  # noqa: E731
-    assert _reason(exchange.open_update, data, unknown, FED) == "unknown_site"
+    assert reason_of(exchange.open_update, data, unknown, FED) == "unknown_site"
     message = exchange.open_update(data, unknown, FED, trust_on_first_use=True)
     assert message.public_key == keys["a"].public_b64
     # the offered key must still match the signature
@@ -98,7 +82,7 @@ def test_trust_on_first_use_verifies_with_the_offered_key_only_when_asked(keys):
     payload["public_key"] = keys["b"].public_b64
     forged = seal("site_update", FED, payload, keys["a"], exchange.peek(data).body)
     assert (
-        _reason(exchange.open_update, forged, unknown, FED, trust_on_first_use=True)
+        reason_of(exchange.open_update, forged, unknown, FED, trust_on_first_use=True)
         == "bad_signature"
     )
 
@@ -107,7 +91,7 @@ def test_a_site_cannot_send_an_update_in_another_sites_name(keys, enrolled):
     payload = exchange.peek(_update(keys)).payload
     payload["site"] = "site-b"
     forged = seal("site_update", FED, payload, keys["a"], exchange.peek(_update(keys)).body)
-    assert _reason(exchange.open_update, forged, enrolled, FED) == "wrong_sender"
+    assert reason_of(exchange.open_update, forged, enrolled, FED) == "wrong_sender"
 
 
 def test_malformed_update_fields_are_refused_before_sending(keys):
@@ -149,17 +133,17 @@ def test_global_model_verifies_with_the_cloud_key(keys):
 def test_global_model_refusals(keys):
     data = exchange.build_global_model(keys["cloud"], FED, _model())
     cloud = keys["cloud"].public_b64
-    assert _reason(exchange.open_global_model, data, keys["a"].public_b64, FED) == "bad_signature"
+    assert reason_of(exchange.open_global_model, data, keys["a"].public_b64, FED) == "bad_signature"
     assert (
-        _reason(exchange.open_global_model, data, cloud, FED, backbone_sha256="cd" * 32)
+        reason_of(exchange.open_global_model, data, cloud, FED, backbone_sha256="cd" * 32)
         == "backbone_mismatch"
     )
     assert (
-        _reason(exchange.open_global_model, data, cloud, FED, labels=["a", "b"])
+        reason_of(exchange.open_global_model, data, cloud, FED, labels=["a", "b"])
         == "labels_mismatch"
     )
     forged = exchange.build_global_model(keys["a"], FED, _model())  # a site posing as the cloud
-    assert _reason(exchange.open_global_model, forged, cloud, FED) == "bad_signature"
+    assert reason_of(exchange.open_global_model, forged, cloud, FED) == "bad_signature"
 
 
 def _network():
@@ -212,13 +196,13 @@ def test_whole_network_model_verifies_with_its_layout_pin(keys):
     assert "backbone_sha256" not in exchange.peek(data).payload
     other = weights_layout_sha256({"classifier.weight": np.zeros((2, 4), np.float32)})
     assert (
-        _reason(
+        reason_of(
             exchange.open_global_model, data, cloud, FED, kind="network", architecture_sha256=other
         )
         == "architecture_mismatch"
     )
     assert (
-        _reason(exchange.open_global_model, data, cloud, FED, kind="network", labels=["a", "b"])
+        reason_of(exchange.open_global_model, data, cloud, FED, kind="network", labels=["a", "b"])
         == "labels_mismatch"
     )
 
@@ -229,7 +213,7 @@ def test_an_agent_refuses_a_whole_network_and_a_network_site_refuses_a_head(keys
     cloud = keys["cloud"].public_b64
     # as the agent opened models before its ModelPin said kind="head": no kind given, a head
     assert (
-        _reason(
+        reason_of(
             exchange.open_global_model,
             network,
             cloud,
@@ -239,7 +223,9 @@ def test_an_agent_refuses_a_whole_network_and_a_network_site_refuses_a_head(keys
         )
         == "kind_mismatch"
     )
-    assert _reason(exchange.open_global_model, head, cloud, FED, kind="network") == "kind_mismatch"
+    assert (
+        reason_of(exchange.open_global_model, head, cloud, FED, kind="network") == "kind_mismatch"
+    )
 
 
 def test_a_head_reads_as_before_and_holds_head_tensors_only(keys):
@@ -260,7 +246,7 @@ def test_a_head_reads_as_before_and_holds_head_tensors_only(keys):
         odd = {**payload, **bad, "weights_sha256": hashlib.sha256(body).hexdigest()}
         sealed = seal("global_model", FED, odd, keys["cloud"], body)
         assert (
-            _reason(exchange.open_global_model, sealed, cloud, FED, kind="network") == "malformed"
+            reason_of(exchange.open_global_model, sealed, cloud, FED, kind="network") == "malformed"
         )
 
 
@@ -298,7 +284,7 @@ def test_twin_state_and_will_are_signed_and_schema_checked(keys, enrolled):
         exchange.build_twin_state(keys["a"], FED, {"status": "idle", "patient_id": "123"})
     assert info.value.reason == "bad_twin_state"
     sneaky = seal("twin_state", FED, {"status": "idle", "patient_id": "123"}, keys["a"])
-    assert _reason(exchange.open_twin_state, sneaky, enrolled, FED) == "bad_twin_state"
+    assert reason_of(exchange.open_twin_state, sneaky, enrolled, FED) == "bad_twin_state"
 
 
 def _resealed(keys, codec="int8", **changes):
@@ -323,13 +309,13 @@ def _resealed(keys, codec="int8", **changes):
     ],
 )
 def test_signed_updates_with_impossible_fields_are_malformed(keys, enrolled, changes):
-    assert _reason(exchange.open_update, _resealed(keys, **changes), enrolled, FED) == "malformed"
+    assert reason_of(exchange.open_update, _resealed(keys, **changes), enrolled, FED) == "malformed"
 
 
 def test_codecs_without_parameters_refuse_any(keys, enrolled):
     for codec in ("fp32", "fp16"):
         data = _resealed(keys, codec=codec, codec_params={"scales": {}})
-        assert _reason(exchange.open_update, data, enrolled, FED) == "malformed"
+        assert reason_of(exchange.open_update, data, enrolled, FED) == "malformed"
     largest = _resealed(keys, codec="fp32", n_samples=2**53)
     assert exchange.open_update(largest, enrolled, FED).n_samples == 2**53
 

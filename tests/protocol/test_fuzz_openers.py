@@ -19,7 +19,6 @@ import pytest
 
 from ftlct.protocol import exchange
 from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
 from ftlct.protocol.receipt import Receipt
 from ftlct.protocol.twin_state import TwinState
@@ -30,17 +29,8 @@ FED = "fed"
 CASES_PER_OPENER = 1500
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys")
-    return {
-        "cloud": load_or_create_identity(root / "cloud", "cloud"),
-        "site": load_or_create_identity(root / "site", "site-a"),
-    }
-
-
 def _valid(keys):
-    cloud, site = keys["cloud"], keys["site"]
+    cloud, site = keys["cloud"], keys["a"]
     head = {"dense.0.weight": np.ones((2, 4), np.float32), "dense.0.bias": np.zeros(2, np.float32)}
     model = GlobalModel("global", "v1", 1, ["normal", "abnormal"], "b" * 64, head)
     announcement = RoundAnnouncement(2, "ftl", 1e9, 1e9 - 60, {"global": "v1"}, training={"lr": 1})

@@ -7,25 +7,10 @@ import pytest
 from ftlct.protocol import exchange
 from ftlct.protocol.envelope import seal
 from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.receipt import Receipt
+from tests.support.refusals import reason_of
 
 FED = "fed"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys")
-    return {
-        "cloud": load_or_create_identity(root / "cloud", "cloud"),
-        "a": load_or_create_identity(root / "a", "site-a"),
-    }
-
-
-def _reason(call, *args, **kwargs) -> str:
-    with pytest.raises(ProtocolError) as info:
-        call(*args, **kwargs)
-    return info.value.reason
 
 
 @pytest.mark.parametrize(
@@ -46,14 +31,14 @@ def test_a_site_refuses_receipts_not_signed_by_the_cloud_or_not_for_it(keys):
     receipt = Receipt("site-a", "u-12345678", 1, "accepted")
     forged = seal("receipt", FED, receipt.to_payload(), keys["a"])  # a site signing for the cloud
     cloud_key = keys["cloud"].public_b64
-    assert _reason(exchange.open_receipt, forged, cloud_key, FED) == "bad_signature"
+    assert reason_of(exchange.open_receipt, forged, cloud_key, FED) == "bad_signature"
     real = exchange.build_receipt(keys["cloud"], FED, receipt)
-    assert _reason(exchange.open_receipt, real, cloud_key, FED, site="site-b") == "wrong_site"
-    assert _reason(exchange.open_receipt, real, cloud_key, "other") == "wrong_federation"
+    assert reason_of(exchange.open_receipt, real, cloud_key, FED, site="site-b") == "wrong_site"
+    assert reason_of(exchange.open_receipt, real, cloud_key, "other") == "wrong_federation"
     update = exchange.build_update(
         keys["a"], FED, round=1, base_version="v", cluster="global", n_samples=1, delta={}
     )
-    assert _reason(exchange.open_receipt, update, cloud_key, FED) == "wrong_kind"
+    assert reason_of(exchange.open_receipt, update, cloud_key, FED) == "wrong_kind"
 
 
 @pytest.mark.parametrize(
@@ -73,7 +58,7 @@ def test_a_site_refuses_receipts_not_signed_by_the_cloud_or_not_for_it(keys):
 def test_malformed_receipts_are_refused(keys, changes):
     payload = {**Receipt("site-a", "u-12345678", 1, "accepted").to_payload(), **changes}
     data = seal("receipt", FED, payload, keys["cloud"])
-    assert _reason(exchange.open_receipt, data, keys["cloud"].public_b64, FED) == "malformed"
+    assert reason_of(exchange.open_receipt, data, keys["cloud"].public_b64, FED) == "malformed"
     with pytest.raises(ProtocolError):
         Receipt.from_payload(payload)
 

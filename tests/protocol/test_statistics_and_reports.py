@@ -8,7 +8,6 @@ import pytest
 from ftlct.protocol import exchange
 from ftlct.protocol.envelope import seal
 from ftlct.protocol.errors import ProtocolError
-from ftlct.protocol.identity import load_or_create_identity
 from ftlct.protocol.messages import (
     STATISTICS_TENSORS,
     BestVersionNote,
@@ -22,17 +21,9 @@ from ftlct.protocol.validation_report import (
     read_report,
     report_metrics,
 )
+from tests.support.refusals import reason_of
 
 FED = "fed"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys")
-    return {
-        "cloud": load_or_create_identity(root / "cloud", "cloud"),
-        "a": load_or_create_identity(root / "a", "site-a"),
-    }
 
 
 def enrolled(keys):
@@ -45,12 +36,6 @@ def statistics(dim: int = 3) -> dict[str, np.ndarray]:
         "stats.class_sums": np.ones((2, dim), np.float32),
         "stats.class_counts": np.array([3, 4], np.float32),
     }
-
-
-def reason_of(call, *args, **kwargs) -> str:
-    with pytest.raises(ProtocolError) as info:
-        call(*args, **kwargs)
-    return info.value.reason
 
 
 def test_statistics_travel_exactly_as_fp32_whatever_codec_was_asked(keys):
