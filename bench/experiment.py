@@ -113,6 +113,7 @@ def preprocessing_spec(settings: BenchSettings) -> PreprocessingSpec:
 def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) -> ModelDir:
     """The FTL model directory (ImageNet backbone, untrained head), built once per configuration."""
     from ftlct.export.build import build_model_dir
+    from ftlct.export.harmonise import Harmonisation
     from ftlct.export.weights import resolve_weights
 
     ftl = settings.ftl
@@ -120,6 +121,7 @@ def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) ->
     spec = preprocessing_spec(settings)
     taps = tuple(int(t) for t in ftl.taps.split(",")) if ftl.taps else None
     pooling = tuple(ftl.pooling.split("+")) if ftl.pooling else None
+    harmonisation = Harmonisation(ftl.blur_sigma, ftl.standardise)
     # a linear head starts at zero whatever the seed: every split shares one model directory
     head_seed = settings.seed if ftl.head != "linear" else 0
     key = hashlib.sha256(
@@ -127,6 +129,7 @@ def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) ->
             [
                 *(str(weights), list(classes), spec.to_json(), ftl.head, head_seed),
                 *(ftl.backbone, list(taps or ()), list(pooling or ())),
+                harmonisation.to_json(),
             ]
         ).encode()
     ).hexdigest()[:12]
@@ -147,6 +150,7 @@ def model_dir(settings: BenchSettings, classes: tuple[str, ...], cache: Path) ->
         backbone=ftl.backbone,
         taps=taps,
         pooling=pooling,
+        harmonisation=harmonisation,
     )
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from ftlct.export import efficientnet_lite0 as lite0
 from ftlct.export import mobilenet_v2 as mnv2
+from ftlct.export.harmonise import NO_HARMONISATION, Harmonisation, Harmoniser
 from ftlct.export.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 POOLINGS = ("mean", "max")
@@ -96,11 +97,17 @@ def architecture(name: str) -> Architecture:
 class PooledBackbone(nn.Module):
     """image ``[N, 3, S, S]`` -> embedding: each tap's output pooled (in ``pooling`` order), concatenated.
 
-    Stages after the last tap are not run.
+    Stages after the last tap are not run. An active ``harmonisation``
+    (``export/harmonise.py``) runs first, inside the exported graph.
     """
 
     def __init__(
-        self, arch: Architecture, net: nn.Module, taps: Sequence[int], pooling: Sequence[str]
+        self,
+        arch: Architecture,
+        net: nn.Module,
+        taps: Sequence[int],
+        pooling: Sequence[str],
+        harmonisation: Harmonisation = NO_HARMONISATION,
     ):
         super().__init__()
         check_taps(arch, net, taps, pooling)
@@ -108,9 +115,13 @@ class PooledBackbone(nn.Module):
         self._stages = arch.stages(net)
         self.taps = tuple(taps)
         self.pooling = tuple(pooling)
+        self.harmonisation = harmonisation
+        self.harmoniser = (
+            Harmoniser(harmonisation, arch.mean, arch.std) if harmonisation.active else None
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image
+        x = image if self.harmoniser is None else self.harmoniser(image)
         parts = []
         for index, stage in enumerate(self._stages[: self.taps[-1] + 1]):
             x = stage(x)
@@ -191,4 +202,5 @@ def pooled_backbone_from_manifest(entry: dict, state: dict) -> PooledBackbone:
     last = len(arch.stages(net)) - 1
     taps = output.get("taps", [last])
     pooling = output.get("pooling", ["mean"])
-    return PooledBackbone(arch, net, taps, pooling).eval()
+    harmonisation = Harmonisation.from_json(entry.get("harmonisation"))
+    return PooledBackbone(arch, net, taps, pooling, harmonisation).eval()

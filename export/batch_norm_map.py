@@ -18,6 +18,8 @@ import onnx
 from onnx import numpy_helper
 from torch import nn
 
+HARMONISER_SCOPE = "/harmoniser/"
+
 
 class BatchNormMapError(ValueError):
     """The exported graph's convolutions do not match the network's (conv, batch norm) pairs."""
@@ -42,7 +44,10 @@ def batch_norm_map(onnx_bytes: bytes, net: nn.Module) -> list[dict]:
     """Pair the graph's Conv nodes (in order) with the network's (conv, BN) pairs; verify each."""
     graph = onnx.load_from_string(onnx_bytes).graph
     initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
+    # the harmoniser's blur (export/harmonise.py) is a fixed convolution with no batch norm
+    convs = [
+        n for n in graph.node if n.op_type == "Conv" and not n.name.startswith(HARMONISER_SCOPE)
+    ]
     pairs = conv_bn_pairs(net)
     if len(convs) > len(pairs):
         raise BatchNormMapError(f"{len(convs)} Conv nodes but {len(pairs)} conv/BN pairs")

@@ -24,6 +24,7 @@ from ftlct.export.backbones import (
 )
 from ftlct.export.batch_norm_map import batch_norm_map
 from ftlct.export.files import atomic_write_bytes, atomic_write_text, sha256_file
+from ftlct.export.harmonise import DEFAULT_HARMONISATION, Harmonisation
 from ftlct.export.heads import head_to_arrays, make_head
 from ftlct.export.model_dir import FORMAT, MANIFEST, ModelDir, write_head_files
 from ftlct.export.preprocessing import PreprocessingSpec
@@ -68,11 +69,13 @@ def build_model_dir(
     backbone: str = DEFAULT_BACKBONE,
     taps: tuple[int, ...] | None = None,
     pooling: tuple[str, ...] | None = None,
+    harmonisation: Harmonisation = DEFAULT_HARMONISATION,
 ) -> ModelDir:
     """Write ``out/`` per DESIGN.md: backbone (ONNX + safetensors), untrained head, manifest.
 
     ``taps`` / ``pooling`` choose the pooled multi-layer embedding (default: the
-    architecture's); the input normalisation is the architecture's own.
+    architecture's); the input normalisation is the architecture's own;
+    ``harmonisation`` (``export/harmonise.py``) runs first inside ``backbone.onnx``.
     """
     if len(labels) < 2 or len(set(labels)) != len(labels) or any(not label for label in labels):
         raise ValueError(f"labels must be >= 2 distinct non-empty names, got {','.join(labels)!r}")
@@ -84,7 +87,9 @@ def build_model_dir(
         std=arch.std,
     )
     net = arch.imagenet(weights)
-    pooled = PooledBackbone(arch, net, taps or arch.default_taps, pooling or arch.default_pooling)
+    pooled = PooledBackbone(
+        arch, net, taps or arch.default_taps, pooling or arch.default_pooling, harmonisation
+    )
     layout = embedding_layout(arch, net, pooled.taps, pooled.pooling)
     head_arrays = head_to_arrays(make_head(head, len(labels), layout["dim"], seed=seed))
 
@@ -119,6 +124,7 @@ def build_model_dir(
                 "dtype": "float32",
             },
             "output": {"name": "embedding", **layout},
+            "harmonisation": harmonisation.to_json(),
             "opset": ONNX_OPSET,
             # folded Conv node -> its batch norm in backbone.safetensors (export/adabn.py)
             "batch_norm": bn_map,

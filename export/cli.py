@@ -54,6 +54,18 @@ def build(
         None, "--windows", help="CT windows as name:center:width,... (1 or 3; one channel each)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the head's hidden layer."),
+    blur_sigma: float = typer.Option(
+        1.0,
+        "--blur-sigma",
+        min=0.0,
+        max=8.0,
+        help="Harmonisation: Gaussian blur in input pixels before the backbone (0: none).",
+    ),
+    standardise: bool = typer.Option(
+        True,
+        "--standardise/--no-standardise",
+        help="Harmonisation: standardise each channel of each image before the backbone.",
+    ),
     int8: bool = typer.Option(
         False, "--int8", help="Serve a static int8 (QDQ) backbone, calibrated on --calibration."
     ),
@@ -89,6 +101,7 @@ def build(
 
     from ftlct.export.backbones import ARCHITECTURES
     from ftlct.export.build import build_model_dir
+    from ftlct.export.harmonise import Harmonisation
     from ftlct.export.mobilenet_v2 import WeightsError
     from ftlct.export.weights import resolve_weights
 
@@ -106,6 +119,7 @@ def build(
             backbone=backbone,
             taps=tap_list,
             pooling=pooling_list,
+            harmonisation=Harmonisation(blur_sigma, standardise),
         )
     except (WeightsError, ValueError) as exc:
         raise CliError(str(exc)) from exc
