@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 from torch import nn
 
-HARMONISER_SCOPE = "/harmoniser/"
+from ftlct.export.model_dir import HARMONISER_SCOPE
 
 
 class BatchNormMapError(ValueError):

@@ -23,6 +23,8 @@ from ftlct.export.preprocessing import PreprocessingSpec
 
 FORMAT = "ftlct-model/1"
 MANIFEST = "manifest.json"
+# node-name scope of the harmonisation the exporter writes before the network (export/harmonise.py)
+HARMONISER_SCOPE = "/harmoniser/"
 REQUIRED_KEYS = ("format", "version", "labels", "backbone", "head", "preprocessing", "provenance")
 
 

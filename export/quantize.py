@@ -32,6 +32,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ftlct.export.model_dir import HARMONISER_SCOPE
+
 WEIGHT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 CALIBRATION_BATCH = 8
 MIN_CALIBRATION_SLICES = 8
@@ -56,9 +58,13 @@ def _check_source(source: Path) -> None:
 
 
 def float_end_convs(model_path: Path) -> list[str]:
-    """Names of the first and the last Conv node (in graph order): kept float by static QDQ."""
+    """Conv nodes static QDQ keeps float: the harmoniser's blur (``export/harmonise.py``: a
+    fixed filter on the raw input, which the standardising after it would amplify the
+    rounding of) and the first and last Conv of the network itself, in graph order."""
     convs = [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type == "Conv"]
-    return sorted({convs[0], convs[-1]}) if convs else []
+    harmoniser = [name for name in convs if name.startswith(HARMONISER_SCOPE)]
+    network = [name for name in convs if not name.startswith(HARMONISER_SCOPE)]
+    return sorted({*harmoniser, *([network[0], network[-1]] if network else [])})
 
 
 def quantize_backbone_static(

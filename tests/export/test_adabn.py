@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from ftlct.export.adabn import AdaptationError, adapt_model_dir, balanced_sample, estimate
 from ftlct.export.backbones import pooled_backbone_from_manifest
-from ftlct.export.batch_norm_map import HARMONISER_SCOPE
-from ftlct.export.model_dir import ModelDir
+from ftlct.export.model_dir import HARMONISER_SCOPE, ModelDir
 from ftlct.export.verify import verify_model_dir
 
 

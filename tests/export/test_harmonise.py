@@ -132,3 +132,14 @@ def test_the_blur_is_not_mistaken_for_a_batch_normed_convolution(model_dir, plai
 def test_a_blur_outside_its_range_is_refused(sigma):
     with pytest.raises(ValueError, match="blur sigma"):
         Harmonisation(blur_sigma=sigma)
+
+
+def test_int8_keeps_the_blur_and_the_networks_first_and_last_convolutions_float(model_dir):
+    from ftlct.export.quantize import float_end_convs
+
+    graph = onnx.load(str(model_dir.backbone_path)).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    kept = float_end_convs(model_dir.backbone_path)
+    network = [name for name in convs if not name.startswith("/harmoniser/")]
+    assert set(kept) == {convs[0], network[0], network[-1]}
+    assert convs[0].startswith("/harmoniser/") and network[0].startswith("/features.0/")
