@@ -58,12 +58,12 @@ def _check_source(source: Path) -> None:
 
 
 def float_end_convs(model_path: Path) -> list[str]:
-    """Conv nodes static QDQ keeps float: the harmoniser's blur (``export/harmonise.py``: a
-    fixed filter on the raw input, which the standardising after it would amplify the
-    rounding of) and the first and last Conv of the network itself, in graph order."""
-    convs = [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type == "Conv"]
-    harmoniser = [name for name in convs if name.startswith(HARMONISER_SCOPE)]
-    network = [name for name in convs if not name.startswith(HARMONISER_SCOPE)]
+    """Nodes static QDQ keeps float: every node of the harmoniser (``export/harmonise.py``:
+    its blur and per-image standardising act on the raw input, where rounding is amplified
+    by the standardising) and the first and last Conv of the network itself, in graph order."""
+    nodes = onnx.load(str(model_path)).graph.node
+    harmoniser = [n.name for n in nodes if n.name.startswith(HARMONISER_SCOPE)]
+    network = [n.name for n in nodes if n.op_type == "Conv" and n.name not in harmoniser]
     return sorted({*harmoniser, *([network[0], network[-1]] if network else [])})
 
 
