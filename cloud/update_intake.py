@@ -17,7 +17,7 @@ from ftlct.cloud.log_limiter import LogLimiter
 from ftlct.cloud.settings import CloudSettings
 from ftlct.cloud.state import RoundRow, StateStore
 from ftlct.cloud.strategies import Strategy
-from ftlct.cloud.update_validation import Duplicate, Rejection, check_update
+from ftlct.cloud.update_validation import Duplicate, Rejection, check_stored, check_update
 from ftlct.protocol.errors import ProtocolError
 from ftlct.protocol.exchange import open_update
 from ftlct.protocol.messages import UpdateMessage
@@ -72,6 +72,9 @@ class UpdateIntake:
                 self.strategy,
                 self.settings.limits.max_delta_norm,
             )
+            if not self.store.updates.add(current.round, message, norm):
+                check_stored(message, current, self.store)  # raises: which of the two it was
+                raise RuntimeError(f"update {message.update_id} refused by the store")
         except (ProtocolError, Rejection) as exc:
             self.store.rejections.record(
                 round_no, topic_site, exc.reason, str(exc), self.settings.limits.rejections_kept
@@ -84,13 +87,7 @@ class UpdateIntake:
             self.store.counters.bump("updates_duplicate")
             log.info("ignored resend of update %s from %s", message.update_id, topic_site)
             return UpdateVerdict("duplicate", "", message)
-        if (
-            self.settings.dev_trust_on_first_use
-            and self.store.sites.public_key(message.site) is None
-        ):
-            self.store.sites.enroll(message.site, message.public_key, via="trust-on-first-use")
-            log.warning("DEV trust-on-first-use: enrolled %s from its first update", message.site)
-        self.store.updates.add(current.round, message, norm)
+        self._trust_on_first_use(message)
         self.store.twins.touch(message.site)
         log.info(
             "round %d: accepted update from %s (n=%d, |delta|=%.4g)",
@@ -100,3 +97,11 @@ class UpdateIntake:
             norm,
         )
         return UpdateVerdict("accepted", "", message)
+
+    def _trust_on_first_use(self, message: UpdateMessage) -> None:
+        if (
+            self.settings.dev_trust_on_first_use
+            and self.store.sites.public_key(message.site) is None
+        ):
+            self.store.sites.enroll(message.site, message.public_key, via="trust-on-first-use")
+            log.warning("DEV trust-on-first-use: enrolled %s from its first update", message.site)

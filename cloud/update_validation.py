@@ -62,7 +62,37 @@ def check_update(
     strategy: Strategy,
     max_delta_norm: float,
 ) -> float:
-    """The update's L2 norm if it may count for ``current``; else ``Rejection`` / ``Duplicate``."""
+    """The update's L2 norm if it may count for ``current``; else ``Rejection`` / ``Duplicate``.
+
+    The checks read in this order: a stored update_id (``Duplicate``, ``replay``), the
+    round's rules, a second update of the site in the round (``already_submitted``), the
+    strategy's check and the norm bound. The store is only asked once something fails:
+    an update that passes is stored with ``UpdateStore.add``, which refuses a stored
+    update_id or a site's second update, and then ``check_stored`` says which it was.
+    """
+    try:
+        _check_round_rules(message, current, strategy)
+    except Rejection:
+        _check_new(message, store)
+        raise
+    try:
+        return _check_contents(message, models, strategy, max_delta_norm)
+    except Rejection:
+        check_stored(message, current, store)
+        raise
+
+
+def check_stored(message: UpdateMessage, current: RoundRow, store: StateStore) -> None:
+    """``Duplicate`` or a ``Rejection`` (``replay``, ``already_submitted``) if the store already
+    holds this update_id or an update of this site in ``current``; nothing otherwise."""
+    _check_new(message, store)
+    if store.updates.of(current.round, message.site) is not None:
+        raise Rejection(
+            "already_submitted", f"{message.site} already has an update in round {current.round}"
+        )
+
+
+def _check_new(message: UpdateMessage, store: StateStore) -> None:
     known = store.updates.find(message.update_id)
     if known is not None:
         # The same update again (a lost receipt, a reconnect): the first copy counts, in
@@ -70,6 +100,11 @@ def check_update(
         if known.site == message.site:
             raise Duplicate(message.update_id)
         raise Rejection("replay", f"update id {message.update_id} was already used by another site")
+
+
+def _check_round_rules(
+    message: UpdateMessage, current: RoundRow | None, strategy: Strategy
+) -> None:
     if current is None or current.status != "open" or message.round != current.round:
         open_round = current.round if current is not None and current.status == "open" else None
         raise Rejection(
@@ -91,10 +126,11 @@ def check_update(
             "wrong_update_kind",
             f"{message.kind} update, the {strategy.name} strategy takes {strategy.update_kind}",
         )
-    if store.updates.of(current.round, message.site) is not None:
-        raise Rejection(
-            "already_submitted", f"{message.site} already has an update in round {current.round}"
-        )
+
+
+def _check_contents(
+    message: UpdateMessage, models: CurrentModels, strategy: Strategy, max_delta_norm: float
+) -> float:
     update = SiteUpdate(message.site, message.delta, message.n_samples, message.cluster)
     try:
         strategy.check_update(models.state, update)  # what aggregate() will check again

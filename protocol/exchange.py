@@ -224,9 +224,8 @@ def open_update(
     tensors = body_to_tensors(envelope.body)
     check_update_tensors(fields["kind"], tensors)
     delta = decode_delta(tensors, fields["codec"], fields["codec_params"])
-    fields.pop("codec_params")
     fields["public_key"] = public_key
-    return UpdateMessage(**fields, delta=delta, created=envelope.created)
+    return UpdateMessage(**fields, delta=delta, created=envelope.created, body=envelope.body)
 
 
 @dataclass(frozen=True)

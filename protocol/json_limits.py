@@ -32,11 +32,10 @@ class JsonLimits:
 
 def check_json_limits(text: bytes, limits: JsonLimits = JsonLimits()) -> None:
     """``ProtocolError('header_limits')`` if ``text`` is nested, long or large beyond ``limits``."""
-    for match in _STRING.finditer(text):
-        if match.end() - match.start() - 2 > limits.max_string_bytes:
-            _fail(
-                f"a string of {match.end() - match.start() - 2} bytes (limit {limits.max_string_bytes})"
-            )
+    if len(text) - 2 > limits.max_string_bytes:  # else no string in it can be that long
+        longest = max(map(len, _STRING.findall(text)), default=2) - 2
+        if longest > limits.max_string_bytes:
+            _fail(f"a string of {longest} bytes (limit {limits.max_string_bytes})")
     skeleton = _STRING.sub(b'""', text)
     if b'"' in skeleton.replace(b'""', b""):
         # an unterminated string: not JSON, and what follows it was not scanned
@@ -52,11 +51,9 @@ def check_json_limits(text: bytes, limits: JsonLimits = JsonLimits()) -> None:
                 _fail(f"nested deeper than {limits.max_depth} levels")
         else:
             depth -= 1
-    for match in _NUMBER.finditer(skeleton):
-        if match.end() - match.start() > limits.max_number_chars:
-            _fail(
-                f"a number of {match.end() - match.start()} characters (limit {limits.max_number_chars})"
-            )
+    longest = max(map(len, _NUMBER.findall(skeleton)), default=0)
+    if longest > limits.max_number_chars:
+        _fail(f"a number of {longest} characters (limit {limits.max_number_chars})")
 
 
 def _fail(what: str) -> None:

@@ -364,6 +364,10 @@ class UpdateMessage:
     created: float = 0.0
     public_key: str = ""  # the signer's key, used only by a cloud in trust-on-first-use mode
     kind: str = "delta"  # or "statistics" (UPDATE_KINDS); ``delta`` then holds the statistics
+    # as received (``open_update``): the signed body and its codec's parameters, so the cloud can
+    # keep the delta as it travelled; empty on the sending side
+    body: bytes = field(default=b"", repr=False)
+    codec_params: dict = field(default_factory=dict, repr=False)
 
     def to_payload(self, codec_params: dict) -> dict:
         payload = {

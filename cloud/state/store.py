@@ -37,6 +37,7 @@ class StateStore:
         db = Database(path)
         for owner in _OWNERS:
             db.create(owner.SCHEMA)
+        updates.upgrade(db)
         self._attach(db)
         self.rejections.count_old_rows()
 

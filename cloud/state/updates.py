@@ -1,23 +1,53 @@
-"""``updates``: the accepted site updates, one per (round, site), deltas kept until aggregation."""
+"""``updates``: the accepted site updates, one per (round, site), deltas kept until aggregation.
+
+A delta is kept as it travelled: the update's signed safetensors body in its
+wire dtype (fp16 is half of fp32's bytes) with its codec (``delta_codec``),
+so accepting an update encodes nothing, and it is decoded, as it was when it
+was checked, when the round aggregates. Rows of an older cloud have no codec:
+their delta is float32 safetensors.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ftlct.cloud.state.database import Database
 from ftlct.cloud.state.models import blob_to_weights, weights_to_blob
 from ftlct.cloud.strategies import SiteUpdate
+from ftlct.protocol.codecs import decode_delta
+from ftlct.protocol.messages import body_to_tensors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS updates (
     round INTEGER NOT NULL, site TEXT NOT NULL, update_id TEXT NOT NULL UNIQUE,
     cluster TEXT NOT NULL, base_version TEXT NOT NULL, n_samples INTEGER NOT NULL,
     metrics TEXT NOT NULL, norm REAL NOT NULL, delta BLOB, received_at REAL NOT NULL,
-    PRIMARY KEY (round, site));
+    delta_codec TEXT, PRIMARY KEY (round, site));
 """
+_COLUMNS = (
+    "round, site, update_id, cluster, base_version, n_samples, metrics, norm, delta, "
+    "received_at, delta_codec"
+)
+
+
+def upgrade(db: Database) -> None:
+    """Add ``delta_codec`` to a table an older cloud created (its rows keep NULL: float32)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(updates)")}
+    if "delta_codec" not in columns:
+        db.execute("ALTER TABLE updates ADD COLUMN delta_codec TEXT")
+
+
+def _decoded(blob: bytes, codec: str | None) -> dict[str, np.ndarray]:
+    if codec is None:  # written by an older cloud: float32 safetensors
+        return blob_to_weights(blob)
+    spec = json.loads(codec)
+    return decode_delta(body_to_tensors(blob), spec["codec"], spec["params"])
 
 
 @dataclass(frozen=True)
@@ -33,9 +63,17 @@ class UpdateStore:
     def __init__(self, db: Database):
         self.db = db
 
-    def add(self, round_: int, message, norm: float) -> None:
-        self.db.execute(
-            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    def add(self, round_: int, message, norm: float) -> bool:
+        """Store ``message``; False (nothing stored) if its update_id, or an update of its site
+        for ``round_``, is stored already: the caller asks ``find`` / ``of`` which it was."""
+        if message.body:  # as received: no re-encoding, and fp16 stays half the size
+            delta = message.body
+            codec = json.dumps({"codec": message.codec, "params": message.codec_params})
+        else:
+            delta, codec = weights_to_blob(message.delta), None
+        cursor = self.db.execute(
+            f"INSERT INTO updates ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (
                 round_,
                 message.site,
@@ -45,10 +83,12 @@ class UpdateStore:
                 message.n_samples,
                 json.dumps(message.metrics),
                 norm,
-                weights_to_blob(message.delta),
+                delta,
                 time.time(),
+                codec,
             ),
         )
+        return cursor.rowcount == 1
 
     def find(self, update_id: str) -> StoredUpdate | None:
         row = self.db.execute(
@@ -109,7 +149,8 @@ class UpdateStore:
 
 
 class StoredUpdates(Sequence):
-    """A round's updates as ``SiteUpdate``s, decoded one at a time (FedAvg stays O(model))."""
+    """A round's updates as ``SiteUpdate``s, decoded one at a time (FedAvg stays O(model));
+    iterating reads them all with one query, in site order."""
 
     def __init__(self, db: Database, round_: int, weights: dict[str, float] | None = None):
         self._db = db
@@ -131,12 +172,22 @@ class StoredUpdates(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         site = self._sites[index]
         row = self._db.execute(
-            "SELECT site, delta, n_samples, cluster FROM updates WHERE round = ? AND site = ?",
+            "SELECT site, delta, n_samples, cluster, delta_codec FROM updates "
+            "WHERE round = ? AND site = ?",
             (self._round, site),
         ).fetchone()
-        weight = int(row[2]) if self._weights is None else self._weights[site]
-        return SiteUpdate(row[0], blob_to_weights(row[1]), weight, row[3])
+        return self._update(row)
 
     def __iter__(self) -> Iterator[SiteUpdate]:
-        for index in range(len(self)):
-            yield self[index]
+        rows = self._db.execute(
+            "SELECT site, delta, n_samples, cluster, delta_codec FROM updates "
+            "WHERE round = ? AND delta IS NOT NULL ORDER BY site",
+            (self._round,),
+        )
+        for row in rows:
+            yield self._update(row)
+
+    def _update(self, row: sqlite3.Row | tuple) -> SiteUpdate:
+        site, blob, n_samples, cluster, codec = row
+        weight = int(n_samples) if self._weights is None else self._weights[site]
+        return SiteUpdate(site, _decoded(blob, codec), weight, cluster)

@@ -517,3 +517,26 @@ def test_a_status_taken_while_the_round_closes_shows_one_committed_state(tmp_pat
     assert during["updates_this_round"] == ["a", "b"]
     assert after["round"] == 2 and after["rounds_completed"] == 1
     assert after["global_versions"]["global"].startswith("r1-global-")
+
+
+def test_a_stored_update_outranks_any_other_refusal_as_before(tmp_path):
+    """The store is asked only once a check fails or the insert is refused; the verdicts are
+    those of asking it first: duplicate and replay before the round's rules, a second update
+    in the round before the strategy's check and the norm bound."""
+    rig = Rig(tmp_path)
+    first = rig.update("a", delta(1.0, (0, 0)), update_id="first-of-a")
+    assert rig.send("a", first) == "accepted"
+    too_big = rig.update("a", delta(8.0, (0, 0)))  # over the norm bound, and a second update
+    assert rig.send("a", too_big) == "rejected:already_submitted"
+    wrong_shape = rig.update("a", {"dense.0.weight": np.zeros((3, 3), np.float32)})
+    assert rig.send("a", wrong_shape) == "rejected:already_submitted"
+    late_copy = rig.update("b", delta(1.0, (0, 0)), round_=7, update_id="first-of-a")
+    assert rig.send("b", late_copy) == "rejected:replay"  # not wrong_round
+    resent_elsewhere = rig.update("a", delta(1.0, (0, 0)), round_=7, update_id="first-of-a")
+    assert rig.send("a", resent_elsewhere) == "duplicate"  # the id is a's: it landed
+    assert rig.send("b", rig.update("b", delta(8.0, (0, 0)))) == "rejected:norm_bound"
+    assert rig.status()["updates_rejected"] == {
+        "already_submitted": 2,
+        "replay": 1,
+        "norm_bound": 1,
+    }
