@@ -83,6 +83,9 @@ class RoundCoordinator:
         self.current: CurrentModels | None = None  # set by initialise()
         self.errors = InternalErrors(store, self.limiter, settings.limits.rejections_kept)
         self._outgoing: list[tuple[str, bytes, bool]] = []  # published after the commit
+        # (round, updates stored for it): counted as they commit, so a tick need not count the
+        # round's rows (O(sites), once per judged slice); read from the store for a new round
+        self._received: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def initialise(self, model: InitialModel | ModelDir | None) -> None:
@@ -209,6 +212,12 @@ class RoundCoordinator:
         except BaseException:
             self._outgoing.clear()
             raise
+        if (
+            current is not None
+            and self._received is not None
+            and self._received[0] == current.round
+        ):
+            self._received = (current.round, self._received[1] + outcomes.count("accepted"))
         self._flush()
         if "accepted" in outcomes:
             self.tick()
@@ -281,12 +290,10 @@ class RoundCoordinator:
             return
         # counts, not sets: the cost of a tick does not grow with the number of sites
         # (accepted updates come from enrolled sites only, and no site is ever unenrolled)
-        received = self.store.updates.count_of_round(row.round)
-        enrolled = self.store.sites.count()
+        received = self._received_in(row.round)
         now = self.clock()
         quorum = received >= self.settings.min_sites
-        everyone = enrolled > 0 and received >= enrolled
-        if quorum and (everyone or now >= row.deadline):
+        if quorum and (now >= row.deadline or self._everyone_answered(received)):
             self._aggregate(row)
         elif now >= row.deadline:
             deadline = now + self.settings.round_timeout
@@ -299,6 +306,15 @@ class RoundCoordinator:
                 self.settings.round_timeout,
             )
             self._publish_round()
+
+    def _received_in(self, round_no: int) -> int:
+        if self._received is None or self._received[0] != round_no:
+            self._received = (round_no, self.store.updates.count_of_round(round_no))
+        return self._received[1]
+
+    def _everyone_answered(self, received: int) -> bool:
+        enrolled = self.store.sites.count()  # asked only once there is a quorum
+        return enrolled > 0 and received >= enrolled
 
     # ------------------------------------------------------------------ rounds
     def _open_next_round_if_due(self) -> None:

@@ -56,6 +56,7 @@ SWITCH_INTERVAL_S = 0.0005
 RECEIVING_WINDOW_S = 0.05
 JUDGE_SLICE = 16
 RECEIVING_PAUSE_S = 0.002
+REMOVE_EVERY = 1024  # judged inbox rows deleted at once while a backlog is being judged
 
 
 def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
@@ -141,9 +142,14 @@ def serve(settings: CloudSettings, stop: threading.Event | None = None) -> None:
 
 
 def _judge_waiting(coordinator: RoundCoordinator, inbox: Inbox, limit: int = JUDGE_BATCH) -> bool:
-    """Judge up to ``limit`` of the oldest inbox messages not judged yet; False if there were none."""
+    """Judge up to ``limit`` of the oldest inbox messages not judged yet; False if there were none.
+
+    Judged rows are deleted once the backlog is judged or ``REMOVE_EVERY`` have piled up:
+    not after every small slice, as each delete is a commit of its own (an fsync)."""
     messages = inbox.after(coordinator.inbox_judged, limit)
     if not messages:
+        if coordinator.inbox_judged > inbox.removed_upto:
+            inbox.remove_upto(coordinator.inbox_judged)
         return False
     try:
         coordinator.on_inbox(messages)
@@ -151,7 +157,9 @@ def _judge_waiting(coordinator: RoundCoordinator, inbox: Inbox, limit: int = JUD
         coordinator.errors.step_failed(f"judging {len(messages)} inbox messages", exc)
         time.sleep(STORE_RETRY_S)
         return True
-    inbox.remove_upto(coordinator.inbox_judged)
+    judged = coordinator.inbox_judged
+    if len(messages) < limit or judged - inbox.removed_upto >= REMOVE_EVERY:
+        inbox.remove_upto(judged)
     return True
 
 

@@ -43,6 +43,7 @@ class Inbox:
     def __init__(self, path: Path):
         self.db = Database(path)
         self.db.create(SCHEMA)
+        self.removed_upto = 0  # the last id this connection removed up to
 
     @classmethod
     def open(cls, state_dir: str | Path) -> Inbox:
@@ -71,11 +72,13 @@ class Inbox:
     def remove_upto(self, judged: int) -> None:
         with self.db.transaction():
             self.db.execute("DELETE FROM inbox WHERE id <= ?", (judged,))
+        self.removed_upto = max(self.removed_upto, judged)
 
     def count(self) -> int:
         """How many messages the inbox holds (at most), from the ends of the id range: the ids are
         contiguous (appended in order, removed only from the oldest end), and COUNT(*) would
-        read every row, each ~6 KB, at every batch the receive path stores."""
+        read every row, each ~6 KB, at every batch the receive path stores. Judged rows count
+        until the round loop removes them (at most ``server.REMOVE_EVERY`` of them)."""
         row = self.db.execute(
             "SELECT (SELECT MAX(id) FROM inbox) - (SELECT MIN(id) FROM inbox) + 1"
         ).fetchone()

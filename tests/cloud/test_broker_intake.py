@@ -171,3 +171,23 @@ def test_the_inbox_counts_what_it_holds_as_messages_are_judged_and_removed(tmp_p
     inbox.remove_upto(6)
     assert inbox.count() == 0
     inbox.close()
+
+
+def test_judged_rows_are_removed_in_chunks_while_a_backlog_lasts_and_all_once_it_is_judged(
+    tmp_path, monkeypatch
+):
+    from ftlct.cloud import server
+
+    rig = Rig(tmp_path)
+    inbox = Inbox(tmp_path / "inbox.sqlite")
+    inbox.append([(f"ftl/another/updates/s{i}", b"x", False) for i in range(40)])
+    monkeypatch.setattr(server, "REMOVE_EVERY", 20)
+    held = []
+    while server._judge_waiting(rig.coordinator, inbox, limit=8):
+        held.append(inbox.count())
+    # 8 and 16 judged: kept; 24: removed; 32 and 40: kept; nothing left to judge: all removed
+    assert held == [40, 40, 16, 16, 16]
+    assert inbox.count() == 0 and rig.coordinator.inbox_judged == 40
+    inbox.append([("ftl/another/updates/t", b"y", False)])
+    assert server._judge_waiting(rig.coordinator, inbox, limit=8)  # a short slice: removed at once
+    assert inbox.count() == 0 and rig.coordinator.inbox_judged == 41

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -540,3 +542,25 @@ def test_a_stored_update_outranks_any_other_refusal_as_before(tmp_path):
         "replay": 1,
         "norm_bound": 1,
     }
+
+
+def test_the_round_closes_on_its_stored_updates_across_a_restart_and_a_failed_commit(
+    tmp_path, monkeypatch
+):
+    rig = Rig(tmp_path)
+    assert rig.send("a", rig.update("a", delta(1.0, (0, 0)))) == "accepted"
+    rig.restart()  # counts what the store holds for the round, not what it saw itself
+    b = rig.update("b", delta(1.0, (0, 0)))
+    with monkeypatch.context() as patched:
+
+        def full_disk(name, by=1):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        patched.setattr(rig.store.counters, "bump", full_disk)
+        with pytest.raises(sqlite3.OperationalError):
+            rig.send("b", b)  # the batch's commit fails: b was not stored, nor counted
+    assert rig.status()["rounds_completed"] == 0
+    assert rig.send("c", rig.update("c", delta(1.0, (0, 0)))) == "accepted"
+    assert rig.status()["rounds_completed"] == 0  # two of three stored
+    assert rig.send("b", b) == "accepted"
+    assert rig.status()["rounds_completed"] == 1
