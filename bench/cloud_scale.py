@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -72,6 +73,7 @@ CPU_GROWTH_TARGET = 1.5  # per-update CPU at the largest N over the smallest
 
 def run_scale(n_sites: int, work: Path, codec: str = "fp16", timeout: float = 900.0) -> dict:
     """One round of ``n_sites`` light sites; the figures of the module docstring."""
+    shutil.rmtree(work, ignore_errors=True)  # a state dir left by an earlier run is another round
     work.mkdir(parents=True, exist_ok=True)
     state = work / "state"
     fleet = LightFleet(FED, n_sites, dim=HEAD_DIM, codec=codec, scale=SCALE)
