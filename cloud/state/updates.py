@@ -66,8 +66,9 @@ class UpdateStore:
     def add(self, round_: int, message, norm: float) -> bool:
         """Store ``message``; False (nothing stored) if its update_id, or an update of its site
         for ``round_``, is stored already: the caller asks ``find`` / ``of`` which it was."""
-        if message.body:  # as received: no re-encoding, and fp16 stays half the size
-            delta = message.body
+        body = getattr(message, "body", b"")  # set by open_update; absent from hand-made ones
+        if body:  # as received: no re-encoding, and fp16 stays half the size
+            delta = body
             codec = json.dumps({"codec": message.codec, "params": message.codec_params})
         else:
             delta, codec = weights_to_blob(message.delta), None
