@@ -28,6 +28,9 @@ class BackgroundLoop:
     def run_once(self) -> bool:
         raise NotImplementedError
 
+    def thread_started(self) -> None:
+        """Called first on the loop's own thread (e.g. to lower its priority)."""
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -45,7 +48,13 @@ class BackgroundLoop:
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
 
+    @property
+    def native_id(self) -> int | None:
+        """The OS id of the loop's thread once it runs."""
+        return self._thread.native_id if self._thread is not None else None
+
     def _run(self) -> None:
+        self.thread_started()
         while not self._stop.is_set():
             try:
                 worked = self.run_once()

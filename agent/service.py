@@ -3,6 +3,7 @@
     C-STORE -> StorageScp -> InstanceStore -> SeriesIndex -> SeriesAssembler
             -> JobQueue -> InferenceWorker (engine, embeddings) -> ResultStore
             -> DeliveryQueue (SR to the PACS)
+    InstanceStore -> instance_stored -> EagerEmbedder (lowered threads, out of a job's way)
 
 A model swap (``engine.swap``, e.g. by the federation's installer) is recorded
 in ``meta`` and announced on the event bus as ``model_swapped``.
@@ -18,6 +19,7 @@ Components start after the pipeline and stop before it, in reverse order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -27,6 +29,7 @@ from typing import Protocol
 from ftlct.agent.destination import parse_destination
 from ftlct.agent.dicom.scp import StorageScp
 from ftlct.agent.events import INSTANCE_STORED, MODEL_SWAPPED, EventBus
+from ftlct.agent.inference.eager import EagerEmbedder
 from ftlct.agent.inference.embeddings import EmbeddingStore
 from ftlct.agent.inference.engine import InferenceEngine, ModelSnapshot
 from ftlct.agent.inference.worker import InferenceWorker
@@ -85,6 +88,11 @@ class AgentService:
         self.assembler = SeriesAssembler(
             self.db, self.series, self.jobs, settings.series, self.events, self.metrics
         )
+        self.eager: EagerEmbedder | None = None
+        if settings.inference.eager:
+            self.eager = EagerEmbedder(
+                self.store, self.embeddings, self.engine, settings.inference, self.metrics
+            )
         self.worker = InferenceWorker(
             self.db,
             self.series,
@@ -95,6 +103,7 @@ class AgentService:
             settings.inference,
             self.events,
             self.metrics,
+            around_job=self.eager.job_running if self.eager else contextlib.nullcontext,
         )
         self.delivery: DeliveryQueue | None = None
         if settings.results.destination:
@@ -116,7 +125,8 @@ class AgentService:
         self._wire()
 
     def _wire(self) -> None:
-        self.events.subscribe(INSTANCE_STORED, self.worker.instance_arrived)
+        if self.eager is not None:
+            self.events.subscribe(INSTANCE_STORED, self.eager.instance_arrived)
         self.assembler.on_completed = self.worker.wake
         self.engine.on_swap(self._model_swapped)
         self.metrics.track_queue("open_series", self.assembler.open_count)
@@ -135,6 +145,8 @@ class AgentService:
         self._record_model(self.engine.current)
         self.assembler.tick()  # series whose quiet period passed while we were down
         self.worker.start()
+        if self.eager is not None:
+            self.eager.start()
         self.assembler.start()
         if self.delivery is not None:
             self.delivery.start()
@@ -165,6 +177,8 @@ class AgentService:
                 log.exception("component stop failed")
         self.scp.stop()
         self.assembler.stop()
+        if self.eager is not None:
+            self.eager.stop()
         self.worker.stop()
         if self.delivery is not None:
             self.delivery.stop()

@@ -142,6 +142,9 @@ class InferenceSettings:
     top_k: int = 5
     negative_label: str = "normal"  # the label that means "no finding"
     eager: bool = True  # embed slices while the series is still arriving
+    # Niceness added to the eager-embedding threads (Linux, per thread; 0..19, 0: none), so
+    # that embedding takes only the CPU receiving leaves; series jobs always run unlowered.
+    eager_niceness: int = 10
     max_attempts: int = 3  # per inference job, then the series is marked failed
 
 
@@ -323,6 +326,7 @@ class AgentSettings:
         _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
         _check(i.threads >= 0 and i.decode_threads >= 1, "inference.threads", "must be >= 0")
         _check(i.max_attempts >= 1, "inference.max_attempts", "must be >= 1")
+        _check(0 <= i.eager_niceness <= 19, "inference.eager_niceness", "must be 0..19")
         r = self.results
         if r.destination:
             try:

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 
 from ftlct.agent.inference.embeddings import EmbeddingStore
 from ftlct.agent.inference.engine import ModelSnapshot
@@ -49,12 +50,16 @@ class SliceEmbedder:
         batch_size: int,
         decode_threads: int,
         metrics: AgentMetrics,
+        thread_setup: Callable[[], None] | None = None,
     ):
+        """``thread_setup`` runs first on each decode thread (e.g. to lower its priority)."""
         self.store = store
         self.embeddings = embeddings
         self.batch_size = batch_size
         self.metrics = metrics
-        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(
+            decode_threads, thread_name_prefix="decode", initializer=thread_setup
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -78,8 +83,12 @@ class SliceEmbedder:
         snapshot: ModelSnapshot,
         instances: list[dict],
         should_stop: Callable[[], bool] = lambda: False,
+        run_options: ort.RunOptions | None = None,
     ) -> EmbedOutcome:
-        """Embed ``instances`` with ``snapshot``'s backbone and persist the vectors."""
+        """Embed ``instances`` with ``snapshot``'s backbone and persist the vectors.
+
+        ``run_options``: the onnxruntime calls use them (their ``terminate`` cancels a call).
+        """
         outcome = EmbedOutcome({}, {})
         chunks = [
             instances[i : i + self.batch_size] for i in range(0, len(instances), self.batch_size)
@@ -96,13 +105,15 @@ class SliceEmbedder:
                 for future in ahead:
                     future.cancel()
                 raise Interrupted()
-            self._embed_chunk(snapshot, prepared, outcome)
+            self._embed_chunk(snapshot, prepared, outcome, run_options)
         return outcome
 
     def _submit(self, chunk: list[dict], snapshot: ModelSnapshot) -> list[Future]:
         return [self._pool.submit(self._prepare, instance, snapshot) for instance in chunk]
 
-    def _embed_chunk(self, snapshot: ModelSnapshot, prepared: list[Prepared], outcome) -> None:
+    def _embed_chunk(
+        self, snapshot: ModelSnapshot, prepared: list[Prepared], outcome, run_options
+    ) -> None:
         good = [p for p in prepared if p.images is not None]
         for p in prepared:
             if p.error is not None:
@@ -113,7 +124,7 @@ class SliceEmbedder:
         images = np.concatenate([p.images for p in good])
         vectors = np.concatenate(
             [
-                snapshot.embed(images[i : i + self.batch_size])
+                snapshot.embed(images[i : i + self.batch_size], run_options)
                 for i in range(0, len(images), self.batch_size)
             ]
         )

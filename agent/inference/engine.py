@@ -80,12 +80,13 @@ class ModelSnapshot:
     def embedding_dim(self) -> int:
         return self.model.embedding_dim
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
+    def embed(self, images: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
         """``float32 [N, 3, S, S]`` model input -> ``float32 [N, D]`` embeddings."""
         if len(images) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         name = self.backbone.get_inputs()[0].name
-        return np.asarray(self.backbone.run(None, {name: images})[0], dtype=np.float32)
+        outputs = self.backbone.run(None, {name: images}, run_options)
+        return np.asarray(outputs[0], dtype=np.float32)
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """``[N, D]`` embeddings -> ``[N, C]`` class probabilities (softmax of the head)."""

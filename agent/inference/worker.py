@@ -1,4 +1,4 @@
-"""The inference worker: one thread that runs queued series jobs, and embeds early when idle.
+"""The inference worker: one thread that runs queued series jobs.
 
 A job takes the engine's current snapshot once, embeds whatever instances of
 the series have no embedding yet for that backbone, runs the head over all
@@ -6,19 +6,21 @@ slices, aggregates, and writes the result, its job's completion and the
 series' new state in one transaction (plus any result hooks, e.g. the SR
 delivery queue, so a crash can never keep a result and lose its delivery).
 
-While no job is runnable, instances that just arrived are embedded ahead of
-time ("eager" embedding), so when the quiet period ends most of a series is
-already embedded and the job is little more than the head and the average.
+Instances that just arrived are embedded ahead of time by ``eager.py`` on
+lowered threads, so when the quiet period ends most of a series is already
+embedded and the job is little more than the head and the average;
+``around_job`` (the eager embedder's ``job_running``) keeps those threads out
+of a job's way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -35,12 +37,11 @@ from ftlct.agent.series.jobs import Job, JobQueue
 from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import InferenceSettings
 from ftlct.agent.store.database import Database
-from ftlct.agent.store.instance_store import InstanceStore, StoredInstance
+from ftlct.agent.store.instance_store import InstanceStore
 
 log = logging.getLogger(__name__)
 
 ResultHook = Callable[[sqlite3.Connection, SeriesResult], None]
-EAGER_GATHER_S = 0.2  # wait this long for more arrivals so eager batches are full
 
 
 class InferenceWorker(BackgroundLoop):
@@ -58,6 +59,7 @@ class InferenceWorker(BackgroundLoop):
         events: EventBus,
         metrics: AgentMetrics,
         clock=time.time,
+        around_job: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     ):
         super().__init__()
         self.db = db
@@ -75,26 +77,20 @@ class InferenceWorker(BackgroundLoop):
             store, embeddings, settings.batch_size, settings.decode_threads, metrics
         )
         self.result_hooks: list[ResultHook] = []
-        self._eager: queue.SimpleQueue[str] = queue.SimpleQueue()
-
-    # ------------------------------------------------------------------ feeding
-    def instance_arrived(self, instance: StoredInstance) -> None:
-        """Event subscriber: queue a freshly stored instance for eager embedding."""
-        if self.settings.eager:
-            self._eager.put(instance.sop_instance_uid)
-            self.wake()
+        self.around_job = around_job
 
     def stop(self, timeout_s: float = 60.0) -> None:
         super().stop(timeout_s)
         self.embedder.close()
 
     def run_once(self) -> bool:
-        """Run one job if one is due, else one eager batch; False when there was nothing to do."""
+        """Run one job if one is due; False when there was nothing to do."""
         job = self.jobs.claim()
-        if job is not None:
+        if job is None:
+            return False
+        with self.around_job():
             self._run_job(job)
-            return True
-        return self._eager_batch()
+        return True
 
     # ------------------------------------------------------------------ jobs
     def _run_job(self, job: Job) -> None:
@@ -218,42 +214,3 @@ class InferenceWorker(BackgroundLoop):
             self.jobs.fail(conn, job, error)
             self._set_series_state(conn, job, "failed", error)
         log_event(log, "series_failed", logging.ERROR, series_uid=job.series_uid, error=error)
-
-    # ------------------------------------------------------------------ eager
-    def _eager_batch(self) -> bool:
-        uids = self._drain_eager()
-        if not uids:
-            return False
-        snapshot = self.engine.current
-        rows = []
-        for uid in dict.fromkeys(uids):
-            row = self.store.instance(uid)
-            if row is not None:
-                rows.append(row)
-        todo = self._not_embedded(rows, snapshot.backbone_sha256)
-        with contextlib.suppress(Interrupted):  # the series job embeds what is missing
-            self.embedder.embed(snapshot, todo, lambda: self.stopping)
-        return True
-
-    def _drain_eager(self) -> list[str]:
-        try:
-            uids = [self._eager.get_nowait()]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + EAGER_GATHER_S
-        while len(uids) < self.settings.batch_size:
-            try:
-                uids.append(self._eager.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                break
-        return uids
-
-    def _not_embedded(self, rows: list[dict], backbone_sha256: str) -> list[dict]:
-        skipped = self.embeddings.unembeddable(rows)
-        todo = []
-        for row in rows:
-            if row["sop_instance_uid"] in skipped:
-                continue
-            if not self.embeddings.has_embedding(row, backbone_sha256):
-                todo.append(row)
-        return todo

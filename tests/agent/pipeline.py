@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ftlct.agent.events import RESULT_READY, EventBus
+from ftlct.agent.inference.eager import EagerEmbedder
 from ftlct.agent.inference.embeddings import EmbeddingStore
 from ftlct.agent.inference.engine import InferenceEngine
 from ftlct.agent.inference.worker import InferenceWorker
@@ -19,7 +20,7 @@ from tests.agent.dicom_files import part10_bytes
 
 
 class Agent:
-    """Store, assembler, jobs, embeddings, engine and worker on one data dir."""
+    """Store, assembler, jobs, embeddings, engine, eager embedder and worker on one data dir."""
 
     def __init__(self, root, model_path, **inference):
         self.now = 1_000_000.0
@@ -46,6 +47,7 @@ class Agent:
         self.engine = InferenceEngine.load(model_path, threads=1)
         self.db.set_meta("model_version", self.engine.current.version)  # as the service does
         settings = InferenceSettings(model_dir=model_path, batch_size=4, **inference)
+        self.eager = EagerEmbedder(self.store, self.embeddings, self.engine, settings, self.metrics)
         self.worker = InferenceWorker(
             self.db,
             self.series,
@@ -57,6 +59,7 @@ class Agent:
             self.events,
             self.metrics,
             clock,
+            around_job=self.eager.job_running,
         )
         self.results = []
         self.events.subscribe(RESULT_READY, self.results.append)
@@ -75,6 +78,7 @@ class Agent:
         return self.metrics.slices_embedded._value.get()
 
     def close(self):
+        self.eager.embedder.close()
         self.worker.embedder.close()
         self.embeddings.close()
         self.db.close()

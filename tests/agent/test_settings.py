@@ -79,6 +79,7 @@ def test_federation_flags_are_kept_for_the_sync_component():
         ({"overrides": {"results.destination": "PACS@host"}}, "results.destination"),
         ({"overrides": {"federation.broker": "http://x:1"}}, "federation.broker"),
         ({"overrides": {"inference.aggregation": "max"}}, "inference.aggregation"),
+        ({"overrides": {"inference.eager_niceness": 20}}, "inference.eager_niceness"),
         ({"overrides": {"tls.require_client_cert": True}}, "tls.require_client_cert"),
         ({"overrides": {"tls.cert": "/nonexistent.pem", "tls.key": "/x"}}, "tls.cert"),
         ({"overrides": {"storage.min_free_bytes": "lots"}}, "not a size"),

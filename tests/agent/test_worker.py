@@ -54,8 +54,8 @@ def test_a_completed_series_gets_a_result_and_its_embeddings_are_kept(agent, mod
 
 def test_eager_embedding_leaves_the_job_only_the_head(agent):
     for _ in range(4):
-        agent.worker.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
-    assert agent.worker.run_once()  # no job yet: an eager batch
+        agent.eager.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
+    assert agent.eager.run_once()  # an eager batch
     assert agent.slices_embedded() == 4
     assert agent.complete_and_run()
     assert agent.slices_embedded() == 4  # nothing decoded again

@@ -1,0 +1,150 @@
+"""Eager embedding: slices embedded while their series still arrives, on threads that yield.
+
+While slices arrive, the receive path (pynetdicom's threads, the store's
+fsyncs) and embedding want the same cores. Receiving comes first: a late
+acknowledgement holds the sender up, while an embedding is not needed before
+the series is complete. So eager batches run on their own thread and decode
+pool, lowered by ``inference.eager_niceness`` (per-thread niceness,
+``thread_priority``): they get the CPU the receive path leaves. With
+``inference.threads = 1`` onnxruntime computes on the calling thread, so the
+backbone runs lowered too; with more, onnxruntime's own pool threads are
+shared with the jobs and not lowered.
+
+A series job never runs lowered: it has the inference worker's thread. Around
+it (``job_running``) no eager batch starts and the onnxruntime call in flight
+is cancelled (``RunOptions.terminate``), so a job neither waits for a lowered
+thread nor holds onnxruntime's activation buffers at the same time as one.
+Whatever eager embedding did not reach, the job embeds itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import onnxruntime as ort
+
+from ftlct.agent.background import BackgroundLoop
+from ftlct.agent.inference.embedder import Interrupted, SliceEmbedder
+from ftlct.agent.inference.embeddings import EmbeddingStore
+from ftlct.agent.inference.engine import InferenceEngine
+from ftlct.agent.metrics import AgentMetrics
+from ftlct.agent.settings import InferenceSettings
+from ftlct.agent.store.instance_store import InstanceStore, StoredInstance
+from ftlct.agent.thread_priority import ThreadNiceness
+
+GATHER_S = 0.2  # wait this long for more arrivals so batches are full
+
+
+class EagerEmbedder(BackgroundLoop):
+    name = "eager-embedding"
+
+    def __init__(
+        self,
+        store: InstanceStore,
+        embeddings: EmbeddingStore,
+        engine: InferenceEngine,
+        settings: InferenceSettings,
+        metrics: AgentMetrics,
+    ):
+        super().__init__()
+        self.store = store
+        self.embeddings = embeddings
+        self.engine = engine
+        self.settings = settings
+        self.niceness = ThreadNiceness(settings.eager_niceness)
+        self.embedder = SliceEmbedder(
+            store,
+            embeddings,
+            settings.batch_size,
+            settings.decode_threads,
+            metrics,
+            thread_setup=self.niceness.apply,
+        )
+        self._arrived: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._jobs = 0  # series jobs running now
+        self._in_flight: ort.RunOptions | None = None
+
+    def instance_arrived(self, instance: StoredInstance) -> None:
+        """Event subscriber: queue a freshly stored instance."""
+        self._arrived.put(instance.sop_instance_uid)
+        self.wake()
+
+    def thread_started(self) -> None:
+        self.niceness.apply()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self._cancel_in_flight()
+        super().stop(timeout_s)
+        self.embedder.close()
+
+    @contextlib.contextmanager
+    def job_running(self) -> Iterator[None]:
+        """Around a series job: no eager batch starts, and the one in flight is cancelled."""
+        with self._lock:
+            self._jobs += 1
+        self._cancel_in_flight()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._jobs -= 1
+            self.wake()
+
+    def _cancel_in_flight(self) -> None:
+        with self._lock:
+            if self._in_flight is not None:
+                self._in_flight.terminate = True
+
+    # ------------------------------------------------------------------ the loop
+    def run_once(self) -> bool:
+        """Embed one batch of arrivals not embedded yet; False when there was nothing to do."""
+        if self._jobs:
+            return False  # woken again when the job ends
+        uids = self._drain()
+        if not uids:
+            return False
+        snapshot = self.engine.current
+        rows = [row for uid in dict.fromkeys(uids) if (row := self.store.instance(uid))]
+        todo = self._not_embedded(rows, snapshot.backbone_sha256)
+        with self._lock:
+            if self._jobs or self.stopping:
+                return True  # dropped: a series job embeds what it lacks
+            options = self._in_flight = ort.RunOptions()
+        try:
+            self.embedder.embed(snapshot, todo, lambda: self.stopping or bool(self._jobs), options)
+        except Interrupted:
+            pass
+        except Exception:
+            if not options.terminate:  # cancelled by a job or a stop: not a failure
+                raise
+        finally:
+            with self._lock:
+                self._in_flight = None
+        return True
+
+    def _drain(self) -> list[str]:
+        try:
+            uids = [self._arrived.get_nowait()]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + GATHER_S
+        while len(uids) < self.settings.batch_size:
+            try:
+                uids.append(self._arrived.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return uids
+
+    def _not_embedded(self, rows: list[dict], backbone_sha256: str) -> list[dict]:
+        skipped = self.embeddings.unembeddable(rows)
+        return [
+            row
+            for row in rows
+            if row["sop_instance_uid"] not in skipped
+            and not self.embeddings.has_embedding(row, backbone_sha256)
+        ]

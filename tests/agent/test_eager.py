@@ -1,0 +1,124 @@
+"""Eager embedding yields to receiving (lowered threads) and to series jobs (paused, cancelled)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from ftlct.agent.thread_priority import ThreadNiceness, niceness_of
+from tests.agent.dicom_files import ct_instance
+from tests.agent.pipeline import Agent
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.skipif(not ThreadNiceness(1).supported, reason="per-thread niceness is Linux's"),
+]
+
+SERIES = "1.2.826.0.1.3680043.8.498.11"
+STUDY = "1.2.826.0.1.3680043.8.498.12"
+
+
+def _wait_for(condition, what: str, bound_s: float = 60.0) -> None:
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {bound_s} s"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def agent(tmp_path, model_dir):
+    agent = Agent(tmp_path / "data", model_dir.path, eager_niceness=5)
+    yield agent
+    agent.eager.stop()
+    agent.worker.stop()
+    agent.close()
+
+
+def test_eager_threads_run_lowered_and_the_job_thread_does_not(agent):
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    agent.eager.start()
+    agent.worker.start()
+    for n in range(3):
+        agent.eager.instance_arrived(
+            agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
+        )
+    _wait_for(lambda: agent.slices_embedded() == 3, "eager embedding")
+    decode_threads = list(agent.eager.embedder._pool._threads)
+    assert decode_threads
+    want = min(19, base + 5)
+    assert niceness_of(agent.eager.native_id) == want
+    assert [niceness_of(t.native_id) for t in decode_threads] == [want] * len(decode_threads)
+
+    agent.now += 6
+    agent.assembler.tick()
+    agent.worker.wake()
+    _wait_for(lambda: agent.results, "the series result")
+    assert niceness_of(agent.worker.native_id) == base  # the job ran unlowered
+    assert niceness_of(threading.get_native_id()) == base
+    assert agent.results[0].n_slices == 3 and agent.slices_embedded() == 3
+
+
+def test_no_eager_batch_starts_while_a_job_runs(agent):
+    for n in range(2):
+        agent.eager.instance_arrived(
+            agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
+        )
+    with agent.eager.job_running():
+        assert not agent.eager.run_once()
+        assert agent.slices_embedded() == 0
+    assert agent.eager.run_once()  # the arrivals waited for the job to end
+    assert agent.slices_embedded() == 2
+
+
+def test_a_job_cancels_the_eager_call_in_flight(agent, monkeypatch):
+    started, seen = threading.Event(), []
+
+    def embed(snapshot, instances, should_stop, run_options):
+        seen.append(run_options)
+        started.set()
+        while not run_options.terminate:  # as onnxruntime checks its terminate flag
+            time.sleep(0.001)
+        raise RuntimeError("Exiting due to terminate flag being set to true.")
+
+    monkeypatch.setattr(agent.eager.embedder, "embed", embed)
+    agent.eager.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
+    outcome = []
+    batch = threading.Thread(target=lambda: outcome.append(agent.eager.run_once()))
+    batch.start()
+    assert started.wait(30)
+    with agent.eager.job_running():
+        batch.join(30)
+        assert outcome == [True]  # cancelled, not failed
+    assert seen[0].terminate
+
+
+def test_an_eager_failure_that_no_job_caused_is_raised(agent, monkeypatch):
+    def embed(snapshot, instances, should_stop, run_options):
+        raise RuntimeError("onnxruntime broke")
+
+    monkeypatch.setattr(agent.eager.embedder, "embed", embed)
+    agent.eager.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
+    with pytest.raises(RuntimeError, match="onnxruntime broke"):
+        agent.eager.run_once()
+
+
+def test_thread_niceness_is_not_added_twice_to_an_inheriting_thread():
+    niceness = ThreadNiceness(3)
+    seen = []
+
+    def lowered():
+        niceness.apply()
+        child = threading.Thread(
+            target=lambda: (niceness.apply(), seen.append(niceness_of(threading.get_native_id())))
+        )
+        child.start()
+        child.join()
+
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen == [niceness.target]
+    assert ThreadNiceness(0).target is None  # nothing to apply
