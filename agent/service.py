@@ -88,10 +88,18 @@ class AgentService:
         self.assembler = SeriesAssembler(
             self.db, self.series, self.jobs, settings.series, self.events, self.metrics
         )
+        self.scp = StorageScp(
+            settings.dicom, settings.tls, self.store, self.guard, self.events, self.metrics
+        )
         self.eager: EagerEmbedder | None = None
         if settings.inference.eager:
             self.eager = EagerEmbedder(
-                self.store, self.embeddings, self.engine, settings.inference, self.metrics
+                self.store,
+                self.embeddings,
+                self.engine,
+                settings.inference,
+                self.metrics,
+                receiving=self.scp.receiving,
             )
         self.worker = InferenceWorker(
             self.db,
@@ -117,9 +125,6 @@ class AgentService:
                 self.metrics,
             )
             self.worker.result_hooks.append(self.delivery.result_hook)
-        self.scp = StorageScp(
-            settings.dicom, settings.tls, self.store, self.guard, self.events, self.metrics
-        )
         self.components: list[Component] = []
         self._stopped = threading.Event()
         self._wire()

@@ -81,7 +81,9 @@ class DicomSettings:
     port: int = 11112
     allow_ae: list[str] = field(default_factory=list)  # empty: any calling AE title
     max_associations: int = 10
-    max_pdu: int = 65536  # bytes we accept per P-DATA PDU; 0 = no limit
+    # Bytes we accept per P-DATA PDU; 0 = no limit. pynetdicom's work per PDU is most of its
+    # receive cost: a 525 KB slice is 10 PDUs at 64 KiB, 6 at a sender's 128 KiB.
+    max_pdu: int = 262144
     # A C-STORE dataset larger than this is aborted while it arrives (received to disk
     # in PDU-sized pieces, never whole in memory); 0 = no limit.
     max_dataset_bytes: int = _size_field(4 * 2**30)
@@ -145,6 +147,9 @@ class InferenceSettings:
     # Niceness added to the eager-embedding threads (Linux, per thread; 0..19, 0: none), so
     # that embedding takes only the CPU receiving leaves; series jobs always run unlowered.
     eager_niceness: int = 10
+    # While an association is receiving, a slice waits up to this long before it is embedded
+    # (0: embed at once): a series sent in less is embedded during its quiet period.
+    eager_defer_s: float = 3.0
     max_attempts: int = 3  # per inference job, then the series is marked failed
 
 
@@ -327,6 +332,7 @@ class AgentSettings:
         _check(i.threads >= 0 and i.decode_threads >= 1, "inference.threads", "must be >= 0")
         _check(i.max_attempts >= 1, "inference.max_attempts", "must be >= 1")
         _check(0 <= i.eager_niceness <= 19, "inference.eager_niceness", "must be 0..19")
+        _check(i.eager_defer_s >= 0, "inference.eager_defer_s", "must be >= 0")
         r = self.results
         if r.destination:
             try:

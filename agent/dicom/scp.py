@@ -20,6 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from ftlct.agent.dicom.prompt_polling import BUSY_WINDOW_S as RECEIVING_WINDOW_S
 from ftlct.agent.dicom.prompt_polling import PromptPolling, enable_prompt_polling
 from ftlct.agent.dicom.receive_limits import ReceiveLimits, enable_chunked_receive
 from ftlct.agent.dicom.status_codes import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_status
@@ -149,6 +150,14 @@ class StorageScp:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    def receiving(self) -> bool:
+        """Whether instances are arriving: a C-STORE in flight, or one done just now (a
+        sender's next one follows within milliseconds)."""
+        with self._lock:
+            return self._in_flight > 0 or (
+                time.monotonic() - self._last_store_done < RECEIVING_WINDOW_S
+            )
 
     # ------------------------------------------------------------------ handlers
     def _on_requested(self, event) -> None:

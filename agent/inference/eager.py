@@ -10,6 +10,15 @@ pool, lowered by ``inference.eager_niceness`` (per-thread niceness,
 backbone runs lowered too; with more, onnxruntime's own pool threads are
 shared with the jobs and not lowered.
 
+Niceness orders the threads for the cores, not for Python's GIL: a lowered
+thread parsing a dataset still holds up the receive threads at each of their
+many hand-offs (socket reads, queue hand-offs, fsync returns), and every CPU
+second embedding takes inside a transfer is one the transfer waits for on a
+busy box. So while an association is receiving (``receiving()``: a C-STORE in
+flight or just done) an arrival waits, up to ``inference.eager_defer_s``;
+a series that arrives in less than that is embedded after its last slice,
+during its quiet period, and a longer stream is embedded that far behind it.
+
 A series job never runs lowered: it has the inference worker's thread. Around
 it (``job_running``) no eager batch starts and the onnxruntime call in flight
 is cancelled (``RunOptions.terminate``), so a job neither waits for a lowered
@@ -20,10 +29,10 @@ Whatever eager embedding did not reach, the job embeds itself.
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 
 import onnxruntime as ort
 
@@ -36,11 +45,12 @@ from ftlct.agent.settings import InferenceSettings
 from ftlct.agent.store.instance_store import InstanceStore, StoredInstance
 from ftlct.agent.thread_priority import ThreadNiceness
 
-GATHER_S = 0.2  # wait this long for more arrivals so batches are full
+GATHER_S = 0.2  # a batch not full yet waits this long for more arrivals
 
 
 class EagerEmbedder(BackgroundLoop):
     name = "eager-embedding"
+    idle_wait_s = 0.05  # a deferred or gathering batch is re-checked this often
 
     def __init__(
         self,
@@ -49,12 +59,17 @@ class EagerEmbedder(BackgroundLoop):
         engine: InferenceEngine,
         settings: InferenceSettings,
         metrics: AgentMetrics,
+        receiving: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``receiving()``: whether an association is receiving instances right now."""
         super().__init__()
         self.store = store
         self.embeddings = embeddings
         self.engine = engine
         self.settings = settings
+        self.receiving = receiving
+        self.clock = clock
         self.niceness = ThreadNiceness(settings.eager_niceness)
         self.embedder = SliceEmbedder(
             store,
@@ -64,14 +79,14 @@ class EagerEmbedder(BackgroundLoop):
             metrics,
             thread_setup=self.niceness.apply,
         )
-        self._arrived: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._arrived: deque[tuple[float, str]] = deque()  # (when, SOP Instance UID)
         self._lock = threading.Lock()
         self._jobs = 0  # series jobs running now
         self._in_flight: ort.RunOptions | None = None
 
     def instance_arrived(self, instance: StoredInstance) -> None:
         """Event subscriber: queue a freshly stored instance."""
-        self._arrived.put(instance.sop_instance_uid)
+        self._arrived.append((self.clock(), instance.sop_instance_uid))
         self.wake()
 
     def thread_started(self) -> None:
@@ -105,7 +120,7 @@ class EagerEmbedder(BackgroundLoop):
         """Embed one batch of arrivals not embedded yet; False when there was nothing to do."""
         if self._jobs:
             return False  # woken again when the job ends
-        uids = self._drain()
+        uids = self._take()
         if not uids:
             return False
         snapshot = self.engine.current
@@ -127,18 +142,17 @@ class EagerEmbedder(BackgroundLoop):
                 self._in_flight = None
         return True
 
-    def _drain(self) -> list[str]:
-        try:
-            uids = [self._arrived.get_nowait()]
-        except queue.Empty:
+    def _take(self) -> list[str]:
+        """The next batch of arrivals, once due: none while it may wait, or fills up."""
+        if not self._arrived:
             return []
-        deadline = time.monotonic() + GATHER_S
-        while len(uids) < self.settings.batch_size:
-            try:
-                uids.append(self._arrived.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                break
-        return uids
+        waited = self.clock() - self._arrived[0][0]
+        if waited < self.settings.eager_defer_s and self.receiving():
+            return []
+        if len(self._arrived) < self.settings.batch_size and waited < GATHER_S:
+            return []  # more are likely on their way: batches are cheaper full
+        count = min(self.settings.batch_size, len(self._arrived))
+        return [self._arrived.popleft()[1] for _ in range(count)]
 
     def _not_embedded(self, rows: list[dict], backbone_sha256: str) -> list[dict]:
         skipped = self.embeddings.unembeddable(rows)

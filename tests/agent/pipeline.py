@@ -47,7 +47,9 @@ class Agent:
         self.engine = InferenceEngine.load(model_path, threads=1)
         self.db.set_meta("model_version", self.engine.current.version)  # as the service does
         settings = InferenceSettings(model_dir=model_path, batch_size=4, **inference)
-        self.eager = EagerEmbedder(self.store, self.embeddings, self.engine, settings, self.metrics)
+        self.eager = EagerEmbedder(
+            self.store, self.embeddings, self.engine, settings, self.metrics, clock=clock
+        )
         self.worker = InferenceWorker(
             self.db,
             self.series,

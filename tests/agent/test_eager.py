@@ -1,4 +1,5 @@
-"""Eager embedding yields to receiving (lowered threads) and to series jobs (paused, cancelled)."""
+"""Eager embedding yields to receiving (lowered threads, deferred while an association receives)
+and to series jobs (paused, its onnxruntime call cancelled)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def test_eager_threads_run_lowered_and_the_job_thread_does_not(agent):
         agent.eager.instance_arrived(
             agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
         )
+    agent.now += 1  # a batch not full waits briefly for more arrivals
     _wait_for(lambda: agent.slices_embedded() == 3, "eager embedding")
     decode_threads = list(agent.eager.embedder._pool._threads)
     assert decode_threads
@@ -66,11 +68,45 @@ def test_no_eager_batch_starts_while_a_job_runs(agent):
         agent.eager.instance_arrived(
             agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
         )
+    agent.now += 1
     with agent.eager.job_running():
         assert not agent.eager.run_once()
         assert agent.slices_embedded() == 0
     assert agent.eager.run_once()  # the arrivals waited for the job to end
     assert agent.slices_embedded() == 2
+
+
+def test_arrivals_wait_while_an_association_receives_but_no_longer_than_the_defer(agent):
+    receiving = [True]
+    agent.eager.receiving = lambda: receiving[0]
+    for n in range(4):  # a full batch: only the deferral holds it
+        agent.eager.instance_arrived(
+            agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
+        )
+    agent.now += agent.eager.settings.eager_defer_s - 0.5
+    assert not agent.eager.run_once()
+    assert agent.slices_embedded() == 0
+    agent.now += 1  # waited longer than eager_defer_s: embedded although still receiving
+    assert agent.eager.run_once()
+    assert agent.slices_embedded() == 4
+
+
+def test_arrivals_are_embedded_at_once_when_nothing_is_receiving(agent):
+    agent.eager.receiving = lambda: False
+    for n in range(4):
+        agent.eager.instance_arrived(
+            agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
+        )
+    assert agent.eager.run_once()
+    assert agent.slices_embedded() == 4
+
+
+def test_a_batch_not_full_waits_briefly_for_more_arrivals(agent):
+    agent.eager.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
+    assert not agent.eager.run_once()
+    agent.now += 1
+    assert agent.eager.run_once()
+    assert agent.slices_embedded() == 1
 
 
 def test_a_job_cancels_the_eager_call_in_flight(agent, monkeypatch):
@@ -85,6 +121,7 @@ def test_a_job_cancels_the_eager_call_in_flight(agent, monkeypatch):
 
     monkeypatch.setattr(agent.eager.embedder, "embed", embed)
     agent.eager.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
+    agent.now += 1
     outcome = []
     batch = threading.Thread(target=lambda: outcome.append(agent.eager.run_once()))
     batch.start()
@@ -101,6 +138,7 @@ def test_an_eager_failure_that_no_job_caused_is_raised(agent, monkeypatch):
 
     monkeypatch.setattr(agent.eager.embedder, "embed", embed)
     agent.eager.instance_arrived(agent.put(ct_instance(SERIES, STUDY)).instance)
+    agent.now += 1
     with pytest.raises(RuntimeError, match="onnxruntime broke"):
         agent.eager.run_once()
 
