@@ -147,9 +147,9 @@ class InferenceSettings:
     # Niceness added to the eager-embedding threads (Linux, per thread; 0..19, 0: none), so
     # that embedding takes only the CPU receiving leaves; series jobs always run unlowered.
     eager_niceness: int = 10
-    # While an association is receiving, a slice waits up to this long before it is embedded
-    # (0: embed at once): a series sent in less is embedded during its quiet period.
-    eager_defer_s: float = 3.0
+    # While an association receives, slices wait to be embedded until they add up to this
+    # many seconds of embedding work, or the oldest waited twice that (0: embed at once).
+    eager_defer_s: float = 2.0
     max_attempts: int = 3  # per inference job, then the series is marked failed
 
 

@@ -15,9 +15,13 @@ thread parsing a dataset still holds up the receive threads at each of their
 many hand-offs (socket reads, queue hand-offs, fsync returns), and every CPU
 second embedding takes inside a transfer is one the transfer waits for on a
 busy box. So while an association is receiving (``receiving()``: a C-STORE in
-flight or just done) an arrival waits, up to ``inference.eager_defer_s``;
-a series that arrives in less than that is embedded after its last slice,
-during its quiet period, and a longer stream is embedded that far behind it.
+flight or just done) arrivals wait, but only while the work waiting stays
+small: until it adds up to ``inference.eager_defer_s`` seconds of embedding
+(estimated from the last batches), or its oldest slice has waited twice that.
+A series short to embed is then embedded after its last slice, during its
+quiet period; a long one, or one arriving beside a steady stream, is embedded
+while it arrives, never more than that much work behind, so it is still done
+before its quiet period ends.
 
 A series job never runs lowered: it has the inference worker's thread. Around
 it (``job_running``) no eager batch starts and the onnxruntime call in flight
@@ -46,6 +50,8 @@ from ftlct.agent.store.instance_store import InstanceStore, StoredInstance
 from ftlct.agent.thread_priority import ThreadNiceness
 
 GATHER_S = 0.2  # a batch not full yet waits this long for more arrivals
+FIRST_SECONDS_PER_SLICE = 0.02  # the work estimate before a batch was measured
+ESTIMATE_WEIGHT = 0.3  # of the latest batch in the running estimate
 
 
 class EagerEmbedder(BackgroundLoop):
@@ -83,6 +89,7 @@ class EagerEmbedder(BackgroundLoop):
         self._lock = threading.Lock()
         self._jobs = 0  # series jobs running now
         self._in_flight: ort.RunOptions | None = None
+        self.seconds_per_slice = FIRST_SECONDS_PER_SLICE
 
     def instance_arrived(self, instance: StoredInstance) -> None:
         """Event subscriber: queue a freshly stored instance."""
@@ -130,8 +137,12 @@ class EagerEmbedder(BackgroundLoop):
             if self._jobs or self.stopping:
                 return True  # dropped: a series job embeds what it lacks
             options = self._in_flight = ort.RunOptions()
+        started = time.monotonic()
         try:
             self.embedder.embed(snapshot, todo, lambda: self.stopping or bool(self._jobs), options)
+            if todo:
+                latest = (time.monotonic() - started) / len(todo)
+                self.seconds_per_slice += ESTIMATE_WEIGHT * (latest - self.seconds_per_slice)
         except Interrupted:
             pass
         except Exception:
@@ -147,7 +158,9 @@ class EagerEmbedder(BackgroundLoop):
         if not self._arrived:
             return []
         waited = self.clock() - self._arrived[0][0]
-        if waited < self.settings.eager_defer_s and self.receiving():
+        defer_s = self.settings.eager_defer_s
+        backlog_s = len(self._arrived) * self.seconds_per_slice
+        if waited < 2 * defer_s and backlog_s < defer_s and self.receiving():
             return []
         if len(self._arrived) < self.settings.batch_size and waited < GATHER_S:
             return []  # more are likely on their way: batches are cheaper full

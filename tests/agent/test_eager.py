@@ -76,27 +76,38 @@ def test_no_eager_batch_starts_while_a_job_runs(agent):
     assert agent.slices_embedded() == 2
 
 
-def test_arrivals_wait_while_an_association_receives_but_no_longer_than_the_defer(agent):
-    receiving = [True]
-    agent.eager.receiving = lambda: receiving[0]
-    for n in range(4):  # a full batch: only the deferral holds it
-        agent.eager.instance_arrived(
-            agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
-        )
-    agent.now += agent.eager.settings.eager_defer_s - 0.5
+def _arrive(agent, count: int) -> None:
+    for n in range(count):
+        instance = agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
+        agent.eager.instance_arrived(instance)
+
+
+def test_arrivals_wait_while_an_association_receives_but_no_longer_than_twice_the_defer(agent):
+    agent.eager.receiving = lambda: True
+    agent.eager.seconds_per_slice = 0.01  # four slices: far less work than eager_defer_s
+    _arrive(agent, 4)  # a full batch: only the deferral holds it
+    agent.now += 2 * agent.eager.settings.eager_defer_s - 0.5
     assert not agent.eager.run_once()
     assert agent.slices_embedded() == 0
-    agent.now += 1  # waited longer than eager_defer_s: embedded although still receiving
+    agent.now += 1
     assert agent.eager.run_once()
     assert agent.slices_embedded() == 4
 
 
+def test_arrivals_wait_while_receiving_only_until_they_add_up_to_the_defer_in_work(agent):
+    agent.eager.receiving = lambda: True
+    agent.eager.seconds_per_slice = agent.eager.settings.eager_defer_s / 5
+    _arrive(agent, 4)
+    assert not agent.eager.run_once()  # four slices: less work than eager_defer_s
+    _arrive(agent, 1)
+    assert agent.eager.run_once()  # five: as much as eager_defer_s, embedded while receiving
+    assert agent.slices_embedded() == 4
+    assert agent.eager.seconds_per_slice != agent.eager.settings.eager_defer_s / 5  # measured
+
+
 def test_arrivals_are_embedded_at_once_when_nothing_is_receiving(agent):
     agent.eager.receiving = lambda: False
-    for n in range(4):
-        agent.eager.instance_arrived(
-            agent.put(ct_instance(SERIES, STUDY, instance_number=n)).instance
-        )
+    _arrive(agent, 4)
     assert agent.eager.run_once()
     assert agent.slices_embedded() == 4
 
