@@ -76,8 +76,10 @@ def serve(
     from ftlct.agent.components import optional_components
     from ftlct.agent.inference.engine import ModelError
     from ftlct.agent.logs import configure_logging
+    from ftlct.agent.memory import limit_malloc_arenas
     from ftlct.agent.service import AgentService
 
+    limit_malloc_arenas()  # before any of the service's threads exist
     settings = _settings(
         config,
         {

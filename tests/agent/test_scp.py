@@ -185,3 +185,20 @@ def test_serving_polls_pynetdicom_promptly_after_a_store_and_stopping_restores_i
         db.close()
     assert pynetdicom.dul.time is time
     assert pynetdicom.association.time is time
+
+
+def test_receiving_while_a_store_runs_and_not_once_the_association_went_quiet(
+    scp, tmp_path, monkeypatch
+):
+    seen = []
+    put_file = scp.store.put_file
+
+    def watched(*args, **kwargs):
+        seen.append(scp.receiving())
+        return put_file(*args, **kwargs)
+
+    monkeypatch.setattr(scp.store, "put_file", watched)
+    assert send_bytes(scp, tmp_path, part10_bytes(ct_instance())) == 0x0000
+    assert seen == [True]
+    scp._last_store_done -= 60  # as if the last C-STORE was a minute ago
+    assert not scp.receiving()
