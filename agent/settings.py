@@ -149,7 +149,7 @@ class InferenceSettings:
     eager_niceness: int = 10
     # While an association receives, slices wait to be embedded until they add up to this
     # many seconds of embedding work, or the oldest waited twice that (0: embed at once).
-    eager_defer_s: float = 2.0
+    eager_defer_s: float = 4.0
     max_attempts: int = 3  # per inference job, then the series is marked failed
 
 
