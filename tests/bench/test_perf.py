@@ -38,9 +38,15 @@ def _phantoms(model_dir, n):
 def test_static_int8_backbone_keeps_the_ends_float_and_gives_close_embeddings(model_dir, tmp_path):
     out = tmp_path / "int8.onnx"
     done = quantize_backbone_static(model_dir.backbone_path, out, _phantoms(model_dir, 8))
-    assert done["kept_float"] == float_end_convs(model_dir.backbone_path)
-    network_convs = [name for name in done["kept_float"] if not name.startswith("/harmoniser/")]
-    assert len(network_convs) == 2 and done["calibration_slices"] == 8  # the network's ends
+
+    # the graph is pre-processed (constants folded) before the float nodes are chosen, so the
+    # harmoniser's node list differs from the source's; the network's two ends do not
+    def network(names):
+        return [name for name in names if not name.startswith("/harmoniser/")]
+
+    assert network(done["kept_float"]) == network(float_end_convs(model_dir.backbone_path))
+    assert len(network(done["kept_float"])) == 2 and done["calibration_slices"] == 8
+    assert "/harmoniser/Conv" in done["kept_float"]
     assert out.stat().st_size < 0.5 * model_dir.backbone_path.stat().st_size
     x = _phantoms(model_dir, 10)[8:]  # not among the calibration slices
     fp32, int8 = _embed(model_dir.backbone_path, x), _embed(out, x)
