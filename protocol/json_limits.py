@@ -24,7 +24,7 @@ _BRACKETS = re.compile(rb"[\[\]{}]")
 
 @dataclass(frozen=True)
 class JsonLimits:
-    max_depth: int = 16  # the deepest real header (twin scanner profile) is 4
+    max_depth: int = 16  # the deepest real header (a twin's feature_stats blocks) is 5
     max_number_chars: int = 32  # repr of a float64 is at most 24 characters
     max_string_bytes: int = 4096  # names, versions, hashes, signatures: < 200
     max_elements: int = 65_536  # values in all arrays and objects together
