@@ -30,6 +30,7 @@ from ftlct.agent.sync.site_identity import remember_names, site_identity
 from ftlct.agent.sync.training_log import TrainingLog
 from ftlct.agent.sync.update_release import UpdateRelease
 from ftlct.agent.training.runner import TrainingRunner
+from ftlct.agent.twin.feature_stats import recent_feature_stats
 from ftlct.agent.twin.twin_builder import build_twin_state
 from ftlct.agent.twin.twin_publisher import TwinPublisher
 from ftlct.protocol.exchange import build_offline_will
@@ -112,12 +113,14 @@ def twin_publisher(
     started_at = time.time()
 
     def state():
+        current = service.engine.current
         return build_twin_state(
             service.db,
             service.status(),
-            service.engine.current.version,
+            current.version,
             sync.training_active,
             started_at,
+            recent_feature_stats(service.embeddings, current.model, settings.twin),
         )
 
     return TwinPublisher(

@@ -24,6 +24,7 @@ from ftlct.protocol.codecs import CODECS
 from ftlct.protocol.mqtt_connection import MqttSettings
 from ftlct.protocol.settings import SettingsError, user_data_dir
 from ftlct.protocol.settings import load_settings as load_typed_settings
+from ftlct.protocol.twin_state import MAX_FEATURE_SLICES
 
 ENV_PREFIX = "FTLCT_AGENT"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -262,6 +263,12 @@ class TwinSettings:
     enabled: bool = True
     period_s: float = 60.0  # re-published at least this often
     debounce_s: float = 2.0  # at most one update per this many seconds on changes
+    # feature statistics over the most recent slice embeddings of the current backbone:
+    # at most feature_window slices; none below feature_min_slices slices or from fewer
+    # than feature_min_studies studies (one study's slices alone are never described)
+    feature_window: int = 512
+    feature_min_slices: int = 32
+    feature_min_studies: int = 2
 
 
 @dataclass
@@ -415,7 +422,14 @@ class AgentSettings:
         _check(0 < p.delta < 1, "privacy.delta", "must be in (0, 1)")
         _check(p.epsilon_limit >= 0, "privacy.epsilon_limit", "must be >= 0 (0: no limit)")
         _check(p.sample_count_bucket >= 1, "privacy.sample_count_bucket", "must be >= 1")
-        _check(self.twin.period_s > 0 and self.twin.debounce_s >= 0, "twin.period_s", "must be > 0")
+        w = self.twin
+        _check(w.period_s > 0 and w.debounce_s >= 0, "twin.period_s", "must be > 0")
+        _check(
+            1 <= w.feature_min_slices <= w.feature_window <= MAX_FEATURE_SLICES,
+            "twin.feature_min_slices",
+            f"1 <= feature_min_slices <= feature_window <= {MAX_FEATURE_SLICES}",
+        )
+        _check(w.feature_min_studies >= 1, "twin.feature_min_studies", "must be >= 1")
 
 
 def _check(ok: bool, name: str, message: str) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from ftlct.export import efficientnet_lite0 as lite0
 from ftlct.export import mobilenet_v2 as mnv2
+from ftlct.export.embedding_blocks import LAYOUT
 from ftlct.export.harmonise import NO_HARMONISATION, Harmonisation, Harmoniser
 from ftlct.export.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
@@ -190,7 +191,7 @@ def embedding_layout(
         "tap_names": [arch.stage_names(t) for t in taps],
         "tap_channels": channels,
         "pooling": list(pooling),
-        "layout": "for each tap in order, its channels pooled by each pooling in order",
+        "layout": LAYOUT,
     }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save
 
+from ftlct.export.embedding_blocks import EmbeddingBlock, embedding_blocks
 from ftlct.export.files import atomic_write_bytes, atomic_write_text, sha256_file
 from ftlct.export.head_onnx import head_kind, head_layers, head_onnx_bytes
 from ftlct.export.preprocessing import PreprocessingSpec
@@ -98,6 +99,11 @@ class ModelDir:
     @property
     def embedding_dim(self) -> int:
         return int(self.manifest["backbone"]["output"]["dim"])
+
+    @property
+    def embedding_blocks(self) -> tuple[EmbeddingBlock, ...] | None:
+        """Each tap x pooling block of the embedding; None for a manifest without them."""
+        return embedding_blocks(self.manifest["backbone"].get("output", {}))
 
     @property
     def preprocessing(self) -> PreprocessingSpec:

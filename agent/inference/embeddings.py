@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (sop_instance_uid, frame, backbone_sha256, instance_sha256)
 );
 CREATE INDEX IF NOT EXISTS embeddings_series ON embeddings (series_uid, backbone_sha256);
+-- the twin's feature statistics read the most recent rows of one backbone
+CREATE INDEX IF NOT EXISTS embeddings_recent ON embeddings (backbone_sha256, created_at);
 
 -- Instances without usable pixels (no pixel data, undecodable): not retried for these bytes.
 CREATE TABLE IF NOT EXISTS unembeddable (
@@ -165,6 +167,21 @@ class EmbeddingStore:
         dim = int(rows[0]["dim"]) if rows else 0
         vectors = np.stack([_vector(row) for row in rows]) if rows else np.zeros((0, dim), "f4")
         return keys, vectors.astype(np.float32, copy=False)
+
+    def recent(self, backbone_sha256: str, dim: int, limit: int) -> tuple[list[str], np.ndarray]:
+        """``(study UIDs, float32 [N, dim])`` of the ``limit`` most recently computed current
+        embeddings of ``backbone_sha256`` that have ``dim`` values (newest first)."""
+        rows = self.db.query(
+            "SELECT e.study_uid, e.dim, e.vector FROM embeddings e"
+            " JOIN idx.current_instances i"
+            " ON i.sop_instance_uid = e.sop_instance_uid AND i.sha256 = e.instance_sha256"
+            " WHERE e.backbone_sha256 = ? AND e.dim = ?"
+            " ORDER BY e.created_at DESC, e.rowid DESC LIMIT ?",
+            (backbone_sha256, dim, limit),
+        )
+        if not rows:
+            return [], np.zeros((0, dim), dtype=np.float32)
+        return [row["study_uid"] for row in rows], np.stack([_vector(row) for row in rows])
 
     def count_of(self, backbone_sha256: str, uids: set[str]) -> int:
         """Current slice embeddings of ``backbone_sha256`` whose instance, series or study UID

@@ -1,7 +1,8 @@
 """Build the twin state (``protocol.twin_state.TwinState``) from what the serve process knows.
 
-Every field is a count, a version, a duration or an aggregate over series; the
-closed schema (``validate_twin_state``) is checked before anything is sent.
+Every field is a count, a version, a duration or an aggregate over series or
+over recent slices (``feature_stats``); the closed schema
+(``validate_twin_state``) is checked before anything is sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ftlct.agent.store.database import Database
 from ftlct.agent.sync.sync_status import privacy_spent
 from ftlct.agent.twin.scanner_profile import scanner_profile
 from ftlct.protocol.twin_state import (
+    FeatureStats,
     Latency,
     PrivacyBudget,
     QueueDepths,
@@ -58,9 +60,15 @@ def activity(status: dict, training: bool) -> str:
 
 
 def build_twin_state(
-    db: Database, status: dict, model_version: str, training: bool, started_at: float
+    db: Database,
+    status: dict,
+    model_version: str,
+    training: bool,
+    started_at: float,
+    feature_stats: FeatureStats | None = None,
 ) -> TwinState:
-    """``status`` is ``collect_status(db)`` (the ``ftl-agent status`` object)."""
+    """``status`` is ``collect_status(db)`` (the ``ftl-agent status`` object);
+    ``feature_stats`` is ``twin.feature_stats.recent_feature_stats`` (None: left out)."""
     fed = status["federation"]
     spent = privacy_spent(db)
     state = TwinState(
@@ -94,5 +102,6 @@ def build_twin_state(
         ),
         scanner=scanner_profile(SeriesIndex(db, create=False)),
         uptime_s=round(max(0.0, time.time() - started_at), 1),
+        feature_stats=feature_stats,
     )
     return validate_twin_state(state.to_json())
