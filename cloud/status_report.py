@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
+from ftlct.cloud.feature_shift import feature_shifts
 from ftlct.cloud.initial_model import federation_kind
 from ftlct.cloud.state import StateStore
+from ftlct.protocol.errors import ProtocolError
+from ftlct.protocol.twin_state import validate_twin_state
 
 
 def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+def checked_feature_stats(state: dict) -> dict | None:
+    """A stored twin's ``feature_stats`` if it passes today's schema (a state dir written by
+    another version may hold other shapes; the report must not trip over them)."""
+    entry = state.get("feature_stats")
+    if entry is None:
+        return None
+    try:
+        stats = validate_twin_state({"feature_stats": entry}).feature_stats
+    except ProtocolError:
+        return None
+    return asdict(stats)
 
 
 def status_report(store: StateStore) -> dict:
@@ -28,6 +45,12 @@ def _report(store: StateStore) -> dict:
     enrolled = store.sites.enrolled()
     twins = store.twins.all()
     received = set(store.updates.sites_of_round(last.round)) if last else set()
+    features = {
+        site: stats
+        for site, twin in twins.items()
+        if (stats := checked_feature_stats(twin["state"])) is not None
+    }
+    shifts = feature_shifts(features)
     sites = {}
     for site in sorted(set(enrolled) | set(twins)):
         twin = twins.get(site)
@@ -40,6 +63,10 @@ def _report(store: StateStore) -> dict:
             "cluster": membership.get(site) or (last.cluster_for(site) if last else None),
             "updated_this_round": site in received and last is not None and last.status == "open",
             "counts": twin["state"].get("counts", {}) if twin else {},
+            # the scanner's feature statistics as the twin sent them, and how far they lie
+            # from the fleet's (cloud/feature_shift.py); None when absent
+            "feature_stats": features.get(site),
+            "feature_shift": shifts.get(site),
         }
     counters = store.counters.all()
     clusters: dict[str, list[str]] = {cluster: [] for cluster in versions}
@@ -98,6 +125,7 @@ def status_table(report: dict) -> str:
         "last seen",
         "stored",
         "inferred",
+        "feature shift",
     )
     rows = [header]
     for site, info in report["sites"].items():
@@ -112,6 +140,7 @@ def status_table(report: dict) -> str:
                 info["last_seen"] or "-",
                 str(counts.get("instances_stored", "-")),
                 str(counts.get("series_inferred", "-")),
+                shift_text(info),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -120,3 +149,12 @@ def status_table(report: dict) -> str:
         for row in rows
     ]
     return "\n".join(lines)
+
+
+def shift_text(info: dict) -> str:
+    """A site's feature shift for a person: "2.4 (features.10 max, 3 sites)", or why none."""
+    shift = info.get("feature_shift")
+    if shift:
+        return f"{shift['value']:g} ({shift['block']}, {shift['sites']} sites)"
+    stats = info.get("feature_stats")
+    return f"- ({stats['slices']} slices, no comparable site)" if stats else "-"

@@ -11,6 +11,7 @@ import time
 from html import escape
 
 from ftlct.cloud.dashboard.svg_plot import line_plot
+from ftlct.cloud.status_report import shift_text
 
 REFRESH_S = 15
 
@@ -248,6 +249,8 @@ def _twin(site: str, info: dict, now: float) -> str:
         ("median slice mm", scanner.get("median_slice_thickness_mm")),
         ("series per day", scanner.get("series_per_day")),
         ("counts", _counts(twin.get("counts"))),
+        ("feature shift", shift_text(info)),
+        ("feature statistics", _features(info.get("feature_stats"))),
     ]
     rows = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     state = "online" if online else "offline"
@@ -263,6 +266,16 @@ def _fmt(value) -> str:
         if isinstance(value, int | float) and not isinstance(value, bool)
         else str(value)
     )
+
+
+def _features(stats) -> str:
+    """``feature_stats`` (checked by ``status_report``) as one line: slices, backbone, blocks."""
+    if not isinstance(stats, dict):
+        return "-"
+    blocks = "; ".join(
+        f"{b['tap']} {b['pooling']} {_fmt(b['mean'])} ± {_fmt(b['std'])}" for b in stats["blocks"]
+    )
+    return f"{stats['slices']} slices, backbone {stats['backbone']}: {blocks}"
 
 
 def _counts(mapping) -> str:
