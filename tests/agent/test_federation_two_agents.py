@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from ftlct.agent.inference.embeddings import EmbeddingStore
+from ftlct.agent.store.layout import DataDir
+from ftlct.agent.twin.feature_stats import feature_statistics
 from ftlct.protocol.exchange import open_twin_state
 from tests.agent.federation_peers import (
+    AGENT_ENV,
     FED,
     Recorder,
     agent_cli,
@@ -32,6 +37,8 @@ from tests.support.mosquitto import running_mosquitto
 
 SITES = ("site-a", "site-b")
 ROUNDS = 2
+# 18 slices before the rounds, 21 after: below the default minimum of 32, so lowered here
+ENV = AGENT_ENV | {"FTLCT_AGENT_TWIN_FEATURE_MIN_SLICES": "16"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,7 @@ def federation(tmp_path_factory, model_dir):
         agents, studies = {}, {}
         for index, site in enumerate(SITES):
             agents[site] = enrolled_agent(
-                stack, root, site, model_dir.path, broker.url, state, cloud_key
+                stack, root, site, model_dir.path, broker.url, state, cloud_key, env=ENV
             )
             studies[site] = write_study_set(root / site / "studies", per_class=3, seed=index + 1)
         cloud = CloudProcess(
@@ -96,6 +103,7 @@ def federation(tmp_path_factory, model_dir):
             "studies": studies,
             "recorder": recorder,
             "broker": broker,
+            "model": model_dir,
         }
 
 
@@ -138,6 +146,39 @@ def test_the_twins_describe_the_scanners_from_aggregates(federation):
         assert twin.scanner.manufacturers == {"other": 7} == twin.scanner.models
         assert twin.scanner.kernels == {"B30f": 7} and twin.scanner.median_kvp == 120.0
         assert twin.latency.p95_s >= twin.latency.p50_s > 0
+
+
+def test_the_scanners_feature_statistics_reach_the_clouds_registry(federation):
+    """Real slices embedded by the real backbone, aggregated by each agent, signed, carried by
+    mosquitto and stored by ``ftl-cloud serve``: the cloud holds exactly what the agent's own
+    embeddings give."""
+    model, recorder, key_of = federation["model"], federation["recorder"], {}
+    for site, agent in federation["agents"].items():
+        key_of[site] = (agent.data_dir / "keys" / f"{site}.ed25519.pub").read_text().strip()
+        store = EmbeddingStore(DataDir(agent.data_dir))
+        try:  # newest first: the 3 slices of the series sent after the cloud finished, then 18
+            _, vectors = store.recent(model.backbone_sha256, model.embedding_dim, 512)
+        finally:
+            store.close()
+        assert len(vectors) == 21
+        blocks = model.embedding_blocks
+        # the cloud stopped after its rounds, when the site had sent 18 slices
+        stored = federation["cloud"]["sites"][site]
+        assert stored["feature_stats"] == asdict(
+            feature_statistics(vectors[3:], blocks, model.backbone_sha256)
+        )
+        assert stored["feature_stats"]["backbone"] == model.backbone_sha256[:12]
+        assert [f"{b['tap']} {b['pooling']}" for b in stored["feature_stats"]["blocks"]] == [
+            b.name for b in blocks
+        ]  # the 8 blocks of the default model
+        assert stored["feature_shift"]["sites"] == 2 and stored["feature_shift"]["value"] >= 0
+
+        def latest(topic=f"ftl/{FED}/twins/{site}/state"):
+            twin = open_twin_state(recorder.payloads(topic)[-1], key_of.get, FED).state
+            return twin if twin.feature_stats and twin.feature_stats.slices == 21 else None
+
+        twin = wait_for(latest, timeout=30)  # and the twin now describes all 21
+        assert twin.feature_stats == feature_statistics(vectors, blocks, model.backbone_sha256)
 
 
 def test_no_patient_field_or_study_uid_is_in_any_mqtt_payload(federation):
