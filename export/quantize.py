@@ -6,7 +6,8 @@ model input; QuantizeLinear/DequantizeLinear pairs around every Conv, which
 onnxruntime fuses into integer convolutions (VNNI where the CPU has it). The
 first Conv (3 input channels: integer kernels gain little there) and the last
 (the embedding's own scale) stay float: ``ftl-bench perf`` measured both kept
-float as the closer embedding at nearly the same speed.
+float as the closer embedding at nearly the same speed. The harmoniser before
+the network (``export/harmonise.py``) stays float whole (``kept_float_nodes``).
 
 Dynamic (``quantize_backbone``): int8 weights, activations quantized on the fly
 (ConvInteger); smaller but slower than fp32 on this CPU, kept as the
@@ -57,7 +58,7 @@ def _check_source(source: Path) -> None:
         raise FileNotFoundError(f"{source}: no such ONNX file")
 
 
-def float_end_convs(model_path: Path) -> list[str]:
+def kept_float_nodes(model_path: Path) -> list[str]:
     """Nodes static QDQ keeps float: every node of the harmoniser (``export/harmonise.py``:
     its blur and per-image standardising act on the raw input, where rounding is amplified
     by the standardising) and the first and last Conv of the network itself, in graph order."""
@@ -71,7 +72,7 @@ def quantize_backbone_static(
     source: str | os.PathLike,
     out: str | os.PathLike,
     calibration: np.ndarray,
-    keep_end_convs_float: bool = True,
+    keep_ends_float: bool = True,
 ) -> dict:
     """Write a static QDQ int8 copy of ``source`` to ``out``, calibrated on ``calibration``
     (``float32 [N, 3, S, S]`` model input of real slices); returns what was done, for a manifest."""
@@ -88,7 +89,7 @@ def quantize_backbone_static(
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        kept_float = float_end_convs(prepared) if keep_end_convs_float else []
+        kept_float = kept_float_nodes(prepared) if keep_ends_float else []
         staged = Path(tmp) / "quantized.onnx"
         quantize_static(
             str(prepared),

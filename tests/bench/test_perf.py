@@ -15,7 +15,8 @@ from ftlct.bench.perf.cloud import cloud_section
 from ftlct.bench.perf.ingest import smaps_breakdown
 from ftlct.bench.perf.measure import goal, interleaved, machine_load, summary
 from ftlct.bench.perf.upload_bytes import upload_bytes_section
-from ftlct.export.quantize import float_end_convs, quantize_backbone, quantize_backbone_static
+from ftlct.export.model_dir import HARMONISER_SCOPE
+from ftlct.export.quantize import kept_float_nodes, quantize_backbone, quantize_backbone_static
 from ftlct.export.verify import ct_phantom
 from ftlct.protocol.cli import run
 
@@ -42,9 +43,9 @@ def test_static_int8_backbone_keeps_the_ends_float_and_gives_close_embeddings(mo
     # the graph is pre-processed (constants folded) before the float nodes are chosen, so the
     # harmoniser's node list differs from the source's; the network's two ends do not
     def network(names):
-        return [name for name in names if not name.startswith("/harmoniser/")]
+        return [name for name in names if not name.startswith(HARMONISER_SCOPE)]
 
-    assert network(done["kept_float"]) == network(float_end_convs(model_dir.backbone_path))
+    assert network(done["kept_float"]) == network(kept_float_nodes(model_dir.backbone_path))
     assert len(network(done["kept_float"])) == 2 and done["calibration_slices"] == 8
     assert "/harmoniser/Conv" in done["kept_float"]
     assert out.stat().st_size < 0.5 * model_dir.backbone_path.stat().st_size

@@ -13,7 +13,7 @@ import torch
 from ftlct.export.adabn import estimate
 from ftlct.export.build import build_model_dir
 from ftlct.export.harmonise import NO_HARMONISATION, Harmonisation, Harmoniser, gaussian_kernel
-from ftlct.export.model_dir import ModelDir
+from ftlct.export.model_dir import HARMONISER_SCOPE, ModelDir
 from ftlct.export.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Slice, to_model_input
 from ftlct.export.verify import ct_phantom, verify_model_dir
 
@@ -121,7 +121,7 @@ def test_the_blur_is_not_mistaken_for_a_batch_normed_convolution(model_dir, plai
         e["conv"] for e in plain_dir.manifest["backbone"]["batch_norm"]
     ]
     graph = onnx.load(str(model_dir.backbone_path)).graph
-    blur = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith("/harmoniser/")]
+    blur = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith(HARMONISER_SCOPE)]
     assert len(blur) == 1 and blur[0].name not in {e["conv_node"] for e in harmonised}
     batch = to_model_input([ct_phantom(seed=4), ct_phantom(seed=6)], model_dir.preprocessing)
     stats = estimate(model_dir, [batch], up_to_stage=0)  # AdaBN still finds its convolutions
@@ -135,14 +135,16 @@ def test_a_blur_outside_its_range_is_refused(sigma):
 
 
 def test_int8_keeps_the_blur_and_the_networks_first_and_last_convolutions_float(model_dir):
-    from ftlct.export.quantize import float_end_convs
+    from ftlct.export.quantize import kept_float_nodes
 
     graph = onnx.load(str(model_dir.backbone_path)).graph
-    harmoniser = [n.name for n in graph.node if n.name.startswith("/harmoniser/")]
+    harmoniser = [n.name for n in graph.node if n.name.startswith(HARMONISER_SCOPE)]
     network = [
-        n.name for n in graph.node if n.op_type == "Conv" and not n.name.startswith("/harmoniser/")
+        n.name
+        for n in graph.node
+        if n.op_type == "Conv" and not n.name.startswith(HARMONISER_SCOPE)
     ]
-    kept = float_end_convs(model_dir.backbone_path)
+    kept = kept_float_nodes(model_dir.backbone_path)
     assert set(kept) == {*harmoniser, network[0], network[-1]}
     assert {"Conv", "ReduceMean", "Clip"} <= {n.op_type for n in graph.node if n.name in harmoniser}
     assert network[0].startswith("/features.0/")
