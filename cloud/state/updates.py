@@ -34,6 +34,8 @@ _COLUMNS = (
     "round, site, update_id, cluster, base_version, n_samples, metrics, norm, delta, "
     "received_at, delta_codec"
 )
+# the columns StoredUpdates._update reads, in its order
+_SELECT_DELTAS = "SELECT site, delta, n_samples, cluster, delta_codec FROM updates"
 
 
 def upgrade(db: Database) -> None:
@@ -173,16 +175,14 @@ class StoredUpdates(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         site = self._sites[index]
         row = self._db.execute(
-            "SELECT site, delta, n_samples, cluster, delta_codec FROM updates "
-            "WHERE round = ? AND site = ?",
+            f"{_SELECT_DELTAS} WHERE round = ? AND site = ?",
             (self._round, site),
         ).fetchone()
         return self._update(row)
 
     def __iter__(self) -> Iterator[SiteUpdate]:
         rows = self._db.execute(
-            "SELECT site, delta, n_samples, cluster, delta_codec FROM updates "
-            "WHERE round = ? AND delta IS NOT NULL ORDER BY site",
+            f"{_SELECT_DELTAS} WHERE round = ? AND delta IS NOT NULL ORDER BY site",
             (self._round,),
         )
         for row in rows:
