@@ -3,11 +3,17 @@
 Static QDQ (``quantize_backbone_static``): weights int8 per output channel,
 activations uint8 with ranges calibrated (MinMax) on real CT slices given as
 model input; QuantizeLinear/DequantizeLinear pairs around every Conv, which
-onnxruntime fuses into integer convolutions (VNNI where the CPU has it). The
-first Conv (3 input channels: integer kernels gain little there) and the last
-(the embedding's own scale) stay float: ``ftl-bench perf`` measured both kept
-float as the closer embedding at nearly the same speed. The harmoniser before
-the network (``export/harmonise.py``) stays float whole (``kept_float_nodes``).
+onnxruntime fuses into integer convolutions (VNNI where the CPU has it). Kept
+float (``kept_float_nodes``): the harmoniser before the network
+(``export/harmonise.py``) whole; the network's first block (the stem Conv and
+the first depthwise block: 3 input channels, then 32 channels at half
+resolution, where ``ftl-bench perf`` found most of the int8 error of the
+whole embedding: keeping MobileNetV2's ``features.1`` float took the mean
+relative error of the covid-ct embeddings from 0.125 to 0.093); the last Conv
+(the embedding's own scale); and the embedding's pooling, flatten and concat
+nodes (quantized, the concat puts every tap's mean and max on one uint8
+scale, and the small mean-pooled parts lose most: 0.093 -> 0.079). See README
+"Models" for the figures.
 
 Dynamic (``quantize_backbone``): int8 weights, activations quantized on the fly
 (ConvInteger); smaller but slower than fp32 on this CPU, kept as the
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,24 +65,38 @@ def _check_source(source: Path) -> None:
         raise FileNotFoundError(f"{source}: no such ONNX file")
 
 
+FIRST_BLOCK_CONVS = 3  # stem, then the first block's depthwise and projection Convs
+POOLING_OPS = ("GlobalAveragePool", "GlobalMaxPool", "Flatten", "Concat")
+
+
 def kept_float_nodes(model_path: Path) -> list[str]:
     """Nodes static QDQ keeps float: every node of the harmoniser (``export/harmonise.py``:
     its blur and per-image standardising act on the raw input, where rounding is amplified
-    by the standardising) and the first and last Conv of the network itself, in graph order."""
+    by the standardising), the network's nodes up to its third Conv (the stem and the first
+    block, with their activations), its last Conv, and the embedding's pooling, flatten and
+    concat nodes; sorted."""
     nodes = onnx.load(str(model_path)).graph.node
-    harmoniser = [n.name for n in nodes if n.name.startswith(HARMONISER_SCOPE)]
-    network = [n.name for n in nodes if n.op_type == "Conv" and n.name not in harmoniser]
-    return sorted({*harmoniser, *([network[0], network[-1]] if network else [])})
+    harmoniser = {n.name for n in nodes if n.name.startswith(HARMONISER_SCOPE)}
+    network = [n for n in nodes if n.name not in harmoniser]
+    convs = [i for i, n in enumerate(network) if n.op_type == "Conv"]
+    if not convs:
+        return sorted(harmoniser)
+    first_block = network[: convs[:FIRST_BLOCK_CONVS][-1] + 1]
+    kept = {n.name for n in first_block if n.op_type != "Constant"}
+    kept.add(network[convs[-1]].name)
+    kept |= {n.name for n in network if n.op_type in POOLING_OPS}
+    return sorted(harmoniser | kept)
 
 
 def quantize_backbone_static(
     source: str | os.PathLike,
     out: str | os.PathLike,
     calibration: np.ndarray,
-    keep_ends_float: bool = True,
+    keep_float: bool = True,
 ) -> dict:
     """Write a static QDQ int8 copy of ``source`` to ``out``, calibrated on ``calibration``
-    (``float32 [N, 3, S, S]`` model input of real slices); returns what was done, for a manifest."""
+    (``float32 [N, 3, S, S]`` model input of real slices); returns what was done, for a manifest.
+    ``keep_float=False`` quantizes every node, harmoniser included (a comparison variant)."""
     source, out = Path(source), Path(out)
     _check_source(source)
     calibration = np.asarray(calibration)
@@ -89,7 +110,9 @@ def quantize_backbone_static(
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        kept_float = kept_float_nodes(prepared) if keep_ends_float else []
+        kept_float = kept_float_nodes(prepared) if keep_float else []
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        op_of = {n.name: n.op_type for n in graph.node}
         staged = Path(tmp) / "quantized.onnx"
         quantize_static(
             str(prepared),
@@ -108,6 +131,7 @@ def quantize_backbone_static(
         "weights": "int8, per output channel",
         "activations": "uint8, MinMax-calibrated",
         "kept_float": kept_float,
+        "kept_float_ops": dict(sorted(Counter(op_of[name] for name in kept_float).items())),
         "calibration_slices": len(calibration),
     }
 

@@ -36,17 +36,20 @@ def _phantoms(model_dir, n):
     return to_model_input([ct_phantom(seed=s) for s in range(n)], model_dir.preprocessing)
 
 
-def test_static_int8_backbone_keeps_the_ends_float_and_gives_close_embeddings(model_dir, tmp_path):
+def test_static_int8_backbone_keeps_its_float_nodes_and_gives_close_embeddings(model_dir, tmp_path):
     out = tmp_path / "int8.onnx"
     done = quantize_backbone_static(model_dir.backbone_path, out, _phantoms(model_dir, 8))
 
     # the graph is pre-processed (constants folded) before the float nodes are chosen, so the
-    # harmoniser's node list differs from the source's; the network's two ends do not
-    def network(names):
-        return [name for name in names if not name.startswith(HARMONISER_SCOPE)]
+    # harmoniser's node list differs from the source's; the network's float Convs do not
+    def network_convs(names):
+        return [n for n in names if n.endswith("/Conv") and not n.startswith(HARMONISER_SCOPE)]
 
-    assert network(done["kept_float"]) == network(kept_float_nodes(model_dir.backbone_path))
-    assert len(network(done["kept_float"])) == 2 and done["calibration_slices"] == 8
+    assert network_convs(done["kept_float"]) == network_convs(
+        kept_float_nodes(model_dir.backbone_path)
+    )
+    assert done["kept_float_ops"]["Conv"] == 5  # the harmoniser's blur, the network's four
+    assert done["kept_float_ops"]["Concat"] >= 1 and done["calibration_slices"] == 8
     assert "/harmoniser/Conv" in done["kept_float"]
     assert out.stat().st_size < 0.5 * model_dir.backbone_path.stat().st_size
     x = _phantoms(model_dir, 10)[8:]  # not among the calibration slices

@@ -134,17 +134,24 @@ def test_a_blur_outside_its_range_is_refused(sigma):
         Harmonisation(blur_sigma=sigma)
 
 
-def test_int8_keeps_the_blur_and_the_networks_first_and_last_convolutions_float(model_dir):
-    from ftlct.export.quantize import kept_float_nodes
+def test_int8_keeps_the_harmoniser_the_first_block_the_last_conv_and_the_pooling_float(
+    model_dir,
+):
+    from ftlct.export.quantize import POOLING_OPS, kept_float_nodes
 
     graph = onnx.load(str(model_dir.backbone_path)).graph
     harmoniser = [n.name for n in graph.node if n.name.startswith(HARMONISER_SCOPE)]
-    network = [
-        n.name
-        for n in graph.node
-        if n.op_type == "Conv" and not n.name.startswith(HARMONISER_SCOPE)
-    ]
-    kept = kept_float_nodes(model_dir.backbone_path)
-    assert set(kept) == {*harmoniser, network[0], network[-1]}
+    network = [n for n in graph.node if not n.name.startswith(HARMONISER_SCOPE)]
+    convs = [n.name for n in network if n.op_type == "Conv"]
+    pooling = {n.name for n in network if n.op_type in POOLING_OPS}
+    kept = set(kept_float_nodes(model_dir.backbone_path))
+    assert set(harmoniser) <= kept and pooling <= kept
     assert {"Conv", "ReduceMean", "Clip"} <= {n.op_type for n in graph.node if n.name in harmoniser}
-    assert network[0].startswith("/features.0/")
+    # the stem and MobileNetV2's first block (depthwise, projection), then the last Conv
+    assert [c for c in convs if c in kept] == [*convs[:3], convs[-1]]
+    assert convs[0].startswith("/features.0/") and convs[2].startswith("/features.1/")
+    first_block = {n.name for n in network if n.name.startswith(("/features.0/", "/features.1/"))}
+    assert {n for n in first_block if "Constant" not in n} <= kept
+    assert {"GlobalAveragePool", "GlobalMaxPool", "Concat"} <= {
+        n.op_type for n in network if n.name in pooling
+    }
