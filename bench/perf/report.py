@@ -75,7 +75,12 @@ def _int8(s: dict) -> list[str]:
         f"## int8 ({s['threads']} thread(s), batch {s['batch']})",
         "",
         f"{q['method']}: weights {q['weights']}, activations {q['activations']}, "
-        f"{q['calibration_slices']} calibration slices; kept float: {', '.join(q['kept_float']) or 'none'}.",
+        f"{q['calibration_slices']} calibration slices; kept float: "
+        + (
+            ", ".join(f"{count} {op}" for op, count in q.get("kept_float_ops", {}).items())
+            or "none"
+        )
+        + ".",
         "",
     ]
     rows = [
@@ -84,27 +89,40 @@ def _int8(s: dict) -> list[str]:
     ]
     lines += _table(["backbone", "images/s", "x fp32", "file"], rows)
     a = s["accuracy"]
-    if "f1_fp32_head" in a:
+    if "fidelity" in a:
         rows = [
-            [
-                n,
-                a["f1_fp32_head"][n],
-                a["agreement_with_fp32"][n],
-                a["cosine_to_fp32"][n]["min"],
-                a["cosine_to_fp32"][n]["mean"],
-            ]
-            for n in a["f1_fp32_head"]
+            [n, f["cosine_mean"], f["cosine_min"], f["rel_error_mean"], f["rel_error_max"]]
+            for n, f in a["fidelity"].items()
         ]
         lines += [
-            f"macro-F1 on {a['split']}, one linear head trained on fp32 embeddings:",
+            f"Embeddings of all {a['images']} covid-ct images against fp32's:",
+            "",
+            *_table(["backbone", "cosine mean", "cosine min", "rel. error mean", "max"], rows),
+        ]
+        rows = []
+        for n, m in a["multi_split"].items():
+            for case, d in m["drop"].items():
+                low, high = d["ci95"]
+                rows.append(
+                    [
+                        n,
+                        case,
+                        m["f1"]["fp32"]["mean"],
+                        m["f1"][case]["mean"],
+                        d["mean"],
+                        f"[{low:+.4f}, {high:+.4f}]",
+                        f"{d['wins']}/{d['n']}",
+                    ]
+                )
+        first = next(iter(a["multi_split"].values()))
+        lines += [
+            f"macro-F1 over {first['splits']}; {first['head']}. int8 sites: the head trained "
+            "on int8 embeddings; mixed: the fp32 head on int8 embeddings.",
             "",
             *_table(
-                ["backbone", "macro-F1", "agrees with fp32", "cosine min", "cosine mean"], rows
+                ["backbone", "head", "F1 fp32", "F1 int8", "drop", "95% interval", "fp32 better"],
+                rows,
             ),
-            f"A head trained on the static int8 embeddings instead: macro-F1 "
-            f"{a['f1_int8_trained_head']}. F1 drop (fp32 - int8), paired bootstrap 95% interval: "
-            f"{a['f1_drop_95ci']}.",
-            "",
         ]
     else:
         lines += [f"Accuracy: {a.get('skipped')}", ""]
