@@ -235,6 +235,10 @@ def test_perf_quick_run_reports_every_model_figure(tmp_path, model_dir):
     sessions = document["backbone"]["sessions"][0]
     assert sessions["threads"] == 1 and sessions["figures"]["agent"]["median"] > 0
     assert document["int8"]["speed"]["int8 static QDQ"]["n"] == 3
+    accuracy = document["int8"]["accuracy"]
+    if "fidelity" in accuracy:  # covid-ct present: every 4th image, 3 splits
+        assert accuracy["fidelity"]["int8 static QDQ"]["images"] == accuracy["images"]
+        assert accuracy["multi_split"]["int8 static QDQ"]["drop"]["int8 sites"]["n"] == 3
     assert document["model"]["torch_vs_ort"]["max_abs_diff"] < 1e-3
     text = (tmp_path / "perf.md").read_text()
     assert "## Goals (issue 13)" in text and "| backbone |" in text and "| int8 speed |" in text
