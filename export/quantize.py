@@ -7,13 +7,14 @@ onnxruntime fuses into integer convolutions (VNNI where the CPU has it). Kept
 float (``kept_float_nodes``): the harmoniser before the network
 (``export/harmonise.py``) whole; the network's first block (the stem Conv and
 the first depthwise block: 3 input channels, then 32 channels at half
-resolution, where ``ftl-bench perf`` found most of the int8 error of the
-whole embedding: keeping MobileNetV2's ``features.1`` float took the mean
-relative error of the covid-ct embeddings from 0.125 to 0.093); the last Conv
-(the embedding's own scale); and the embedding's pooling, flatten and concat
-nodes (quantized, the concat puts every tap's mean and max on one uint8
-scale, and the small mean-pooled parts lose most: 0.093 -> 0.079). See README
-"Models" for the figures.
+resolution, where a sweep over every covid-ct image found most of the int8
+error of the whole embedding: keeping MobileNetV2's ``features.1`` float took
+the mean relative error of the embeddings from 0.125 to 0.093, keeping any
+other single stage float changed nothing); the last Conv (the embedding's own
+scale); and the embedding's pooling, flatten and concat nodes (quantized, the
+concat puts every tap's mean and max on one uint8 scale, and the small
+mean-pooled parts lose most: 0.093 -> 0.081). README "Performance" has the
+levers measured.
 
 Dynamic (``quantize_backbone``): int8 weights, activations quantized on the fly
 (ConvInteger); smaller but slower than fp32 on this CPU, kept as the
