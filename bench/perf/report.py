@@ -210,7 +210,8 @@ def _model(s: dict) -> list[str]:
         f"{swap['engine_swap_ms']} ms",
         f"- torch {t['torch_ms_per_image']} ms/image vs onnxruntime {t['ort_ms_per_image']} ms/image "
         f"({t['threads']} threads, batch {t['batch']}): onnxruntime {t['ort_speedup']}x; max |diff| "
-        f"{t['max_abs_diff']:.2e}",
+        f"{t['max_abs_diff']:.2e}, {t['max_rel_diff']:.1e} of the embedding's scale (verify's "
+        f"limit {t['parity_limit']:.0e})",
         "",
     ]
 
