@@ -7,9 +7,9 @@ them as a shortcut: a site that holds mostly one class teaches "this scanner's
 look means that class". Two fixed steps, the same at every site, take most of
 that away before the first convolution:
 
-1. ``blur_sigma``: a Gaussian blur (reflected borders) that every scanner's
-   image goes through, so the noise of a low-dose scanner and the sharpness
-   of a hard kernel count for less;
+1. ``blur_sigma``: a Gaussian blur (reflected borders; a column pass, then a
+   row pass) that every scanner's image goes through, so the noise of a
+   low-dose scanner and the sharpness of a hard kernel count for less;
 2. ``standardise``: each channel of each image is shifted and scaled to its own
    mean and standard deviation, mapped to ``0.5 + z / 4`` and clipped to
    [0, 1] (the grey range the backbone's input normalisation expects), so a
@@ -91,19 +91,23 @@ class Harmoniser(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         if settings.blur_sigma > 0:
+            # A Gaussian is separable: a column pass then a row pass is the square kernel's blur
+            # (to float rounding) at 2K instead of K^2 multiplies a pixel, half the harmoniser's time.
             line = gaussian_kernel(settings.blur_sigma)
-            square = torch.outer(line, line)
-            self.radius = (len(line) - 1) // 2
-            self.register_buffer("kernel", square.expand(channels, 1, *square.shape).clone())
+            size = len(line)
+            self.radius = (size - 1) // 2
+            self.register_buffer("columns", line.view(1, 1, size, 1).repeat(channels, 1, 1, 1))
+            self.register_buffer("rows", line.view(1, 1, 1, size).repeat(channels, 1, 1, 1))
         else:
             self.radius = 0
-            self.kernel = None
+            self.columns = self.rows = None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image
-        if self.kernel is not None:
+        if self.columns is not None:
             padded = nn.functional.pad(x, [self.radius] * 4, mode="reflect")
-            x = nn.functional.conv2d(padded, self.kernel, groups=x.shape[1])
+            x = nn.functional.conv2d(padded, self.columns, groups=x.shape[1])
+            x = nn.functional.conv2d(x, self.rows, groups=x.shape[1])
         if self.settings.standardise:
             centred = x - x.mean(dim=(2, 3), keepdim=True)
             spread = torch.sqrt((centred * centred).mean(dim=(2, 3), keepdim=True))
