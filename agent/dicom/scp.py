@@ -20,6 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from ftlct.agent.dicom.lean_receive import ReceivedFile, enable_lean_receive
 from ftlct.agent.dicom.prompt_polling import BUSY_WINDOW_S as RECEIVING_WINDOW_S
 from ftlct.agent.dicom.prompt_polling import PromptPolling, enable_prompt_polling
 from ftlct.agent.dicom.receive_limits import ReceiveLimits, enable_chunked_receive
@@ -99,6 +100,7 @@ class StorageScp:
         self._undos = [
             enable_chunked_receive(self.store.data_dir.incoming),
             enable_prompt_polling(self.polling),
+            enable_lean_receive(self.store.data_dir.incoming),
         ]
         try:
             self._server = ae.start_server(
@@ -216,8 +218,11 @@ class StorageScp:
         try:
             path = Path(event.dataset_path)  # chunked receive: the file pynetdicom wrote
             size = path.stat().st_size
+            received = getattr(request, "_dataset_file", None)
             result = self.store.put_file(
                 path,
+                # lean receive hashed the bytes as it wrote them: no second read of the file
+                sha256=received.sha256() if isinstance(received, ReceivedFile) else None,
                 announced_sop_class=str(request.AffectedSOPClassUID or "") or None,
                 announced_sop_instance=str(request.AffectedSOPInstanceUID or "") or None,
                 calling_ae=calling_ae,

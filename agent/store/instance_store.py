@@ -160,9 +160,11 @@ class InstanceStore:
         announced_sop_class: str | None = None,
         announced_sop_instance: str | None = None,
         calling_ae: str = "",
+        sha256: str | None = None,
     ) -> StoreResult:
         """Store the Part-10 file at ``path``, which must be in ``incoming/`` (same file system).
 
+        ``sha256``, if given, is the file's (its writer hashed it): it is not read again.
         The file is moved into ``instances/`` or ``quarantine/``; whatever is left at
         ``path`` afterwards (a duplicate, a refusal without room) is the caller's to delete.
         """
@@ -178,7 +180,7 @@ class InstanceStore:
         if problem:
             return self._refuse(path, Outcome.MISMATCH, problem, calling_ae, *announced)
         try:
-            return self._write(path, header, calling_ae)
+            return self._write(path, header, calling_ae, sha256)
         except OSError as exc:
             return StoreResult(Outcome.OUT_OF_RESOURCES, f"cannot write: {exc.strerror or exc}")
 
@@ -191,8 +193,10 @@ class InstanceStore:
         )
         return StoreResult(outcome, reason, quarantine_id=quarantine_id)
 
-    def _write(self, path: Path, header: InstanceHeader, calling_ae: str) -> StoreResult:
-        sha = sha256_file(path)
+    def _write(
+        self, path: Path, header: InstanceHeader, calling_ae: str, sha: str | None
+    ) -> StoreResult:
+        sha = sha or sha256_file(path)
         size = path.stat().st_size
         sop = header.sop_instance_uid
         existing = self.index.lookup(None, sop)

@@ -1,0 +1,221 @@
+"""The lean receive path writes and sends the bytes pynetdicom and pydicom would, and undoes.
+
+Each encoder is compared with the library code it stands in for, so a pynetdicom
+or pydicom upgrade that changes those bytes (or the hooks patched) fails here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import tempfile
+from pathlib import Path
+
+import pydicom
+import pynetdicom.dimse
+import pynetdicom.dimse_messages
+import pytest
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1
+from pynetdicom import _config
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.transport import AssociationSocket
+
+from ftlct.agent.dicom.lean_receive import (
+    ReceivedFile,
+    enable_lean_receive,
+    encode_file_meta,
+    encode_store_response,
+)
+
+# Odd and even lengths: UIDs are padded with NUL to an even length.
+UIDS = ["1.2.3", "1.2.34", "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345"]
+
+
+def pydicom_file_meta(sop_class, sop_instance, syntax) -> bytes:
+    out = io.BytesIO()
+    write_file_meta_info(
+        out,
+        create_file_meta(
+            sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax
+        ),
+    )
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("sop_instance", UIDS)
+@pytest.mark.parametrize(
+    "syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGLosslessSV1]
+)
+def test_file_meta_is_the_bytes_pydicom_writes_for_pynetdicoms_file_meta(sop_instance, syntax):
+    expected = pydicom_file_meta(CTImageStorage, sop_instance, syntax)
+    assert encode_file_meta(CTImageStorage, sop_instance, syntax) == expected
+
+
+def pynetdicom_store_response(sop_class, message_id, status, sop_instance) -> bytes:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = message_id
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.AffectedSOPInstanceUID = sop_instance
+    primitive.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    (pdata,) = list(message.encode_msg(1, 0))
+    ((_, value),) = pdata.presentation_data_value_list
+    assert value[0] == 0x03  # the last (only) command fragment
+    return value[1:]
+
+
+@pytest.mark.parametrize("sop_class", [CTImageStorage, "1.2.3"])
+@pytest.mark.parametrize("sop_instance", UIDS)
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xA900, 0xB000, 0xC000])
+def test_store_response_is_the_command_set_pynetdicom_encodes(sop_class, sop_instance, status):
+    for message_id in (1, 2, 65535):
+        expected = pynetdicom_store_response(sop_class, message_id, status, sop_instance)
+        assert encode_store_response(sop_class, message_id, status, sop_instance) == expected
+
+
+class Dul:
+    def __init__(self):
+        self.sent: list[P_DATA] = []
+
+    def send_pdu(self, primitive):
+        self.sent.append(primitive)
+
+
+class Assoc:
+    def __init__(self, handlers=()):
+        self.handlers = list(handlers)
+        self.dul = Dul()
+        self.is_requestor = False
+        self.requestor = type("Requestor", (), {"maximum_length": 16384})()
+        # pynetdicom's trigger swaps abort for a notification handler and back
+        self._abort_nonblocking = self._abort_blocking = self.abort = None
+
+    def get_handlers(self, event):
+        return self.handlers
+
+
+def sent_by(provider_assoc, primitive) -> list[bytes]:
+    provider = pynetdicom.dimse.DIMSEServiceProvider(provider_assoc)
+    provider.send_msg(primitive, 3)
+    return [value for p in provider_assoc.dul.sent for _, value in p.presentation_data_value_list]
+
+
+def response(**fields) -> C_STORE:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 7
+    primitive.AffectedSOPClassUID = CTImageStorage
+    primitive.AffectedSOPInstanceUID = "1.2.3.4"
+    primitive.Status = 0x0000
+    for name, value in fields.items():
+        setattr(primitive, name, value)
+    return primitive
+
+
+def test_a_plain_response_and_one_with_an_error_comment_reach_the_dul_as_pynetdicom_sends_them(
+    tmp_path,
+):
+    primitives = [response(), response(Status=0xC000, ErrorComment="cannot parse")]
+    expected = [sent_by(Assoc(), p) for p in primitives]
+    undo = enable_lean_receive(tmp_path)
+    try:
+        lean = [sent_by(Assoc(), p) for p in primitives]
+        # a bound EVT_DIMSE_SENT handler wants pynetdicom's message object: its path
+        observed = sent_by(Assoc(handlers=[(lambda event: None, None)]), primitives[0])
+    finally:
+        undo()
+    assert lean == expected
+    assert observed == expected[0]
+
+
+def test_a_pdu_is_read_whole_and_a_closed_connection_returns_what_arrived():
+    left, right = socket.socketpair()
+    sock = AssociationSocket.__new__(AssociationSocket)
+    sock.socket = left
+    undo = enable_lean_receive(Path(tempfile.gettempdir()))
+    try:
+        payload = bytes(range(256)) * 1000
+        right.sendall(payload + b"tail")
+        whole = sock.recv(len(payload))
+        right.close()
+        rest = sock.recv(100)
+    finally:
+        undo()
+        left.close()
+    assert (bytes(whole), bytes(rest)) == (payload, b"tail")
+
+
+def test_the_received_file_hashes_exactly_what_it_wrote(tmp_path):
+    received = ReceivedFile(tmp_path)
+    for piece in (b"\x00" * 128, b"DICM", memoryview(b"x" * 200_001), bytearray(b"end")):
+        received.write(piece)
+    received.file.flush()
+    received.close()
+    received.close()  # pynetdicom closes it after the handler; twice is harmless
+    data = Path(received.name).read_bytes()
+    assert Path(received.name).parent == tmp_path
+    assert received.size == len(data) == 128 + 4 + 200_001 + 3
+    assert received.sha256() == hashlib.sha256(data).hexdigest()
+
+
+def test_enable_installs_every_switch_and_undo_restores_each():
+    messages = pynetdicom.dimse_messages
+    originals = (
+        _config.LOG_HANDLER_LEVEL,
+        AssociationSocket.recv,
+        pynetdicom.dimse.DIMSEServiceProvider.send_msg,
+        messages.NamedTemporaryFile,
+        messages.create_file_meta,
+        messages.write_file_meta_info,
+    )
+    undo = enable_lean_receive(Path(tempfile.gettempdir()))
+    try:
+        installed = (
+            _config.LOG_HANDLER_LEVEL,
+            AssociationSocket.recv,
+            pynetdicom.dimse.DIMSEServiceProvider.send_msg,
+            messages.NamedTemporaryFile,
+            messages.create_file_meta,
+            messages.write_file_meta_info,
+        )
+    finally:
+        undo()
+    assert all(a is not b for a, b in zip(installed, originals, strict=True))
+    assert installed[0] == "none"
+    assert (
+        _config.LOG_HANDLER_LEVEL,
+        AssociationSocket.recv,
+        pynetdicom.dimse.DIMSEServiceProvider.send_msg,
+        messages.NamedTemporaryFile,
+        messages.create_file_meta,
+        messages.write_file_meta_info,
+    ) == originals
+
+
+def test_a_received_dataset_is_the_part10_file_pynetdicom_would_have_written(tmp_path):
+    """decode_msg through the patched hooks: preamble, file meta and dataset as pydicom reads."""
+    undo = enable_lean_receive(tmp_path)
+    try:
+        meta = messages_create(CTImageStorage, "1.2.3.4", ExplicitVRLittleEndian)
+        received = pynetdicom.dimse_messages.NamedTemporaryFile(delete=False, mode="wb")
+        received.write(b"\x00" * 128)
+        received.write(b"DICM")
+        pynetdicom.dimse_messages.write_file_meta_info(received, meta)
+        received.close()
+    finally:
+        undo()
+    written = Path(received.name).read_bytes()
+    assert written[132:] == pydicom_file_meta(CTImageStorage, "1.2.3.4", ExplicitVRLittleEndian)
+    assert pydicom.dcmread(received.name).file_meta.MediaStorageSOPInstanceUID == "1.2.3.4"
+
+
+def messages_create(sop_class, sop_instance, syntax):
+    return pynetdicom.dimse_messages.create_file_meta(
+        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax
+    )
