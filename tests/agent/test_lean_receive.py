@@ -10,6 +10,7 @@ import hashlib
 import io
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import pydicom
@@ -140,11 +141,17 @@ def test_a_pdu_is_read_whole_and_a_closed_connection_returns_what_arrived():
     sock.socket = left
     undo = enable_lean_receive(Path(tempfile.gettempdir()))
     try:
-        payload = bytes(range(256)) * 1000
-        right.sendall(payload + b"tail")
+        payload = bytes(range(256)) * 1000  # more than a socket buffer: several reads
+
+        def send():
+            right.sendall(payload + b"tail")
+            right.close()
+
+        sender = threading.Thread(target=send)
+        sender.start()
         whole = sock.recv(len(payload))
-        right.close()
-        rest = sock.recv(100)
+        rest = sock.recv(100)  # the peer closed after 4 bytes
+        sender.join()
     finally:
         undo()
         left.close()

@@ -75,3 +75,94 @@ def test_undo_leaves_a_later_install_in_place():
     finally:
         undo_second()
     assert pynetdicom.dul.time is time
+
+
+class _InThread:
+    """Run ``polling.sleep(seconds)`` inside a pynetdicom thread object; what the sleeper saw."""
+
+    @staticmethod
+    def run(thread_class, polling, seconds, *args):
+        outcome = {}
+
+        class Probe(thread_class):
+            def run(self):
+                outcome["returned"] = polling.sleep(seconds) is None
+
+        probe = Probe(*args)
+        return probe, outcome
+
+
+def test_the_dul_thread_waits_on_its_socket_and_sleeps_only_without_one():
+    import socket
+
+    from pynetdicom.dul import DULServiceProvider
+
+    slept: list[float] = []
+    prompt = PromptPolling(sleeper=slept.append)
+    left, right = socket.socketpair()
+    right.sendall(b"\x04")  # a PDU's first byte is there
+    probe, outcome = _InThread.run(DULServiceProvider, prompt, 0.001, None)
+    probe.socket = type("AssociationSocket", (), {"socket": left})()
+    probe.start()
+    probe.join()
+    without_socket, outcome_without = _InThread.run(DULServiceProvider, prompt, 0.001, None)
+    without_socket.start()  # socket is None before the connection is set up
+    without_socket.join()
+    left.close()
+    right.close()
+    assert outcome == outcome_without == {"returned": True}
+    assert slept == [0.001]  # only the thread without a socket slept
+
+
+def test_the_association_thread_waits_on_its_message_queue_and_passes_a_wakeup_on():
+    import queue
+
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    slept: list[float] = []
+    prompt = PromptPolling(sleeper=slept.append)
+    probe, outcome = _InThread.run(Association, prompt, 0.001, AE(), "acceptor")
+    probe.dimse.msg_queue.put((1, "message"))
+    probe.start()
+    probe.join()
+    # a message already queued is still there for the reactor (or a blocked get()) to take
+    assert probe.dimse.msg_queue.get(block=False) == (1, "message")
+    assert outcome == {"returned": True}
+    assert slept == []
+    empty, outcome_empty = _InThread.run(Association, prompt, 0.001, AE(), "acceptor")
+    empty.start()
+    empty.join()  # nothing came: the wait ended by its timeout
+    assert outcome_empty == {"returned": True}
+    assert slept == []
+    assert isinstance(empty.dimse.msg_queue, queue.Queue)
+
+
+def test_a_message_that_woke_the_reactor_still_reaches_a_consumer_blocked_in_get():
+    import threading
+
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    from ftlct.agent.dicom.prompt_polling import _wait_for_message
+
+    assoc = Association(AE(), "acceptor")
+    messages = assoc.dimse.msg_queue
+
+    def waiting(count: int) -> None:
+        for _ in range(10_000):
+            if len(messages.not_empty._waiters) >= count:
+                return
+            time.sleep(0.001)
+
+    reactor = threading.Thread(target=_wait_for_message, args=(assoc, 30.0))
+    reactor.start()
+    waiting(1)  # the reactor waits first: put()'s single notify goes to it
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(messages.get(timeout=30)))
+    consumer.start()
+    waiting(2)
+    messages.put((1, "response"))
+    consumer.join()
+    reactor.join()
+    assert got == [(1, "response")]
