@@ -28,6 +28,7 @@ from pynetdicom.sop_class import CTImageStorage
 from pynetdicom.transport import AssociationSocket
 
 from ftlct.agent.dicom.lean_receive import (
+    START_WRITEBACK,
     ReceivedFile,
     enable_lean_receive,
     encode_file_meta,
@@ -158,8 +159,13 @@ def test_a_pdu_is_read_whole_and_a_closed_connection_returns_what_arrived():
     assert (bytes(whole), bytes(rest)) == (payload, b"tail")
 
 
-def test_the_received_file_hashes_exactly_what_it_wrote(tmp_path):
-    received = ReceivedFile(tmp_path)
+def test_the_received_file_hashes_exactly_what_it_wrote_and_starts_writing_each_piece_back(
+    tmp_path,
+):
+    ranges = []
+    received = ReceivedFile(
+        tmp_path, writeback=lambda fd, offset, length: ranges.append((offset, length))
+    )
     for piece in (b"\x00" * 128, b"DICM", memoryview(b"x" * 200_001), bytearray(b"end")):
         received.write(piece)
     received.file.flush()
@@ -169,6 +175,17 @@ def test_the_received_file_hashes_exactly_what_it_wrote(tmp_path):
     assert Path(received.name).parent == tmp_path
     assert received.size == len(data) == 128 + 4 + 200_001 + 3
     assert received.sha256() == hashlib.sha256(data).hexdigest()
+    assert ranges == [(0, 128), (128, 4), (132, 200_001), (200_133, 3)]  # the whole file, once
+
+
+def test_the_kernel_write_back_call_accepts_a_real_file(tmp_path):
+    if START_WRITEBACK is None:
+        pytest.skip("no sync_file_range in this C library")
+    received = ReceivedFile(tmp_path)
+    received.write(b"x" * 65536)
+    received.close()
+    with open(received.name, "rb") as handle:
+        assert START_WRITEBACK(handle.fileno(), 0, 65536) == 0  # O_RDONLY is enough for it
 
 
 def test_enable_installs_every_switch_and_undo_restores_each():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 
+import pydicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -202,3 +204,26 @@ def test_receiving_while_a_store_runs_and_not_once_the_association_went_quiet(
     assert seen == [True]
     scp._last_store_done -= 60  # as if the last C-STORE was a minute ago
     assert not scp.receiving()
+
+
+def test_a_stored_file_holds_the_sent_dataset_and_the_index_its_sha256(scp, tmp_path):
+    """The lean receive path hashes while it writes: the index's sha256 is the file's, and the
+    file is the dataset as sent behind the file meta pynetdicom writes."""
+    ds = ct_instance()
+    sent = part10_bytes(ds)
+    assert send_bytes(scp, tmp_path, sent) == 0x0000
+    row = scp.store.instance(ds.SOPInstanceUID)
+    stored = scp.store.path_of(row).read_bytes()
+    assert row["sha256"] == hashlib.sha256(stored).hexdigest()
+    assert row["size"] == len(stored)
+    assert dataset_of(stored) == dataset_of(sent)
+    received = pydicom.dcmread(io.BytesIO(stored))
+    assert received.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert received.SOPInstanceUID == ds.SOPInstanceUID
+    assert not list(scp.store.data_dir.incoming.iterdir())  # nothing left behind
+
+
+def dataset_of(part10: bytes) -> bytes:
+    """What follows the preamble and the file meta (its length is in (0002,0000))."""
+    meta_length = 12 + int.from_bytes(part10[140:144], "little")
+    return part10[132 + meta_length :]
