@@ -8,12 +8,10 @@ instance in pynetdicom's own Python around the bytes, not in the bytes:
   ``recv_into`` a buffer of the PDU's length, in as few reads as the
   kernel allows;
 * the chunked dataset file is a ``tempfile.NamedTemporaryFile`` (a wrapper
-  whose every ``write`` and ``flush`` goes through ``__getattr__``): here a
-  plain file in ``incoming/`` that also hashes what it writes, so the store
-  needs not read the file again for its sha256, and starts the kernel's
-  write-back of each fragment as it is written (``sync_file_range``, Linux),
-  so the fsync before the status finds most of the data on its way to the
-  disk already (``ReceivedFile``; durability still comes from that fsync);
+  whose every ``write`` and ``flush`` goes through ``__getattr__``), created
+  when the C-STORE's command arrives: here a ``received_file.ReceivedFile``
+  in ``incoming/``, that hashes what it writes and starts the kernel's
+  write-back of each fragment;
 * its File Meta Information is built as a pydicom ``FileMetaDataset`` and
   written by pydicom for every instance: here encoded directly (Explicit VR
   Little Endian, the same elements in the same order);
@@ -34,11 +32,7 @@ function, as ``enable_chunked_receive`` and ``enable_prompt_polling`` are.
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import os
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -50,71 +44,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from ftlct.agent.dicom.received_file import ReceivedFile, make_file
+
 # One recv_into buffer per PDU; a longer declared length (a PDU limit of 0 lets a peer
 # announce anything) is read pynetdicom's way, as it arrives, never allocated up front.
 MAX_PREALLOCATED_READ = 4 << 20
 C_STORE_RSP_FIELD = 0x8001
 NO_DATA_SET = 0x0101
-SYNC_FILE_RANGE_WRITE = 2  # start write-back of the range's dirty pages; do not wait
 _install_lock = threading.Lock()
-
-Writeback = Callable[[int, int, int], object]
-
-
-def _kernel_writeback() -> Writeback | None:
-    """``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)``, or None where the C
-    library has none (it is Linux's); advisory, so its result is ignored."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: its C library
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    call.restype = ctypes.c_int
-    return lambda fd, offset, length: call(fd, offset, length, SYNC_FILE_RANGE_WRITE)
-
-
-START_WRITEBACK = _kernel_writeback()
-
-
-class ReceivedFile:
-    """The file a C-STORE's dataset is written to while it arrives, hashed as written.
-
-    Offers what pynetdicom uses of its ``NamedTemporaryFile``: ``name``, ``write``,
-    ``file.flush`` and ``close``; the sha256 of everything written is ``sha256()``.
-    """
-
-    def __init__(self, directory: Path | str, writeback: Writeback | None = START_WRITEBACK):
-        self._fd, self.name = tempfile.mkstemp(suffix=".dcm", dir=directory)
-        self._hash = hashlib.sha256()
-        self._writeback = writeback
-        self.size = 0
-        self.file = self  # pynetdicom flushes through .file
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        self._hash.update(view)  # releases the GIL for all but tiny pieces
-        while view:
-            view = view[os.write(self._fd, view) :]
-        if self._writeback is not None:
-            self._writeback(self._fd, self.size, len(data))
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing is buffered in the process: each write went to the kernel."""
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
 
 
 # ---------------------------------------------------------------------- encoders
@@ -250,7 +187,7 @@ def enable_lean_receive(incoming: Path) -> Callable[[], None]:
         _, recv, send_msg, _, _, write_file_meta_info = before
 
         def new_file(*args, **kwargs) -> ReceivedFile:
-            return ReceivedFile(incoming)
+            return ReceivedFile(make_file(incoming))
 
         def write_meta(fp, meta, *args, **kwargs):
             if isinstance(meta, _FileMeta):

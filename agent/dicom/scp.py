@@ -2,10 +2,11 @@
 
 The dataset arrives exactly as the peer encoded it, written to a file in
 ``incoming/`` fragment by fragment (``receive_limits``: chunked receive, size
-cap, watermark), never decoded or held whole in memory; the handler hands the
-file to the store and maps the store's outcome to a C-STORE status. The status
-goes back only after the store returned, i.e. after the bytes and their index
-row are durable.
+cap, watermark; ``lean_receive``: the file hashed and its write-back started
+as it is written, leaner PDU reads and responses), never decoded or held whole
+in memory; the handler hands the file and its sha256 to the store and maps the
+store's outcome to a C-STORE status. The status goes back only after the store
+returned, i.e. after the bytes and their index row are durable.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from ftlct.agent.dicom.lean_receive import ReceivedFile, enable_lean_receive
+from ftlct.agent.dicom.lean_receive import enable_lean_receive
 from ftlct.agent.dicom.prompt_polling import BUSY_WINDOW_S as RECEIVING_WINDOW_S
 from ftlct.agent.dicom.prompt_polling import PromptPolling, enable_prompt_polling
 from ftlct.agent.dicom.receive_limits import ReceiveLimits, enable_chunked_receive
+from ftlct.agent.dicom.received_file import ReceivedFile
 from ftlct.agent.dicom.status_codes import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_status
 from ftlct.agent.dicom.tls import certificate_matches, peer_ssl_socket, server_ssl_context
 from ftlct.agent.events import INSTANCE_STORED, EventBus

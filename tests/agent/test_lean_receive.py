@@ -6,7 +6,6 @@ or pydicom upgrade that changes those bytes (or the hooks patched) fails here.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import socket
 import tempfile
@@ -28,8 +27,6 @@ from pynetdicom.sop_class import CTImageStorage
 from pynetdicom.transport import AssociationSocket
 
 from ftlct.agent.dicom.lean_receive import (
-    START_WRITEBACK,
-    ReceivedFile,
     enable_lean_receive,
     encode_file_meta,
     encode_store_response,
@@ -159,36 +156,7 @@ def test_a_pdu_is_read_whole_and_a_closed_connection_returns_what_arrived():
     assert (bytes(whole), bytes(rest)) == (payload, b"tail")
 
 
-def test_the_received_file_hashes_exactly_what_it_wrote_and_starts_writing_each_piece_back(
-    tmp_path,
-):
-    ranges = []
-    received = ReceivedFile(
-        tmp_path, writeback=lambda fd, offset, length: ranges.append((offset, length))
-    )
-    for piece in (b"\x00" * 128, b"DICM", memoryview(b"x" * 200_001), bytearray(b"end")):
-        received.write(piece)
-    received.file.flush()
-    received.close()
-    received.close()  # pynetdicom closes it after the handler; twice is harmless
-    data = Path(received.name).read_bytes()
-    assert Path(received.name).parent == tmp_path
-    assert received.size == len(data) == 128 + 4 + 200_001 + 3
-    assert received.sha256() == hashlib.sha256(data).hexdigest()
-    assert ranges == [(0, 128), (128, 4), (132, 200_001), (200_133, 3)]  # the whole file, once
-
-
-def test_the_kernel_write_back_call_accepts_a_real_file(tmp_path):
-    if START_WRITEBACK is None:
-        pytest.skip("no sync_file_range in this C library")
-    received = ReceivedFile(tmp_path)
-    received.write(b"x" * 65536)
-    received.close()
-    with open(received.name, "rb") as handle:
-        assert START_WRITEBACK(handle.fileno(), 0, 65536) == 0  # O_RDONLY is enough for it
-
-
-def test_enable_installs_every_switch_and_undo_restores_each():
+def test_enable_installs_every_switch_and_undo_restores_each(tmp_path):
     messages = pynetdicom.dimse_messages
     originals = (
         _config.LOG_HANDLER_LEVEL,
@@ -198,7 +166,7 @@ def test_enable_installs_every_switch_and_undo_restores_each():
         messages.create_file_meta,
         messages.write_file_meta_info,
     )
-    undo = enable_lean_receive(Path(tempfile.gettempdir()))
+    undo = enable_lean_receive(tmp_path)
     try:
         installed = (
             _config.LOG_HANDLER_LEVEL,
