@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from ftlct.protocol.errors import is_exit
+
 log = logging.getLogger(__name__)
 
 
@@ -14,7 +16,7 @@ class BackgroundLoop:
     ``run_once`` returns True when it did something (the loop goes straight on)
     or False when there was nothing to do (the loop sleeps ``idle_wait_s``, or
     until ``wake()``). An exception is logged and the loop carries on: one bad
-    item must not stop a stage of the agent.
+    item must not stop a stage of the agent, nor a codec's panic (``is_exit``).
     """
 
     name = "background"
@@ -58,7 +60,9 @@ class BackgroundLoop:
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
-            except Exception:
+            except BaseException as exc:
+                if is_exit(exc):
+                    raise
                 log.exception("%s failed", self.name, extra={"event": f"{self.name}_error"})
                 worked = False
             if not worked:

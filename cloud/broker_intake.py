@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ftlct.cloud.state.inbox import Inbox
+from ftlct.protocol.errors import is_exit
 
 log = logging.getLogger("ftlct.cloud.intake")
 
@@ -79,7 +80,9 @@ class BrokerIntake:
                     continue
                 try:
                     self._store(inbox, batch)
-                except Exception as exc:  # this thread must outlive any one batch
+                except BaseException as exc:  # this thread must outlive any one batch
+                    if is_exit(exc):
+                        raise
                     log.error(
                         "receive path failed on %d messages (%r); the broker redelivers "
                         "them after a reconnect",

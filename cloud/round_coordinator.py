@@ -42,7 +42,7 @@ from ftlct.cloud.twin_registry import TwinRegistry
 from ftlct.cloud.update_intake import UpdateIntake
 from ftlct.export.model_dir import ModelDir
 from ftlct.export.tensors import Weights
-from ftlct.protocol.errors import ProtocolError
+from ftlct.protocol.errors import ProtocolError, is_exit
 from ftlct.protocol.exchange import build_global_model, build_receipt, build_round
 from ftlct.protocol.identity import Identity
 from ftlct.protocol.messages import GlobalModel, RoundAnnouncement
@@ -230,7 +230,9 @@ class RoundCoordinator:
         try:
             with self.store.transaction():  # a savepoint: a failure undoes this message only
                 outcome = self._dispatch(message.topic, message.payload, message.retained, current)
-        except Exception as exc:  # a bug must cost one message, never the federation
+        except BaseException as exc:  # a bug, or a decoder's panic, costs one message only
+            if is_exit(exc):
+                raise
             del self._outgoing[published:]
             return self.errors.message_failed(message.topic, exc), None
         return outcome, outcome.partition(":")[0]

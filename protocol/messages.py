@@ -18,7 +18,7 @@ from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from ftlct.protocol.codecs import CODECS
-from ftlct.protocol.errors import ProtocolError
+from ftlct.protocol.errors import ProtocolError, is_exit
 from ftlct.protocol.topics import NAME
 
 TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.]{1,128}$")
@@ -76,7 +76,9 @@ def tensors_to_body(tensors: dict[str, np.ndarray]) -> bytes:
 def body_to_tensors(body: bytes) -> dict[str, np.ndarray]:
     try:
         tensors = load_tensors(body)
-    except Exception as exc:  # safetensors raises its own error type
+    except BaseException as exc:  # safetensors raises its own error type, or panics (is_exit)
+        if is_exit(exc):
+            raise
         raise ProtocolError("malformed", f"body is not safetensors: {exc}") from exc
     for name, value in tensors.items():
         if not TENSOR_NAME.match(name) or value.dtype not in BODY_DTYPES:

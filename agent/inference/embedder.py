@@ -21,6 +21,7 @@ from ftlct.agent.inference.engine import ModelSnapshot
 from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.store.instance_store import InstanceStore
 from ftlct.export.preprocessing import PreprocessingError, read_slices_from_bytes, to_model_input
+from ftlct.protocol.errors import is_exit
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ class SliceEmbedder:
             images = to_model_input(read_slices_from_bytes(data), snapshot.spec)
         except PreprocessingError as exc:
             return Prepared(instance, None, str(exc))
-        except Exception as exc:  # a corrupt stream may fail anywhere in pydicom or a codec
+        except BaseException as exc:  # a corrupt stream may fail anywhere in pydicom or a codec,
+            if is_exit(exc):  # a Rust codec's panic included
+                raise
             return Prepared(instance, None, f"{type(exc).__name__}: {exc}")
         if len(images) == 0:
             return Prepared(instance, None, "no frames")

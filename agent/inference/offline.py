@@ -21,6 +21,7 @@ from ftlct.agent.inference.aggregation import aggregate
 from ftlct.agent.inference.engine import ModelSnapshot
 from ftlct.agent.settings import InferenceSettings
 from ftlct.export.preprocessing import IMAGE_SUFFIXES, is_dicom_file, preprocess_file
+from ftlct.protocol.errors import is_exit
 
 
 @dataclass
@@ -75,7 +76,9 @@ def group(files: list[Path]) -> tuple[list[InputGroup], list[dict]]:
 def _prepare(path: Path, snapshot: ModelSnapshot) -> np.ndarray | str:
     try:
         return preprocess_file(path, snapshot.spec)
-    except Exception as exc:  # one bad slice must not sink the series
+    except BaseException as exc:  # one bad slice, or a codec's panic, must not sink the series
+        if is_exit(exc):
+            raise
         return f"{path.name}: {exc}"
 
 

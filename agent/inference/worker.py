@@ -38,6 +38,7 @@ from ftlct.agent.series.series_index import SeriesIndex
 from ftlct.agent.settings import InferenceSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.instance_store import InstanceStore
+from ftlct.protocol.errors import is_exit
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ class InferenceWorker(BackgroundLoop):
             self.jobs.release(job)
             log_event(log, "job_interrupted", series_uid=job.series_uid)
             return
-        except Exception as exc:
+        except BaseException as exc:  # a codec's panic too (is_exit)
+            if is_exit(exc):
+                raise
             self._job_failed(job, f"{type(exc).__name__}: {exc}")
             return
         if result is None:

@@ -30,6 +30,7 @@ from ftlct.agent.sync.inbox import Inbox
 from ftlct.agent.sync.local_rounds import TrainingSchedule
 from ftlct.agent.sync.mqtt_link import MqttLink
 from ftlct.agent.sync.outbox_sender import OutboxSender
+from ftlct.protocol.errors import is_exit
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,9 @@ class FederationSync(BackgroundLoop):
     def _handle(self, topic: str, payload: bytes, _retained: bool) -> str:
         try:
             return self.inbox.handle(topic, payload)
-        except Exception as exc:  # one message never ends the loop: counted, logged
+        except BaseException as exc:  # one message never ends the loop: counted, logged
+            if is_exit(exc):
+                raise
             log_event(
                 log,
                 "message_failed",

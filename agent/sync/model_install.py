@@ -27,6 +27,7 @@ from ftlct.agent.training.gate import GateResult, judge_head
 from ftlct.agent.training.labelled_data import holdout_split, labelled_data
 from ftlct.export.files import atomic_write_bytes
 from ftlct.export.model_dir import ModelDir, ModelDirError
+from ftlct.protocol.errors import is_exit
 from ftlct.protocol.messages import GlobalModel
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ class ModelInstaller:
         """``consider`` a head for this site; a head that does not load leaves the old one."""
         try:
             outcome = self.consider(model)
-        except Exception as exc:
+        except BaseException as exc:  # a loader's panic too (is_exit)
+            if is_exit(exc):
+                raise
             self.events.record(model.cluster, model.version, "refused", str(exc))
             log_event(
                 log, "model_install_failed", logging.ERROR, version=model.version, error=str(exc)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
-from tests.agent.dicom_mutations import Case, fuzz_cases
+from tests.agent.dicom_mutations import Case, codec_panic_cases, fuzz_cases
 from tests.support.dicom_peers import echoscu, raw_file_sending, running_agent, wait_for
 from tests.support.ports import LOOPBACK
 
@@ -126,6 +126,8 @@ def check_nothing_acknowledged_is_lost(agent, cases: list[Case], answers) -> int
 def run_fuzz(tmp_path, model_path, rounds: int) -> None:
     cases = fuzz_cases(seed=0, rounds=rounds)
     assert len(cases) >= 500
+    known = {case.name for case in cases}
+    cases += [case for case in codec_panic_cases() if case.name not in known]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     with running_agent(tmp_path / "run", model_path) as agent:

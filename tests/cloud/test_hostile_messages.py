@@ -10,6 +10,7 @@ import pytest
 from tests.cloud import hostile
 from tests.cloud.harness import FED, delta
 from tests.cloud.test_round_coordinator import TOPICS, Rig
+from tests.support.panic import PanicException
 
 
 def _good_round(rig):
@@ -114,3 +115,42 @@ def test_the_rejections_table_is_bounded_and_the_counts_stay_exact(tmp_path):
     rows = rig.store.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
     assert rows == 5
     assert rig.status()["messages"] == {"rejected": 31}
+
+
+def test_a_decoder_panic_is_a_malformed_update_and_a_strategy_panic_an_internal_one(
+    tmp_path, monkeypatch
+):
+    # pyo3 extensions (safetensors among them) raise PanicException, a BaseException
+    import ftlct.protocol.messages as messages
+
+    rig = Rig(tmp_path)
+    update = rig.update("a", delta(1.0, (0, 0)))
+
+    def panics(body):
+        raise PanicException("safetensors panicked")
+
+    monkeypatch.setattr(messages, "load_tensors", panics)
+    assert rig.send("a", update) == "rejected:malformed"
+    monkeypatch.undo()
+
+    def strategy_panics(state, update):
+        raise PanicException("a strategy's extension panicked")
+
+    monkeypatch.setattr(rig.coordinator.strategy, "check_update", strategy_panics)
+    assert rig.send("b", rig.update("b", delta(1.0, (0, 0)))) == "rejected:internal"
+    monkeypatch.undo()
+    assert rig.status()["updates_rejected"] == {"malformed": 1, "internal": 1}
+    _good_round(rig)
+
+
+def test_an_interpreter_exit_is_not_swallowed_as_a_bad_message(tmp_path, monkeypatch):
+    import ftlct.protocol.messages as messages
+
+    rig = Rig(tmp_path)
+
+    def interrupted(body):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(messages, "load_tensors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rig.send("a", rig.update("a", delta(1.0, (0, 0))))
