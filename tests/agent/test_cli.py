@@ -199,3 +199,18 @@ def test_infer_with_nothing_classifiable_fails(tmp_path, model_path):
     assert (
         result.stderr.strip().splitlines()[-1] == "ftl-agent: error: no input could be classified"
     )
+
+
+def test_infer_reports_a_slice_whose_codec_panics_and_classifies_the_rest(tmp_path, model_path):
+    from tests.agent.dicom_mutations import codec_panic_cases
+
+    paths = write_series(tmp_path / "inputs" / "series", 2)
+    panicking = tmp_path / "inputs" / "rle.dcm"
+    panicking.write_bytes(codec_panic_cases()[0].data)  # pylibjpeg-rle panics on it
+    result = ftl_agent("infer", tmp_path / "inputs", "--model", model_path, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["n_files"]: r for r in json.loads(result.stdout)}
+    assert rows[len(paths)]["n_slices"] == 2 and rows[len(paths)]["label"] in ("normal", "abnormal")
+    bad = rows[1]
+    assert bad["error"] == "no usable image" and bad["label"] is None
+    assert len(bad["errors"]) == 1 and bad["errors"][0].startswith("rle.dcm: ")  # said, not fatal
