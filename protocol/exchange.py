@@ -75,9 +75,11 @@ def build_update(
 
     ``created`` (default: now) is the envelope's time; a fixed one makes the bytes reproducible.
     ``kind="statistics"``: ``delta`` holds a closed-form federation's statistics
-    (``messages.STATISTICS_TENSORS``), sent fp32 whatever ``codec`` says.
+    (``messages.STATISTICS_TENSORS``), ``kind="moments"`` a standardised FTL
+    federation's feature moments (``messages.MOMENTS_TENSORS``); both are sent
+    fp32 whatever ``codec`` says.
     """
-    if kind == "statistics":
+    if kind != "delta":
         codec = STATISTICS_CODEC
     message = UpdateMessage(
         site=identity.name,

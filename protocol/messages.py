@@ -59,10 +59,14 @@ ROUND_KEYS = {
 # What an update carries: "delta" (local - global; every federation but closed_form) or
 # "statistics": a closed-form federation's sufficient statistics of the site's labelled
 # embeddings (export/closed_form_head.py), exactly these tensors, fp32 only: a lossy codec
-# would break the exact sum, and fp16 overflows on a Gram matrix.
-UPDATE_KINDS = ("delta", "statistics")
+# would break the exact sum, and fp16 overflows on a Gram matrix. "moments": the per-dimension
+# sums of the site's embeddings (export/feature_moments.py) that a standardised FTL federation
+# asks for once, before its gradient rounds; fp32 too, for the same reasons.
+UPDATE_KINDS = ("delta", "statistics", "moments")
 STATISTICS_TENSORS = ("stats.gram_upper", "stats.class_sums", "stats.class_counts")
-STATISTICS_CODEC = "fp32"
+MOMENTS_TENSORS = ("moments.sum", "moments.sum_sq", "moments.count")
+KIND_TENSORS = {"statistics": STATISTICS_TENSORS, "moments": MOMENTS_TENSORS}
+STATISTICS_CODEC = "fp32"  # every update kind but a delta travels fp32
 MAX_BEST_VERSIONS = 64  # clusters named in one announcement's best_versions
 
 
@@ -365,7 +369,7 @@ class UpdateMessage:
     metrics: dict[str, float] = field(default_factory=dict)  # local loss/accuracy..., no PHI
     created: float = 0.0
     public_key: str = ""  # the signer's key, used only by a cloud in trust-on-first-use mode
-    kind: str = "delta"  # or "statistics" (UPDATE_KINDS); ``delta`` then holds the statistics
+    kind: str = "delta"  # or "statistics", "moments" (UPDATE_KINDS); ``delta`` then holds them
     # as received (``open_update``): the signed body and its codec's parameters, so the cloud can
     # keep the delta as it travelled; empty on the sending side
     body: bytes = field(default=b"", repr=False)
@@ -390,14 +394,13 @@ class UpdateMessage:
 
 
 def check_update_tensors(kind: str, tensors: dict[str, np.ndarray]) -> None:
-    """Statistics are exactly ``STATISTICS_TENSORS``; a delta never uses their names."""
-    if kind == "statistics":
-        if set(tensors) != set(STATISTICS_TENSORS):
-            _fail(
-                f"a statistics update holds {', '.join(STATISTICS_TENSORS)}, got {sorted(tensors)[:4]}"
-            )
-    elif any(name.startswith("stats.") for name in tensors):
-        _fail("a delta may not carry statistics tensors (stats.*)")
+    """Statistics and moments are exactly their tensors; a delta never uses their names."""
+    if kind in KIND_TENSORS:
+        names = KIND_TENSORS[kind]
+        if set(tensors) != set(names):
+            _fail(f"a {kind} update holds {', '.join(names)}, got {sorted(tensors)[:4]}")
+    elif any(name.startswith(("stats.", "moments.")) for name in tensors):
+        _fail("a delta may not carry statistics or moments tensors (stats.*, moments.*)")
 
 
 def check_metrics(metrics: object) -> dict[str, float]:
@@ -424,8 +427,8 @@ def update_fields(payload: dict) -> dict:
     kind = payload.get("kind", "delta")
     if kind not in UPDATE_KINDS:
         _fail(f"update kind {kind!r} not in {UPDATE_KINDS}")
-    if kind == "statistics" and codec != STATISTICS_CODEC:
-        _fail(f"statistics travel as {STATISTICS_CODEC}, not {codec}")
+    if kind != "delta" and codec != STATISTICS_CODEC:
+        _fail(f"{kind} travel as {STATISTICS_CODEC}, not {codec}")
     params = payload.get("codec_params")
     if not isinstance(params, dict):
         _fail("codec_params must be an object")

@@ -1,4 +1,5 @@
-"""Statistics updates (closed-form federations), validation reports and the best-version note."""
+"""Statistics updates (closed-form federations), moments updates (standardised FTL), validation
+reports and the best-version note."""
 
 from __future__ import annotations
 
@@ -80,6 +81,35 @@ def test_statistics_and_deltas_cannot_pass_for_each_other(keys):
     ]
     for data in forged:
         assert reason_of(exchange.open_update, data, enrolled(keys), FED) == "malformed"
+
+
+def moments(dim: int = 3) -> dict[str, np.ndarray]:
+    return {
+        "moments.sum": np.ones(dim, np.float32) * 7,
+        "moments.sum_sq": np.arange(dim, dtype=np.float32) * 1e6,
+        "moments.count": np.array([7], np.float32),
+    }
+
+
+def test_moments_travel_as_fp32_and_neither_statistics_nor_deltas_pass_for_them(keys):
+    common = dict(round=1, base_version="v1", cluster="global", n_samples=7)
+    data = exchange.build_update(
+        keys["a"], FED, **common, delta=moments(), codec="int8", kind="moments"
+    )
+    message = exchange.open_update(data, enrolled(keys), FED)
+    assert message.kind == "moments" and message.codec == "fp32"
+    np.testing.assert_array_equal(message.delta["moments.sum_sq"], moments()["moments.sum_sq"])
+    with pytest.raises(ProtocolError, match="moments update holds"):
+        exchange.build_update(keys["a"], FED, **common, delta=statistics(), kind="moments")
+    with pytest.raises(ProtocolError, match="may not carry statistics or moments"):
+        exchange.build_update(keys["a"], FED, **common, delta=moments())
+    good = exchange.peek(data)
+    forged = [
+        seal("site_update", FED, {**good.payload, "kind": "statistics"}, keys["a"], good.body),
+        seal("site_update", FED, {**good.payload, "codec": "fp16"}, keys["a"], good.body),
+    ]
+    for forged_data in forged:
+        assert reason_of(exchange.open_update, forged_data, enrolled(keys), FED) == "malformed"
 
 
 def test_a_report_is_the_confusion_matrix_entry_by_entry():
