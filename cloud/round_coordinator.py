@@ -456,7 +456,8 @@ class RoundCoordinator:
             return
         training = dict(self.settings.training)
         training.setdefault("max_delta_norm", self.settings.limits.max_delta_norm)
-        training.update(self.strategy.round_training())  # what its updates must be
+        # what its updates must be (FTL's first round may ask for moments instead of deltas)
+        training.update(self.strategy.round_training(self.current.state))
         versions, default, assignments = row.base_versions, row.default_cluster, row.assignments
         if row.status != "open":
             # Finished: point every site at the final models. The last round's own

@@ -4,9 +4,10 @@ The wire layer (``protocol.exchange.open_update``) has already checked size,
 form, enrolment and signature. Here: the round's own rules, then the
 strategy's ``check_update`` (the same check its ``aggregate`` applies: tensor
 names, shapes, finite values), then the norm bound. An update of another kind
-than the strategy takes (statistics for a head federation, a delta for a
-closed-form one) is ``wrong_update_kind``; statistics have no delta norm (the
-strategy bounds each embedding instead). Each failure is a
+than the strategy takes in the open round (statistics for a head federation,
+a delta for a closed-form one or for a standardised FTL federation's moments
+round) is ``wrong_update_kind``; statistics and moments have no delta norm
+(the strategy bounds each embedding instead). Each failure is a
 ``Rejection`` with a stable reason, the key of ``updates_rejected`` in
 ``ftl-cloud status --json``.
 """
@@ -71,7 +72,7 @@ def check_update(
     update_id or a site's second update, and then ``check_stored`` says which it was.
     """
     try:
-        _check_round_rules(message, current, strategy)
+        _check_round_rules(message, current, strategy.update_kind_for(models.state), strategy)
     except Rejection:
         _check_new(message, store)
         raise
@@ -103,7 +104,7 @@ def _check_new(message: UpdateMessage, store: StateStore) -> None:
 
 
 def _check_round_rules(
-    message: UpdateMessage, current: RoundRow | None, strategy: Strategy
+    message: UpdateMessage, current: RoundRow | None, kind: str, strategy: Strategy
 ) -> None:
     if current is None or current.status != "open" or message.round != current.round:
         open_round = current.round if current is not None and current.status == "open" else None
@@ -121,10 +122,10 @@ def _check_round_rules(
             "wrong_base_version",
             f"update from base {message.base_version}, round {current.round} uses {expected_base}",
         )
-    if message.kind != strategy.update_kind:
+    if message.kind != kind:
         raise Rejection(
             "wrong_update_kind",
-            f"{message.kind} update, the {strategy.name} strategy takes {strategy.update_kind}",
+            f"{message.kind} update, the {strategy.name} strategy takes {kind} this round",
         )
 
 

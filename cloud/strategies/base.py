@@ -44,8 +44,13 @@ class Strategy(ABC):
     # what its sites send (protocol.messages.UPDATE_KINDS): a delta, or statistics (closed_form)
     update_kind: str = "delta"
 
-    def round_training(self) -> dict:
-        """Keys this strategy adds to the training config announced with each round."""
+    def update_kind_for(self, state: FederationState | None) -> str:
+        """What sites send in the round that starts from ``state`` (FTL's moments round first)."""
+        return self.update_kind
+
+    def round_training(self, state: FederationState | None = None) -> dict:
+        """Keys this strategy adds to the training config announced with the round that starts
+        from ``state``."""
         return {}
 
     def start_probe(self, weights: Weights) -> SiteUpdate:

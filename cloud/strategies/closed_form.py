@@ -61,7 +61,7 @@ class ClosedForm(Strategy):
         self.shrinkage = shrinkage
         self.max_embedding_norm = float(max_embedding_norm)
 
-    def round_training(self) -> dict:
+    def round_training(self, state: FederationState | None = None) -> dict:
         return {
             "update_kind": self.update_kind,
             "solver": self.solver,

@@ -25,8 +25,19 @@ class NormClipping(Strategy):
         self.name = f"{self.inner.name}+clip"
 
     def aggregate(self, state: FederationState, updates: Sequence[SiteUpdate]) -> FederationState:
+        if self.inner.update_kind_for(state) != "delta":  # FTL's moments round: nothing to clip
+            return self.inner.aggregate(state, updates)
         clipped = (replace(u, delta=clip_to_norm(u.delta, self.max_norm)) for u in updates)
         return self.inner.aggregate(state, _LazySequence(clipped))
+
+    def update_kind_for(self, state: FederationState | None) -> str:
+        return self.inner.update_kind_for(state)
+
+    def round_training(self, state: FederationState | None = None) -> dict:
+        return self.inner.round_training(state)
+
+    def start_probe(self, weights) -> SiteUpdate:
+        return self.inner.start_probe(weights)
 
     def check_update(self, state: FederationState, update: SiteUpdate) -> None:
         self.inner.check_update(state, update)
