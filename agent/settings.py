@@ -250,8 +250,9 @@ class PrivacySettings:
     # With DP on, the update's n_samples is the count rounded to a multiple of this (at
     # least one bucket): the exact count would be a data-dependent number outside the noise.
     sample_count_bucket: int = 50
-    # closed-form federations: each embedding is clipped to this L2 norm before its statistics
-    # are summed, and noise of std noise_multiplier * sqrt(C^4 + C^2 + 1) goes on every number
+    # closed-form federations (and a standardised FTL federation's moments round): each
+    # embedding is clipped to this L2 norm before its statistics (moments) are summed, and
+    # noise of std noise_multiplier * sqrt(C^4 + C^2 + 1) goes on every number
     # (a guarantee per labelled slice, not per site; README "Federation at the edge")
     statistics_clip_norm: float = 30.0
 

@@ -151,7 +151,7 @@ class RoundPlanner:
             recipe = recipe_for(self.training, announcement.training)
         except RecipeRefused as exc:
             return RoundOutcome("refused", f"round {number}'s recipe is refused: {exc}", number)
-        if recipe.update_kind == "statistics" and p.enabled:
+        if recipe.update_kind in ("statistics", "moments") and p.enabled:
             # per-slice DP on the statistics: the clip is the sensitivity's C
             bound = recipe.embedding_clip or p.statistics_clip_norm
             clip = min(p.statistics_clip_norm, bound)

@@ -1,8 +1,9 @@
 """Release a trained delta: shape it (DP, the cloud's norm bound), seal and sign it, queue it.
 
-A closed-form round's statistics are shaped their own way: no norm bound (the
-cloud bounds each embedding instead), DP noise on every released number with
-DP on, and sent fp32 (``protocol.messages.STATISTICS_CODEC``).
+A closed-form round's statistics, and a standardised FTL federation's feature
+moments, are shaped their own way: no norm bound (the cloud bounds each
+embedding instead), DP noise on every released number with DP on, and sent
+fp32 (``protocol.messages.STATISTICS_CODEC``).
 
     UpdateRelease(...).release(plan, result) -> RoundOutcome
 
@@ -33,6 +34,7 @@ from ftlct.agent.sync.round_plan import RoundOutcome, RoundPlan, skipped
 from ftlct.agent.sync.training_log import TrainingLog
 from ftlct.agent.training.local_round import LocalRoundResult
 from ftlct.export.closed_form_head import HeadStatistics, privatise, sensitivity
+from ftlct.export.feature_moments import FeatureMoments, privatise_moments
 from ftlct.export.tensors import Weights
 from ftlct.protocol.exchange import build_update
 from ftlct.protocol.identity import Identity
@@ -93,6 +95,29 @@ def shape_statistics(
     )
 
 
+def shape_moments(
+    moments: Weights, clip_norm: float | None, settings: PrivacySettings
+) -> tuple[Weights, int | None, dict[str, float]]:
+    """``shape_statistics`` for feature moments: the same noise (``sqrt(C^4 + C^2 + 1)``
+    bounds what one clipped slice changes) and the weight the noised count implies."""
+    if not settings.enabled:
+        return moments, None, {}
+    if clip_norm is None:
+        raise ValueError("DP on moments needs each embedding clipped (recipe.embedding_clip)")
+    rng = np.random.default_rng(secrets.randbits(128))
+    noised = privatise_moments(
+        FeatureMoments.from_arrays(moments), clip_norm, settings.noise_multiplier, rng
+    )
+    return (
+        noised.to_arrays(),
+        max(1, round(noised.count)),
+        {"dp_noise_std": settings.noise_multiplier * sensitivity(clip_norm)},
+    )
+
+
+SHAPERS = {"statistics": shape_statistics, "moments": shape_moments}
+
+
 class UpdateRelease:
     def __init__(
         self,
@@ -114,8 +139,8 @@ class UpdateRelease:
         """Seal ``result`` as this site's update for ``plan``'s round and queue it."""
         kind = plan.recipe.update_kind
         n_samples = result.n_samples
-        if kind == "statistics":
-            delta, weight, shaping = shape_statistics(
+        if kind in SHAPERS:
+            delta, weight, shaping = SHAPERS[kind](
                 result.delta, plan.recipe.embedding_clip, self.privacy
             )
             n_samples = weight or n_samples
@@ -132,11 +157,9 @@ class UpdateRelease:
         sent = {k: float(v) for k, v in sent.items() if math.isfinite(v)}
         if len(sent) > MAX_METRICS:  # the validation report goes first: the rest says more
             sent = {k: v for k, v in sent.items() if not k.startswith(REPORT_PREFIX)}
-        # a statistics update's weight is its noised count already; a delta's count goes
-        # bucketed with DP on (sent_sample_count)
-        wire_samples = (
-            n_samples if kind == "statistics" else sent_sample_count(n_samples, self.privacy)
-        )
+        # a statistics or moments update's weight is its noised count already; a delta's count
+        # goes bucketed with DP on (sent_sample_count)
+        wire_samples = n_samples if kind != "delta" else sent_sample_count(n_samples, self.privacy)
         update_id = uuid.uuid4().hex
         payload = build_update(
             self.identity,

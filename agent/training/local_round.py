@@ -1,6 +1,7 @@
 """One local round of head training: from a plan (the round's global head and recipe) and the
 site's labelled embeddings to ``(delta, n_samples, metrics)``; in a closed-form federation
-the "delta" is the site's statistics (``training.closed_form``, no torch).
+the "delta" is the site's statistics (``training.closed_form``, no torch), in a standardised
+FTL federation's first round its feature moments (``export.feature_moments``, no torch).
 
     train_local_round(plan, settings, data) -> LocalRoundResult   # torch, in the child process
     train_from_data_dir(plan, settings, data_root) -> LocalRoundResult | NoResult
@@ -81,6 +82,13 @@ def train_local_round(
         metrics.update(_validation(plan.model.weights, own, val, n_classes))
         metrics["n_series"] = float(data.n_series)
         return LocalRoundResult(statistics, n_samples, metrics)
+    if plan.recipe.update_kind == "moments":
+        from ftlct.export.feature_moments import site_moments
+
+        moments = site_moments(train.vectors, clip_norm=plan.recipe.embedding_clip)
+        metrics = {"n_train": float(len(train)), "n_series": float(data.n_series)}
+        metrics.update(_validation(plan.model.weights, None, val, n_classes))
+        return LocalRoundResult(moments.to_arrays(), len(train), metrics)
 
     import torch  # only here: serve never imports torch itself
 
@@ -98,7 +106,14 @@ def train_local_round(
         seed=t.seed + plan.round,  # a different shuffle each round, reproducible
         val_fraction=0.0,  # held out by series above
     )
-    result = train_head(plan.model.weights, train.vectors, train.labels, n_classes, config)
+    result = train_head(
+        plan.model.weights,
+        train.vectors,
+        train.labels,
+        n_classes,
+        config,
+        standardise=plan.recipe.standardisation,
+    )
     metrics = {k: float(v) for k, v in result.metrics.items() if math.isfinite(v)}
     metrics.update(_validation(plan.model.weights, result.weights, val, n_classes))
     metrics["n_series"] = float(data.n_series)

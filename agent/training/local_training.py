@@ -335,8 +335,46 @@ def train_head(
     labels: np.ndarray,
     n_classes: int,
     config: LocalTrainConfig,
+    standardise: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LocalTrainResult:
-    """One local round of head training on cached embeddings ``[N, D]``: new weights and the delta."""
+    """One local round of head training on cached embeddings ``[N, D]``: new weights and the delta.
+
+    ``standardise = (mean, std)``, the federation's feature moments: the head is
+    trained on ``(x - mean) / std`` (``export.feature_moments``) and returned,
+    with its delta, as a head on the raw embedding.
+    """
+    if standardise is None:
+        return _train_head(global_weights, embeddings, labels, n_classes, config)
+    from ftlct.export import feature_moments as fm
+
+    mean, std = standardise
+    dim = np.shape(global_weights.get("dense.0.weight", np.zeros((0, 0))))[1]
+    try:
+        fm.check_standardisation(mean, std, dim)
+    except fm.MomentsError as exc:
+        raise TrainingError(str(exc)) from exc
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim:
+        raise TrainingError(
+            f"embeddings of shape {embeddings.shape} do not fit a head taking {dim}"
+        )
+    inner = fm.standardised_head(global_weights, mean, std)
+    result = _train_head(inner, fm.standardise(embeddings, mean, std), labels, n_classes, config)
+    weights = fm.raw_head(result.weights, mean, std)
+    delta = {
+        name: (weights[name] - np.asarray(global_weights[name], dtype=np.float32))
+        for name in global_weights
+    }
+    return LocalTrainResult(weights, delta, result.n_samples, result.metrics)
+
+
+def _train_head(
+    global_weights: Weights,
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    config: LocalTrainConfig,
+) -> LocalTrainResult:
     try:
         with torch.random.fork_rng(devices=[]):  # nn.Linear's init draws from the global RNG
             head = head_from_arrays(global_weights, dropout=config.head_dropout)

@@ -21,12 +21,24 @@ labelled embeddings instead of training (``training.closed_form``), each
 embedding clipped to that norm (the bound the cloud checks). These always
 apply: they say what the cloud can take, not how to train; a value of the
 wrong type there falls back to the default.
+
+A standardised FTL federation (``ftl`` with ``standardise``) first announces
+``update_kind = "moments"`` (the site sends the per-dimension sums of its
+labelled embeddings, each clipped to ``max_embedding_norm``), then, in every
+gradient round, the fleet's ``feature_mean`` and ``feature_std``: the site
+trains its head on embeddings standardised by them. Like the update kind
+they say how the federation's updates are made, so they apply whatever
+``follow_round`` says; a malformed pair (not two equally long lists of finite
+numbers, a std not above 0) is refused, since training without them would
+send a delta that no longer fits the round.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from ftlct.agent.settings import TrainingSettings
 from ftlct.export.closed_form_head import SOLVERS
@@ -67,9 +79,19 @@ class Recipe:
     update_kind: str = "delta"  # or "statistics" (a closed-form federation)
     solver: str = "discriminant"  # statistics: how the cloud solves the head
     shrinkage: float = 0.5
-    # statistics: each embedding clipped to this L2 norm before summing (the cloud's bound,
-    # lowered to privacy.statistics_clip_norm with DP on: then it is the sensitivity's C)
+    # statistics and moments: each embedding clipped to this L2 norm before summing (the cloud's
+    # bound, lowered to privacy.statistics_clip_norm with DP on: then it is the sensitivity's C)
     embedding_clip: float | None = None
+    # a standardised FTL federation's gradient rounds: train on (x - mean) / std
+    feature_mean: tuple[float, ...] | None = None
+    feature_std: tuple[float, ...] | None = None
+
+    @property
+    def standardisation(self):
+        """``(mean, std)`` as float32 arrays, or None."""
+        if self.feature_mean is None or self.feature_std is None:
+            return None
+        return np.asarray(self.feature_mean, np.float32), np.asarray(self.feature_std, np.float32)
 
 
 def recipe_for(settings: TrainingSettings, announced: dict) -> Recipe:
@@ -95,6 +117,7 @@ def recipe_for(settings: TrainingSettings, announced: dict) -> Recipe:
     solver = announced.get("solver")
     shrinkage = announced.get("shrinkage")
     clip = announced.get("max_embedding_norm")
+    mean, std = standardisation_of(announced)
     return Recipe(
         epochs=int(values["epochs"]),
         lr=float(values["lr"]),
@@ -106,7 +129,33 @@ def recipe_for(settings: TrainingSettings, announced: dict) -> Recipe:
         solver=solver if solver in SOLVERS else "discriminant",
         shrinkage=float(shrinkage) if _positive(shrinkage) else 0.5,
         embedding_clip=float(clip) if _positive(clip) else None,
+        feature_mean=mean,
+        feature_std=std,
     )
+
+
+# the widest embedding a standardisation may describe (the round envelope bounds it too)
+MAX_FEATURE_DIM = 16_384
+
+
+def standardisation_of(
+    announced: dict,
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The announced ``(feature_mean, feature_std)``, ``(None, None)`` if neither is there;
+    ``RecipeRefused`` if they are malformed."""
+    mean, std = announced.get("feature_mean"), announced.get("feature_std")
+    if mean is None and std is None:
+        return None, None
+    for key, value in (("feature_mean", mean), ("feature_std", std)):
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_FEATURE_DIM:
+            raise RecipeRefused(f"{key} must be a list of 1..{MAX_FEATURE_DIM} numbers")
+        if not all(_number(v) for v in value):
+            raise RecipeRefused(f"{key} holds a value that is not a finite number")
+    if len(mean) != len(std):
+        raise RecipeRefused(f"feature_mean has {len(mean)} values, feature_std {len(std)}")
+    if not all(v > 0 for v in std):
+        raise RecipeRefused("feature_std holds a value that is not above 0")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _positive(value: object) -> bool:

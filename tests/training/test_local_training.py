@@ -255,3 +255,22 @@ def test_every_optimizer_trains(optimizer):
     x, y = blobs()
     config = LocalTrainConfig(epochs=5, lr=1e-2, optimizer=optimizer, val_fraction=0.25)
     assert train_head(linear_head(), x, y, 2, config).metrics["val_accuracy"] >= 0.85
+
+
+def test_a_standardised_round_returns_a_raw_space_head_that_fits_the_raw_embeddings():
+    x, y = blobs(n=120, seed=4)
+    x = x * 10.0 + 30.0  # far from centred, as pooled activations are
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-3
+    result = train_head(linear_head(), x, y, 2, FAST, standardise=(mean, std))
+    for name, value in result.delta.items():
+        np.testing.assert_allclose(value, result.weights[name] - linear_head()[name], atol=1e-6)
+    assert (numpy_head_logits(result.weights, x).argmax(axis=1) == y).mean() > 0.95
+
+
+def test_a_standardisation_that_does_not_fit_the_head_or_the_embeddings_is_a_training_error():
+    x, y = blobs(n=40)
+    with pytest.raises(TrainingError, match="standardisation of shapes"):
+        train_head(linear_head(), x, y, 2, FAST, standardise=(np.zeros(8), np.ones(8)))
+    with pytest.raises(TrainingError, match="do not fit a head"):
+        train_head(linear_head(), x[:, :8], y, 2, FAST, standardise=(np.zeros(DIM), np.ones(DIM)))
