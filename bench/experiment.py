@@ -290,7 +290,8 @@ def _transport(method: str, settings: BenchSettings, plan: Plan, reporter: Repor
     family = {"ftl": settings.ftl, "fedavg": settings.finetune, "cfl": settings.finetune}.get(
         method, settings.network
     )
-    params = {**family.server_params(), **(settings.cfl.params() if strategy_name == "cfl" else {})}
+    params = family.strategy_params() if method == "ftl" else family.server_params()
+    params.update(settings.cfl.params() if strategy_name == "cfl" else {})
     if settings.transport == "mqtt":
         from ftlct.bench.mqtt_transport import MqttTransport
 

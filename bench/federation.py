@@ -86,6 +86,11 @@ class Transport:
         """site -> (cluster, global weights of that cluster)."""
         raise NotImplementedError
 
+    def announced(self, site: str) -> dict:
+        """The training config the cloud announced to ``site`` for the open round (the keys
+        its strategy adds: ``update_kind``, ``feature_mean`` / ``feature_std``...)."""
+        return {}
+
     def exchange(self, round_: int, updates: list[SiteUpdate], metrics: dict[str, dict]) -> None:
         """Deliver one round's updates; returns once the next global models are known."""
         raise NotImplementedError
@@ -197,6 +202,25 @@ def _score_models(learner: Learner, models: dict, sites: Sequence[SiteData], lab
     )
 
 
+def moments_update(site: SiteData, cluster: str, announced: dict) -> tuple[SiteUpdate, dict]:
+    """A moments round at ``site``: the sums of its training embeddings, as the agent sends
+    them (``agent.training.local_round``), each clipped to the announced bound."""
+    from ftlct.export.feature_moments import site_moments
+
+    clip = announced.get("max_embedding_norm")
+    moments = site_moments(site.train.inputs, clip_norm=float(clip) if clip else None)
+    update = SiteUpdate(site.name, moments.to_arrays(), len(site.train), cluster)
+    return update, {"n_train": float(len(site.train))}
+
+
+def standardisation_of(announced: dict) -> dict:
+    """``learner.train`` keywords for the announced feature moments (none if there are none)."""
+    if "feature_mean" not in announced:
+        return {}
+    mean = np.asarray(announced["feature_mean"], np.float32)
+    return {"standardise": (mean, np.asarray(announced["feature_std"], np.float32))}
+
+
 def run_federated(
     name: str,
     learner: Learner,
@@ -210,9 +234,10 @@ def run_federated(
 ) -> MethodRun:
     """``rounds`` rounds of: every site trains from its cluster's model, the transport aggregates."""
     names = [s.name for s in sites]
-    meter = EnvelopeMeter()
+    meter, moments_meter = EnvelopeMeter(), EnvelopeMeter(kind="moments")
     history: list[RoundRecord] = []
-    sizes: list[int] = []
+    sizes: list[int] = []  # the first delta round's envelopes
+    moments_sizes: list[int] = []  # a standardised FTL federation's moments round
     elapsed = start_s
     best = BestVersion()
     best_models = None
@@ -221,17 +246,32 @@ def run_federated(
         for round_ in range(1, rounds + 1):
             models = transport.models_for(names)
             updates, metrics, seconds = [], {}, []
+            first_delta_round = not sizes
             for index, site in enumerate(sites):
                 cluster, weights = models[site.name]
+                announced = transport.announced(site.name)
                 started = time.perf_counter()
-                result = learner.train(weights, site.train, round_seed(seed, round_, index))
-                seconds.append(time.perf_counter() - started)
-                delta = {k: result.state[k] - np.asarray(weights[k], np.float32) for k in weights}
-                update = SiteUpdate(site.name, delta, result.n_samples, cluster)
+                if announced.get("update_kind") == "moments":
+                    update, site_metrics = moments_update(site, cluster, announced)
+                    seconds.append(time.perf_counter() - started)
+                    moments_sizes.append(moments_meter.size(update, round_, site_metrics))
+                else:
+                    result = learner.train(
+                        weights,
+                        site.train,
+                        round_seed(seed, round_, index),
+                        **standardisation_of(announced),
+                    )
+                    seconds.append(time.perf_counter() - started)
+                    delta = {
+                        k: result.state[k] - np.asarray(weights[k], np.float32) for k in weights
+                    }
+                    update = SiteUpdate(site.name, delta, result.n_samples, cluster)
+                    site_metrics = result.metrics
+                    if first_delta_round:
+                        sizes.append(meter.size(update, round_, site_metrics))
                 updates.append(update)
-                metrics[site.name] = result.metrics
-                if round_ == 1:
-                    sizes.append(meter.size(update, round_, result.metrics))
+                metrics[site.name] = site_metrics
                 if tick:
                     tick()
             started = time.perf_counter()
@@ -245,11 +285,12 @@ def run_federated(
                 kept = best.offer(Candidate(f"r{round_}", round_, score))
                 if kept is not best:
                     best, best_models = kept, models
-            norms = tuple(
+            norms = tuple(  # of deltas: a moments round's sums are no step of the head
                 float(
                     np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in u.delta.values()))
                 )
                 for u in updates
+                if not any(name.startswith("moments.") for name in u.delta)
             )
             history.append(
                 RoundRecord(round_, pooled.f1, pooled.accuracy, elapsed, clusters, norms, score)
@@ -258,6 +299,8 @@ def run_federated(
         extra = transport.describe()
     finally:
         transport.close()
+    if moments_sizes:
+        extra["moments_bytes_up"] = int(np.mean(moments_sizes))
     run = MethodRun(
         name, history, final, per_site, int(np.mean(sizes)) if sizes else None, start_s, extra
     )

@@ -24,6 +24,11 @@ class InProcessTransport(Transport):
             out[site] = (cluster, self.state.models[cluster])
         return out
 
+    def announced(self, site: str) -> dict:
+        training = self.strategy.round_training(self.state)
+        training.setdefault("update_kind", self.strategy.update_kind_for(self.state))
+        return training
+
     def exchange(self, round_: int, updates: list[SiteUpdate], metrics: dict[str, dict]) -> None:
         self.state = self.strategy.aggregate(self.state, updates)
 

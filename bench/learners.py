@@ -72,8 +72,13 @@ class HeadLearner(Learner):
     def initial(self) -> Weights:
         return {k: np.array(v, dtype=np.float32) for k, v in self.head.items()}
 
-    def train(self, weights: Weights, data: ArrayDataset, seed: int) -> ModuleTrainResult:
-        result = train_head(weights, data.inputs, data.labels, self.n_classes, self._config(seed))
+    def train(
+        self, weights: Weights, data: ArrayDataset, seed: int, standardise=None
+    ) -> ModuleTrainResult:
+        """``standardise``: the federation's ``(mean, std)`` (a standardised FTL federation)."""
+        result = train_head(
+            weights, data.inputs, data.labels, self.n_classes, self._config(seed), standardise
+        )
         return ModuleTrainResult(result.weights, result.n_samples, result.metrics)
 
     def predict(self, weights: Weights, inputs: np.ndarray) -> np.ndarray:

@@ -71,6 +71,11 @@ LEVERS = (
         "default + FedAvgM at the cloud (server momentum 0.9, server lr 0.5)",
         {"ftl.server_momentum": 0.9, "ftl.server_lr": 0.5},
     ),
+    Lever(
+        "raw-features",
+        "default without the moments round: the head trained on the raw embedding",
+        {"ftl.standardise_features": False},
+    ),
     Lever("more-rounds", "default with 60 rounds (an FTL round costs ~0.1 s)", {"rounds": 60}),
     Lever("no-scanners", "ablation: every site the reference scanner", {"scanners": "none"}),
     Lever("harsh-scanners", "ablation: the harsh scanner set", {"scanners": "harsh"}),

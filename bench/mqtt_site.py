@@ -157,6 +157,10 @@ class SimulatedSite:
         assert self._current is not None, "wait() first"
         return self._current
 
+    def announced(self) -> dict:
+        """The training config of the round this site is to train (``wait`` first)."""
+        return dict(self._plan.announcement.training) if self._plan is not None else {}
+
     def publish_update(self, round_: int, update: SiteUpdate, metrics: dict) -> None:
         """Release the round's delta as the agent does; returns once the broker has it
         (the outbox keeps resending it until the cloud's receipt; the run waits for the

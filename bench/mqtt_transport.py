@@ -264,6 +264,9 @@ class MqttTransport(Transport):
             out[site] = (cluster, {k: np.asarray(v, np.float32) for k, v in model.weights.items()})
         return out
 
+    def announced(self, site: str) -> dict:
+        return self.clients[site].announced()
+
     def exchange(self, round_: int, updates: list[SiteUpdate], metrics: dict[str, dict]) -> None:
         for update in updates:
             self.clients[update.site].publish_update(round_, update, metrics.get(update.site, {}))
