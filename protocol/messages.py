@@ -66,6 +66,9 @@ UPDATE_KINDS = ("delta", "statistics", "moments")
 STATISTICS_TENSORS = ("stats.gram_upper", "stats.class_sums", "stats.class_counts")
 MOMENTS_TENSORS = ("moments.sum", "moments.sum_sq", "moments.count")
 KIND_TENSORS = {"statistics": STATISTICS_TENSORS, "moments": MOMENTS_TENSORS}
+# the widest embedding whose mean and std a round may announce (2 x 4096 numbers of at most ~24
+# characters fit the round envelope's 256 KiB)
+MAX_STANDARDISED_DIM = 4096
 STATISTICS_CODEC = "fp32"  # every update kind but a delta travels fp32
 MAX_BEST_VERSIONS = 64  # clusters named in one announcement's best_versions
 

@@ -43,7 +43,7 @@ import numpy as np
 from ftlct.agent.settings import TrainingSettings
 from ftlct.export.closed_form_head import SOLVERS
 from ftlct.protocol.codecs import CODECS
-from ftlct.protocol.messages import UPDATE_KINDS
+from ftlct.protocol.messages import MAX_STANDARDISED_DIM, UPDATE_KINDS
 
 
 def _number(v) -> bool:
@@ -134,10 +134,6 @@ def recipe_for(settings: TrainingSettings, announced: dict) -> Recipe:
     )
 
 
-# the widest embedding a standardisation may describe (the round envelope bounds it too)
-MAX_FEATURE_DIM = 16_384
-
-
 def standardisation_of(
     announced: dict,
 ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
@@ -147,8 +143,8 @@ def standardisation_of(
     if mean is None and std is None:
         return None, None
     for key, value in (("feature_mean", mean), ("feature_std", std)):
-        if not isinstance(value, list) or not 1 <= len(value) <= MAX_FEATURE_DIM:
-            raise RecipeRefused(f"{key} must be a list of 1..{MAX_FEATURE_DIM} numbers")
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_STANDARDISED_DIM:
+            raise RecipeRefused(f"{key} must be a list of 1..{MAX_STANDARDISED_DIM} numbers")
         if not all(_number(v) for v in value):
             raise RecipeRefused(f"{key} holds a value that is not a finite number")
     if len(mean) != len(std):

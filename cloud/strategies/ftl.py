@@ -28,7 +28,10 @@ from ftlct.cloud.strategies.base import FederationState, SiteUpdate, UpdateMisma
 from ftlct.cloud.strategies.fedavg import FedAvg
 from ftlct.cloud.strategies.strategy_utils import check_updates, copy_weights, next_state
 from ftlct.export.feature_moments import FeatureMoments, MomentsError
-from ftlct.protocol.messages import HEAD_TENSOR  # what a head is, on the wire and here
+from ftlct.protocol.messages import (  # what a head is, on the wire and here
+    HEAD_TENSOR,
+    MAX_STANDARDISED_DIM,
+)
 
 EXTRA_KEY = "feature_standardisation"  # in FederationState.extra: {"mean", "std", "slices"}
 # the multi-layer embedding's norms are ~20-25 (max ~90 on covid-ct): a bound, not a clip
@@ -76,6 +79,11 @@ class FTL(FedAvg):
         if not self.standardise:
             return super().start_probe(weights)
         dim = int(np.shape(weights.get("dense.0.weight", np.zeros((0, 0))))[1])
+        if dim > MAX_STANDARDISED_DIM:
+            raise ValueError(
+                f"standardise announces the mean and std of the head's {dim} inputs; at most "
+                f"{MAX_STANDARDISED_DIM} fit a round announcement"
+            )
         moments = FeatureMoments(np.zeros(dim), np.ones(dim), 1.0)
         return SiteUpdate("start-check", moments.to_arrays(), 1)
 

@@ -138,3 +138,11 @@ def test_norm_clipping_leaves_the_moments_alone_and_clips_the_deltas_after_them(
     assert strategy.round_training(state)["feature_mean"] == state.extra[EXTRA_KEY]["mean"]
     state = strategy.aggregate(state, [SiteUpdate("a", delta(1.0, (0, 0)), 1)])
     assert np.linalg.norm(state.models["global"]["dense.0.weight"]) <= 0.1 + 1e-6
+
+
+def test_a_head_too_wide_for_the_announcement_cannot_start_a_standardised_federation():
+    strategy = make_strategy("ftl", standardise=True)
+    with pytest.raises(ValueError, match="at most 4096 fit a round announcement"):
+        strategy.start_probe(head(dim=5000))
+    probe = strategy.start_probe(head())
+    assert set(probe.delta) == {"moments.sum", "moments.sum_sq", "moments.count"}
