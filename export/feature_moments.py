@@ -13,7 +13,9 @@ then precondition differently).
 A site sends, once, the per-dimension sums ``sum x``, ``sum x^2`` and its
 slice count (``site_moments``; each embedding clipped to a norm bound, as the
 closed-form statistics are). Sums add, so the cloud's total gives the fleet's
-mean and std exactly (``FeatureMoments.mean_std``). With DP on, Gaussian
+mean and std exactly (``FeatureMoments.mean_std``; the wire's fp32 sums of squares leave
+the std of a dimension whose spread is small beside its mean good to ~1e-3, plenty for
+a preconditioner). With DP on, Gaussian
 noise of std ``z * sqrt(C^4 + C^2 + 1)`` goes on every number (one slice
 moves ``sum x`` by at most C, ``sum x^2`` by at most ``C^2``, the count by 1),
 the sensitivity of the closed-form statistics.
