@@ -108,6 +108,20 @@ def test_embed_and_classify_a_real_slice(model_dir):
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_batch_is_embedded_a_few_images_a_call_in_order(model_dir):
+    from ftlct.agent.inference.engine import BACKBONE_CALL_IMAGES
+
+    snapshot = InferenceEngine.load(model_dir.path, threads=1).current
+    rng = np.random.default_rng(3)
+    size = snapshot.spec.input_size
+    images = rng.normal(0, 1, (2 * BACKBONE_CALL_IMAGES + 1, 3, size, size)).astype(np.float32)
+    together = snapshot.embed(images)
+    alone = np.concatenate([snapshot.embed(images[i : i + 1]) for i in range(len(images))])
+    assert together.shape == (len(images), snapshot.embedding_dim)
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
+    assert np.abs(together[0] - together[-1]).max() > 1e-3  # distinct images, kept in order
+
+
 def test_edge_inference_never_imports_torch(model_dir):
     """The serve process's modules, a model load and a real inference, in a fresh interpreter."""
     code = (
