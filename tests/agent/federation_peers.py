@@ -99,6 +99,36 @@ def send(agent, paths: list[Path]) -> None:
     assert result.returncode == 0, result.stderr + result.stdout
 
 
+def send_and_label(root: Path, agents: dict, studies: dict) -> None:
+    """Each site's studies over DICOM, every result awaited, then their labels imported."""
+    from tests.agent.synthetic_ct import labels_csv
+    from tests.support.dicom_peers import wait_for
+
+    for site, agent in agents.items():
+        send(agent, [p for s in studies[site] for p in s.paths])
+    for site, agent in agents.items():
+        expected = len(studies[site])
+        wait_for(lambda a=agent, n=expected: len(a.results()) == n, timeout=120)
+        csv = labels_csv(root / site / "labels.csv", studies[site])
+        imported = agent_cli("label", "import", str(csv), "--data-dir", str(agent.data_dir))
+        assert imported.returncode == 0, imported.stderr
+
+
+def training_slices(agent, model_dir):
+    """The slices a site's round covers: its labelled embeddings minus the held-out series
+    (the agent's default val_fraction 0.2 and seed 0)."""
+    from ftlct.agent.store.database import Database
+    from ftlct.agent.training.labelled_data import holdout_split, labelled_data
+
+    db = Database(agent.data_dir / "index.sqlite")
+    try:
+        data = labelled_data(agent.data_dir, db, model_dir.backbone_sha256, model_dir.labels)
+    finally:
+        db.close()
+    train, _ = holdout_split(data, 0.2, 0)
+    return data.take(train)
+
+
 class Recorder:
     """A subscriber on ``#`` that keeps every payload the broker carries (retained ones too)."""
 

@@ -9,8 +9,6 @@ import contextlib
 import numpy as np
 import pytest
 
-from ftlct.agent.store.database import Database
-from ftlct.agent.training.labelled_data import holdout_split, labelled_data
 from ftlct.export.closed_form_head import (
     HeadStatistics,
     site_statistics,
@@ -22,14 +20,14 @@ from ftlct.protocol.exchange import open_global_model, peek
 from tests.agent.federation_peers import (
     FED,
     Recorder,
-    agent_cli,
     agent_status,
     cloud_cli,
     cloud_status,
     enrolled_agent,
-    send,
+    send_and_label,
+    training_slices,
 )
-from tests.agent.synthetic_ct import labels_csv, write_study_set
+from tests.agent.synthetic_ct import write_study_set
 from tests.cloud.harness import CloudProcess
 from tests.support.dicom_peers import wait_for
 from tests.support.mosquitto import running_mosquitto
@@ -69,14 +67,7 @@ def federation(tmp_path_factory, model_dir):
             env={"FTLCT_CLOUD_LIMITS_MAX_SITE_SHARE": "1.0"},
         ).start()  # fmt: skip
         stack.callback(cloud.stop)
-        for site in SITES:
-            send(agents[site], [p for s in studies[site] for p in s.paths])
-        for site in SITES:
-            expected = len(studies[site])
-            wait_for(lambda s=site, n=expected: len(agents[s].results()) == n, timeout=120)
-            csv = labels_csv(root / site / "labels.csv", studies[site])
-            imported = agent_cli("label", "import", str(csv), "--data-dir", str(agents[site].data_dir))  # fmt: skip
-            assert imported.returncode == 0, imported.stderr
+        send_and_label(root, agents, studies)
         assert cloud.process.wait(timeout=240) == 0, cloud.log()[-3000:]
         final = cloud_status(state)
         newest = final["global_versions"]["global"]
@@ -90,18 +81,6 @@ def federation(tmp_path_factory, model_dir):
             "recorder": recorder,
             "model_dir": model_dir,
         }
-
-
-def training_slices(agent, model_dir: ModelDir):
-    """The slices the agent's statistics cover: its labelled embeddings minus the held-out series
-    (the agent's default val_fraction 0.2 and seed 0)."""
-    db = Database(agent.data_dir / "index.sqlite")
-    try:
-        data = labelled_data(agent.data_dir, db, model_dir.backbone_sha256, model_dir.labels)
-    finally:
-        db.close()
-    train, _ = holdout_split(data, 0.2, 0)
-    return data.take(train)
 
 
 def test_one_round_gives_the_head_solved_from_the_pooled_statistics(federation):

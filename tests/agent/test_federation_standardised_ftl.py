@@ -10,21 +10,19 @@ import contextlib
 import numpy as np
 import pytest
 
-from ftlct.agent.store.database import Database
-from ftlct.agent.training.labelled_data import holdout_split, labelled_data
 from ftlct.export.feature_moments import site_moments
 from ftlct.protocol.exchange import open_round, peek
 from tests.agent.federation_peers import (
     FED,
     Recorder,
-    agent_cli,
     agent_status,
     cloud_cli,
     cloud_status,
     enrolled_agent,
-    send,
+    send_and_label,
+    training_slices,
 )
-from tests.agent.synthetic_ct import labels_csv, write_study_set
+from tests.agent.synthetic_ct import write_study_set
 from tests.cloud.harness import CloudProcess
 from tests.support.dicom_peers import wait_for
 from tests.support.mosquitto import running_mosquitto
@@ -61,14 +59,7 @@ def federation(tmp_path_factory, model_dir):
             env={"FTLCT_CLOUD_LIMITS_MAX_SITE_SHARE": "1.0"},  # the moments pooled as they are
         ).start()  # fmt: skip
         stack.callback(cloud.stop)
-        for site in SITES:
-            send(agents[site], [p for s in studies[site] for p in s.paths])
-        for site in SITES:
-            expected = len(studies[site])
-            wait_for(lambda s=site, n=expected: len(agents[s].results()) == n, timeout=120)
-            csv = labels_csv(root / site / "labels.csv", studies[site])
-            imported = agent_cli("label", "import", str(csv), "--data-dir", str(agents[site].data_dir))  # fmt: skip
-            assert imported.returncode == 0, imported.stderr
+        send_and_label(root, agents, studies)
         assert cloud.process.wait(timeout=300) == 0, cloud.log()[-3000:]
         final = cloud_status(state)
         newest = final["global_versions"]["global"]
@@ -84,16 +75,6 @@ def federation(tmp_path_factory, model_dir):
         }
 
 
-def training_vectors(agent, model_dir):
-    db = Database(agent.data_dir / "index.sqlite")
-    try:
-        data = labelled_data(agent.data_dir, db, model_dir.backbone_sha256, model_dir.labels)
-    finally:
-        db.close()
-    train, _ = holdout_split(data, 0.2, 0)
-    return data.take(train).vectors
-
-
 def test_round_one_takes_moments_and_round_two_announces_the_pooled_mean_and_std(federation):
     cloud = federation["cloud"]
     assert cloud["rounds_completed"] == 2 and cloud["updates_rejected"] == {}
@@ -105,8 +86,10 @@ def test_round_one_takes_moments_and_round_two_announces_the_pooled_mean_and_std
     kinds = sorted((u["round"], u.get("kind", "delta"), u["site"]) for u in updates)
     assert kinds == [(1, "moments", s) for s in SITES] + [(2, "delta", s) for s in SITES]
     model_dir = federation["model_dir"]
-    pooled = site_moments(training_vectors(federation["agents"][SITES[0]], model_dir))
-    pooled = pooled + site_moments(training_vectors(federation["agents"][SITES[1]], model_dir))
+    pooled = site_moments(training_slices(federation["agents"][SITES[0]], model_dir).vectors)
+    pooled = pooled + site_moments(
+        training_slices(federation["agents"][SITES[1]], model_dir).vectors
+    )
     mean, std = pooled.mean_std()
     rounds = [
         open_round(p, federation["cloud_key"], FED)
