@@ -32,7 +32,9 @@ from ftlct.cloud.strategies.strategy_utils import (
     UpdateMismatch,
     check_updates,
     copy_weights,
+    dp_count_slack,
     next_state,
+    open_sums,
 )
 from ftlct.export.closed_form_head import SOLVERS, HeadStatistics, StatisticsError, solve_head
 
@@ -77,16 +79,7 @@ class ClosedForm(Strategy):
 
     def check_update(self, state: FederationState, update: SiteUpdate) -> None:
         """Statistics that fit the cluster's head, with a weight no larger than their counts."""
-        if update.cluster not in state.models:
-            raise UpdateMismatch(
-                "wrong_cluster",
-                f"update from {update.site} names unknown cluster {update.cluster!r}",
-            )
-        try:
-            stats = HeadStatistics.from_arrays(update.delta)
-        except StatisticsError as exc:
-            reason = "non_finite" if "non-finite" in str(exc) else "shape_mismatch"
-            raise UpdateMismatch(reason, f"update from {update.site}: {exc}") from exc
+        stats = open_sums(state, update, HeadStatistics.from_arrays, StatisticsError)
         head = state.models[update.cluster]
         shape = np.shape(head.get("dense.0.weight"))
         if len(head) != 2 or shape != (stats.n_classes, stats.dim):
@@ -96,7 +89,7 @@ class ClosedForm(Strategy):
                 f"{stats.dim} dims do not fit the cluster's head {shape}",
             )
         claimed = stats.n  # DP noise moves the counts by a few units
-        if not 0 < update.n_samples <= claimed + _slack(claimed):
+        if not 0 < update.n_samples <= claimed + dp_count_slack(claimed):
             raise UpdateMismatch(
                 "bad_samples",
                 f"update from {update.site}: n_samples {update.n_samples} but its "
@@ -104,7 +97,7 @@ class ClosedForm(Strategy):
             )
         bound = self.max_embedding_norm
         trace = float(np.trace(stats.gram))
-        if trace > bound**2 * (claimed + _slack(claimed)):
+        if trace > bound**2 * (claimed + dp_count_slack(claimed)):
             raise UpdateMismatch(
                 "norm_bound",
                 f"update from {update.site}: its Gram trace {trace:.4g} needs embeddings "
@@ -112,7 +105,7 @@ class ClosedForm(Strategy):
             )
         lengths = np.linalg.norm(stats.class_sums, axis=1)
         counts = np.maximum(stats.class_counts, 0.0)
-        if (lengths > bound * (counts + _slack(counts))).any():
+        if (lengths > bound * (counts + dp_count_slack(counts))).any():
             raise UpdateMismatch(
                 "norm_bound",
                 f"update from {update.site}: a class sum is longer than max_embedding_norm "
@@ -134,11 +127,6 @@ class ClosedForm(Strategy):
             except StatisticsError as exc:  # e.g. every site of the cluster holds one class
                 raise ValueError(f"cluster {cluster}: {exc}") from exc
         return next_state(state, models, participants)
-
-
-def _slack(count):
-    """How far DP noise may move a count (three standard deviations of a unit-noise count)."""
-    return 3.0 * np.sqrt(np.maximum(1.0, count))
 
 
 def _weighted(stats: HeadStatistics, weight: float) -> HeadStatistics:

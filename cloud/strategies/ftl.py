@@ -26,7 +26,13 @@ import numpy as np
 
 from ftlct.cloud.strategies.base import FederationState, SiteUpdate, UpdateMismatch
 from ftlct.cloud.strategies.fedavg import FedAvg
-from ftlct.cloud.strategies.strategy_utils import check_updates, copy_weights, next_state
+from ftlct.cloud.strategies.strategy_utils import (
+    check_updates,
+    copy_weights,
+    dp_count_slack,
+    next_state,
+    open_sums,
+)
 from ftlct.export.feature_moments import FeatureMoments, MomentsError
 from ftlct.protocol.messages import (  # what a head is, on the wire and here
     HEAD_TENSOR,
@@ -100,16 +106,7 @@ class FTL(FedAvg):
         super().check_update(state, update)
 
     def _check_moments(self, state: FederationState, update: SiteUpdate) -> None:
-        if update.cluster not in state.models:
-            raise UpdateMismatch(
-                "wrong_cluster",
-                f"update from {update.site} names unknown cluster {update.cluster!r}",
-            )
-        try:
-            moments = FeatureMoments.from_arrays(update.delta)
-        except MomentsError as exc:
-            reason = "non_finite" if "non-finite" in str(exc) else "shape_mismatch"
-            raise UpdateMismatch(reason, f"update from {update.site}: {exc}") from exc
+        moments = open_sums(state, update, FeatureMoments.from_arrays, MomentsError)
         head = state.models[update.cluster]
         dim = np.shape(head.get("dense.0.weight", np.zeros((0, 0))))[1]
         if moments.dim != dim:
@@ -117,7 +114,7 @@ class FTL(FedAvg):
                 "shape_mismatch",
                 f"update from {update.site}: {moments.dim}-d moments, the head takes {dim}",
             )
-        slack = _slack(moments.count)
+        slack = float(dp_count_slack(moments.count))
         if not (moments.count >= 1.0 and 0 < update.n_samples <= moments.count + slack):
             raise UpdateMismatch(
                 "bad_samples",
@@ -160,8 +157,3 @@ class FTL(FedAvg):
             "slices": round(total.count, 3),
         }
         return new
-
-
-def _slack(count: float) -> float:
-    """How far DP noise may move a count (three standard deviations of a unit-noise count)."""
-    return 3.0 * float(np.sqrt(max(1.0, count)))

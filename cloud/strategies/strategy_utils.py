@@ -168,3 +168,25 @@ def coordinatewise_means(
         means[cluster] = {name: reduce(values) for name, values in stacked.items()}
     participants = {u.site: u.cluster for members in groups.values() for u in members}
     return means, participants
+
+
+def dp_count_slack(count):
+    """How far DP noise may move a count (three standard deviations of a unit-noise count);
+    elementwise for an array of counts."""
+    return 3.0 * np.sqrt(np.maximum(1.0, count))
+
+
+def open_sums(state: FederationState, update: SiteUpdate, parse: Callable, error: type):
+    """``parse(update.delta)`` for an update of summed tensors (closed-form statistics, feature
+    moments) to a cluster the federation has; ``parse`` raising ``error`` is ``non_finite`` or
+    ``shape_mismatch``."""
+    if update.cluster not in state.models:
+        raise UpdateMismatch(
+            "wrong_cluster",
+            f"update from {update.site} names unknown cluster {update.cluster!r}",
+        )
+    try:
+        return parse(update.delta)
+    except error as exc:
+        reason = "non_finite" if "non-finite" in str(exc) else "shape_mismatch"
+        raise UpdateMismatch(reason, f"update from {update.site}: {exc}") from exc
