@@ -175,15 +175,16 @@ def enable_lean_receive(incoming: Path) -> Callable[[], None]:
     """Install the leaner receive path (datasets written to ``incoming``); returns the undo."""
     messages = pynetdicom.dimse_messages
     provider = pynetdicom.dimse.DIMSEServiceProvider
+    switched = (
+        (_config, "LOG_HANDLER_LEVEL"),
+        (AssociationSocket, "recv"),
+        (provider, "send_msg"),
+        (messages, "NamedTemporaryFile"),
+        (messages, "create_file_meta"),
+        (messages, "write_file_meta_info"),
+    )
     with _install_lock:
-        before = (
-            _config.LOG_HANDLER_LEVEL,
-            AssociationSocket.recv,
-            provider.send_msg,
-            messages.NamedTemporaryFile,
-            messages.create_file_meta,
-            messages.write_file_meta_info,
-        )
+        before = [getattr(owner, name) for owner, name in switched]
         _, recv, send_msg, _, _, write_file_meta_info = before
 
         def new_file(*args, **kwargs) -> ReceivedFile:
@@ -208,13 +209,7 @@ def enable_lean_receive(incoming: Path) -> Callable[[], None]:
 
     def undo() -> None:
         with _install_lock:
-            (
-                _config.LOG_HANDLER_LEVEL,
-                AssociationSocket.recv,
-                provider.send_msg,
-                messages.NamedTemporaryFile,
-                messages.create_file_meta,
-                messages.write_file_meta_info,
-            ) = before
+            for (owner, name), value in zip(switched, before, strict=True):
+                setattr(owner, name, value)
 
     return undo
