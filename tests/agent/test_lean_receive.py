@@ -158,17 +158,9 @@ def test_a_pdu_is_read_whole_and_a_closed_connection_returns_what_arrived():
 
 def test_enable_installs_every_switch_and_undo_restores_each(tmp_path):
     messages = pynetdicom.dimse_messages
-    originals = (
-        _config.LOG_HANDLER_LEVEL,
-        AssociationSocket.recv,
-        pynetdicom.dimse.DIMSEServiceProvider.send_msg,
-        messages.NamedTemporaryFile,
-        messages.create_file_meta,
-        messages.write_file_meta_info,
-    )
-    undo = enable_lean_receive(tmp_path)
-    try:
-        installed = (
+
+    def current():
+        return (
             _config.LOG_HANDLER_LEVEL,
             AssociationSocket.recv,
             pynetdicom.dimse.DIMSEServiceProvider.send_msg,
@@ -176,18 +168,16 @@ def test_enable_installs_every_switch_and_undo_restores_each(tmp_path):
             messages.create_file_meta,
             messages.write_file_meta_info,
         )
+
+    originals = current()
+    undo = enable_lean_receive(tmp_path)
+    try:
+        installed = current()
     finally:
         undo()
     assert all(a is not b for a, b in zip(installed, originals, strict=True))
     assert installed[0] == "none"
-    assert (
-        _config.LOG_HANDLER_LEVEL,
-        AssociationSocket.recv,
-        pynetdicom.dimse.DIMSEServiceProvider.send_msg,
-        messages.NamedTemporaryFile,
-        messages.create_file_meta,
-        messages.write_file_meta_info,
-    ) == originals
+    assert current() == originals
 
 
 def test_a_received_dataset_is_the_part10_file_pynetdicom_would_have_written(tmp_path):
