@@ -12,11 +12,12 @@ A CT slice reaches the model as ``float32 [3, S, S]``:
 * Resize to ``input_size`` squared (bilinear with antialiasing), then the
   ImageNet mean/std normalisation the backbone was trained with.
 
-Only numpy, Pillow and pydicom: the edge agent runs this without torch.
+Only numpy, Pillow and pydicom (imagecodecs' libjpeg-turbo for lossless JPEG where it is\ninstalled, ``jpeg_lossless``): the edge agent runs this without torch.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -170,10 +171,19 @@ def _to_grey(frame: np.ndarray, photometric: str) -> np.ndarray:
     return values
 
 
+@functools.cache
+def _install_decoders() -> bool:
+    """Lossless JPEG through libjpeg-turbo first (``jpeg_lossless``), once per process."""
+    from ftlct.export.jpeg_lossless import install
+
+    return install()
+
+
 def dicom_slices(ds) -> list[Slice]:
     """Decode a pydicom dataset into slices (one per frame), HU where it applies."""
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise PreprocessingError("dataset has no pixel data")
+    _install_decoders()
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types; the caller needs one

@@ -1,9 +1,11 @@
 """Stored instances -> slice embeddings, decoding the next batch while onnxruntime runs this one.
 
 Decoding and preprocessing go through ``ftlct.export.preprocessing`` only (the
-one implementation the model was exported with). The pylibjpeg decoders and
-onnxruntime both release the GIL, so a small decode pool beside the ORT call
-keeps both cores busy on a 2-core box.
+one implementation the model was exported with). onnxruntime and libjpeg-turbo
+(lossless JPEG, ``export/jpeg_lossless.py``) release the GIL, so a small decode
+pool beside the ORT call keeps both cores busy on a 2-core box. pylibjpeg-libjpeg
+(still used for JPEG-LS and lossy JPEG) held it when measured: two threads decoding
+the CQ500 series were no faster than one.
 """
 
 from __future__ import annotations
