@@ -21,7 +21,10 @@ small: until it adds up to ``inference.eager_defer_s`` seconds of embedding
 A series short to embed is then embedded after its last slice, during its
 quiet period; a long one, or one arriving beside a steady stream, is embedded
 while it arrives, never more than that much work behind, so it is still done
-before its quiet period ends.
+before its quiet period ends. While an association receives, a call embeds one
+batch; once none does, up to ``IDLE_BATCHES_PER_CALL``, so the embedder decodes the
+next batch while onnxruntime runs this one (one batch a call left a core idle: a
+238-slice JPEG Lossless series took ~6.5 s, longer than its 5 s quiet period).
 
 A series job never runs lowered: it has the inference worker's thread. Around
 it (``job_running``) no eager batch starts and the onnxruntime call in flight
@@ -50,6 +53,9 @@ from ftlct.agent.store.instance_store import InstanceStore, StoredInstance
 from ftlct.agent.thread_priority import ThreadNiceness
 
 GATHER_S = 0.2  # a batch not full yet waits this long for more arrivals
+# With nothing receiving, one call takes up to this many batches, so the embedder decodes the
+# next batch while onnxruntime runs this one (one batch a call leaves a core idle).
+IDLE_BATCHES_PER_CALL = 4
 FIRST_SECONDS_PER_SLICE = 0.02  # the work estimate before a batch was measured
 ESTIMATE_WEIGHT = 0.3  # of the latest batch in the running estimate
 
@@ -160,11 +166,15 @@ class EagerEmbedder(BackgroundLoop):
         waited = self.clock() - self._arrived[0][0]
         defer_s = self.settings.eager_defer_s
         backlog_s = len(self._arrived) * self.seconds_per_slice
-        if waited < 2 * defer_s and backlog_s < defer_s and self.receiving():
+        receiving = self.receiving()
+        if waited < 2 * defer_s and backlog_s < defer_s and receiving:
             return []
         if len(self._arrived) < self.settings.batch_size and waited < GATHER_S:
             return []  # more are likely on their way: batches are cheaper full
-        count = min(self.settings.batch_size, len(self._arrived))
+        # While an association receives, a batch at a time stays out of its way; once none
+        # does, several, decoded ahead of the onnxruntime calls (SliceEmbedder.embed).
+        batches = 1 if receiving else IDLE_BATCHES_PER_CALL
+        count = min(batches * self.settings.batch_size, len(self._arrived))
         return [self._arrived.popleft()[1] for _ in range(count)]
 
     def _not_embedded(self, rows: list[dict], backbone_sha256: str) -> list[dict]:

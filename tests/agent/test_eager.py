@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from ftlct.agent.inference.eager import IDLE_BATCHES_PER_CALL
 from ftlct.agent.thread_priority import ThreadNiceness, niceness_of
 from tests.agent.dicom_files import ct_instance
 from tests.agent.pipeline import Agent
@@ -110,6 +111,17 @@ def test_arrivals_are_embedded_at_once_when_nothing_is_receiving(agent):
     _arrive(agent, 4)
     assert agent.eager.run_once()
     assert agent.slices_embedded() == 4
+
+
+def test_with_nothing_receiving_one_call_embeds_several_batches_decoded_ahead(agent):
+    agent.eager.receiving = lambda: False
+    batch = agent.eager.settings.batch_size
+    _arrive(agent, IDLE_BATCHES_PER_CALL * batch + 1)
+    assert agent.eager.run_once()
+    assert agent.slices_embedded() == IDLE_BATCHES_PER_CALL * batch  # not one batch a call
+    agent.now += 1
+    assert agent.eager.run_once()
+    assert agent.slices_embedded() == IDLE_BATCHES_PER_CALL * batch + 1
 
 
 def test_a_batch_not_full_waits_briefly_for_more_arrivals(agent):
