@@ -211,6 +211,9 @@ def series_latency_section(
                 )
                 stop = threading.Event()
                 streamer = None
+                if condition == "alone":
+                    # alone means alone: the stream's series are inferred before it starts
+                    peers.wait_until_idle(agent)
                 before = {r["series_uid"] for r in peers.agent_results(agent)}
                 if condition != "alone":
                     streamer = threading.Thread(

@@ -232,6 +232,29 @@ def agent_results(receiver: Receiver) -> list[dict]:
         db.close()
 
 
+def pending_series(receiver: Receiver) -> int:
+    """Series the agent has not finished (still open, or complete and waiting for inference)."""
+    import sqlite3
+
+    index = receiver.storage / "data" / "index.sqlite"
+    if not index.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as conn:
+        query = "SELECT count(*) FROM series WHERE state IN ('open', 'complete')"
+        return conn.execute(query).fetchone()[0]
+
+
+def wait_until_idle(receiver: Receiver, timeout: float = 600.0) -> None:
+    """Until every series the agent received has its result (or failed)."""
+    deadline = time.monotonic() + timeout
+    while pending_series(receiver):
+        if time.monotonic() > deadline:
+            raise PeerError(f"{receiver.name}: series still pending after {timeout} s")
+        if receiver.process.poll() is not None:
+            raise PeerError(f"{receiver.name} exited with {receiver.process.returncode}")
+        time.sleep(0.1)
+
+
 def wait_for_results(receiver: Receiver, count: int, timeout: float = 600.0) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
