@@ -45,20 +45,30 @@ def is_available(uid: str) -> bool:
 
 
 def decode_frame(src: bytes, runner) -> bytes:
-    """One encoded frame -> its pixel bytes, as pydicom's runner expects them."""
-    frame = _jpeg8_decode()(src)
+    """One encoded frame -> its pixel bytes, as pydicom's runner expects them.
+
+    The frame is decoded into an array of the size the dataset declares: a frame header
+    announcing other dimensions (a forged 60000 x 60000, say) is refused before anything of
+    its size is allocated.
+    """
     samples = runner.samples_per_pixel
     expected = (runner.rows, runner.columns) + ((samples,) if samples > 1 else ())
-    if frame.shape != expected:
-        raise ValueError(f"libjpeg-turbo decoded {frame.shape}, the dataset declares {expected}")
-    if frame.dtype.itemsize * 8 != runner.bits_allocated:
+    dtype = {8: np.uint8, 16: np.uint16}.get(runner.bits_allocated)
+    if dtype is None:
         raise ValueError(
-            f"libjpeg-turbo decoded {frame.dtype.itemsize * 8}-bit samples, "
-            f"the dataset allocates {runner.bits_allocated}"
+            f"libjpeg-turbo decodes 8 or 16 bits, the dataset allocates {runner.bits_allocated}"
         )
+    out = np.empty(expected, dtype)
+    try:
+        _jpeg8_decode()(src, out=out)
+    except ValueError as exc:  # imagecodecs: the frame's shape or sample size is another
+        raise ValueError(
+            f"the frame is not what the dataset declares ({expected}, {runner.bits_allocated} "
+            f"bits allocated): {exc}"
+        ) from exc
     if samples > 1:
         runner.set_option("planar_configuration", 0)  # libjpeg-turbo interleaves colour
-    return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
+    return out.astype(out.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def install() -> bool:

@@ -52,7 +52,11 @@ def test_libjpeg_turbo_is_tried_first_and_decodes_what_pylibjpeg_decodes():
 
 @pytest.mark.parametrize(
     "change, why",
-    [({"rows": 32}, "declares"), ({"bits_allocated": 8}, "allocates 8")],
+    [
+        ({"rows": 32}, "declares"),
+        ({"bits_allocated": 8}, "declares"),
+        ({"bits_allocated": 32}, "allocates 32"),
+    ],
 )
 def test_a_frame_unlike_the_dataset_is_refused_by_the_plugin(change, why):
     ds, _, frame = _lossless_ct()
@@ -64,10 +68,19 @@ def test_a_frame_unlike_the_dataset_is_refused_by_the_plugin(change, why):
         jpeg_lossless.decode_frame(frame, runner)
 
 
+def test_a_frame_header_announcing_a_huge_image_is_refused_before_it_is_allocated():
+    ds, _, frame = _lossless_ct()
+    forged = bytearray(frame)
+    start = forged.find(b"\xff\xc3")  # SOF3: lossless, Huffman
+    forged[start + 5 : start + 9] = (60000).to_bytes(2, "big") * 2  # lines, samples per line
+    with pytest.raises(ValueError, match="declares"):
+        jpeg_lossless.decode_frame(bytes(forged), _runner(ds))
+
+
 def test_pylibjpeg_decodes_what_libjpeg_turbo_cannot(monkeypatch):
     ds, values, _ = _lossless_ct()
 
-    def refuse(src):
+    def refuse(src, out=None):
         raise imagecodecs.Jpeg8Error("refused by the test")
 
     monkeypatch.setattr(jpeg_lossless, "_jpeg8_decode", lambda: refuse)
