@@ -217,51 +217,59 @@ def send(receiver: Receiver, files: list[Path], associations: int = 1, *extra: s
     return seconds
 
 
-def agent_results(receiver: Receiver) -> list[dict]:
-    """The agent's ``results --json`` rows, read from its index (SQLite WAL: safe while it runs)."""
-    from ftlct.agent.status import list_results
+@contextlib.contextmanager
+def _agent_index(receiver: Receiver) -> Iterator:
+    """The agent's index (SQLite WAL: safe to read while it runs), None before it exists."""
     from ftlct.agent.store.database import Database
 
     index = receiver.storage / "data" / "index.sqlite"
     if not index.is_file():
-        return []
+        yield None
+        return
     db = Database(index, create=False)
     try:
-        return list_results(db)
+        yield db
     finally:
         db.close()
 
 
+def agent_results(receiver: Receiver) -> list[dict]:
+    """The agent's ``results --json`` rows."""
+    from ftlct.agent.status import list_results
+
+    with _agent_index(receiver) as db:
+        return [] if db is None else list_results(db)
+
+
 def pending_series(receiver: Receiver) -> int:
     """Series the agent has not finished (still open, or complete and waiting for inference)."""
-    import sqlite3
+    with _agent_index(receiver) as db:
+        if db is None:
+            return 0
+        return db.scalar("SELECT count(*) FROM series WHERE state IN ('open', 'complete')")
 
-    index = receiver.storage / "data" / "index.sqlite"
-    if not index.is_file():
-        return 0
-    with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as conn:
-        query = "SELECT count(*) FROM series WHERE state IN ('open', 'complete')"
-        return conn.execute(query).fetchone()[0]
+
+def _poll(receiver: Receiver, ready, timeout: float, waiting_for: str):
+    """``ready()``'s first truthy value, polled until ``timeout``; the receiver must live."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = ready()
+        if value:
+            return value
+        if receiver.process.poll() is not None:
+            raise PeerError(f"{receiver.name} exited with {receiver.process.returncode}")
+        time.sleep(0.1)
+    raise PeerError(f"{receiver.name}: {waiting_for} after {timeout} s")
 
 
 def wait_until_idle(receiver: Receiver, timeout: float = 600.0) -> None:
     """Until every series the agent received has its result (or failed)."""
-    deadline = time.monotonic() + timeout
-    while pending_series(receiver):
-        if time.monotonic() > deadline:
-            raise PeerError(f"{receiver.name}: series still pending after {timeout} s")
-        if receiver.process.poll() is not None:
-            raise PeerError(f"{receiver.name} exited with {receiver.process.returncode}")
-        time.sleep(0.1)
+    _poll(receiver, lambda: pending_series(receiver) == 0, timeout, "series still pending")
 
 
 def wait_for_results(receiver: Receiver, count: int, timeout: float = 600.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def enough() -> list[dict] | None:
         results = agent_results(receiver)
-        if len(results) >= count:
-            return results
-        if receiver.process.poll() is not None:
-            raise PeerError(f"{receiver.name} exited with {receiver.process.returncode}")
-        time.sleep(0.1)
-    raise PeerError(f"{receiver.name}: {count} results not there after {timeout} s")
+        return results if len(results) >= count else None
+
+    return _poll(receiver, enough, timeout, f"{count} results not there")
