@@ -17,6 +17,7 @@ the plugin reports itself unavailable and pylibjpeg decodes as before.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -32,7 +33,9 @@ _DECODERS = (JPEGLosslessDecoder, JPEGLosslessSV1Decoder)
 _install_lock = threading.Lock()
 
 
+@functools.cache
 def _jpeg8_decode():
+    """imagecodecs' decoder, looked up once (it is called for every frame), or None."""
     try:
         from imagecodecs import jpeg8_decode
     except ImportError:

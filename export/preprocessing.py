@@ -12,7 +12,8 @@ A CT slice reaches the model as ``float32 [3, S, S]``:
 * Resize to ``input_size`` squared (bilinear with antialiasing), then the
   ImageNet mean/std normalisation the backbone was trained with.
 
-Only numpy, Pillow and pydicom (imagecodecs' libjpeg-turbo for lossless JPEG where it is\ninstalled, ``jpeg_lossless``): the edge agent runs this without torch.
+Only numpy, Pillow and pydicom (imagecodecs' libjpeg-turbo for lossless JPEG where it is
+installed, ``jpeg_lossless``): the edge agent runs this without torch.
 """
 
 from __future__ import annotations
