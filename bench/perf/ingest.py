@@ -5,7 +5,9 @@ sender (dcmtk ``storescu --max-pdu 131072``, ``TCP_NODELAY=1``) to dcmtk
 ``storescp``, Orthanc and ``ftl-agent serve`` (inference on), the receivers in
 turns within each pass, over 1 and over 4 concurrent associations. A pass
 ends when the sender has every status back: for the agent each 0x0000 means
-fsynced and indexed. Between passes the agent finishes the pass's series
+fsynced and indexed. After each pass the same files are written and fsynced
+one by one with no network (the disk floor), so a slow-disk day is told apart
+from a slower receiver. Between passes the agent finishes the pass's series
 (result written), so every pass starts from the same state.
 
 Memory: the agent's peak RSS (``VmHWM``) over the ingest run, and where its
@@ -18,6 +20,7 @@ synthetic slices, at the default quiet period.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import defaultdict
@@ -66,6 +69,31 @@ def smaps_breakdown(pid: int, top: int = 10) -> dict:
     }
 
 
+def disk_floor_seconds(files: list[Path], folder: Path) -> float:
+    """Seconds to write ``files``' bytes one by one into ``folder``, each file and its directory
+    fsynced before the next: what durability alone costs a receiver on this disk, no network,
+    no parsing, no index. The copies are removed afterwards."""
+    contents = [path.read_bytes() for path in files]  # read before the clock starts
+    folder.mkdir(parents=True, exist_ok=True)
+    directory = os.open(folder, os.O_RDONLY)
+    written = []
+    try:
+        started = time.perf_counter()
+        for index, data in enumerate(contents):
+            target = folder / f"{index:06d}.dcm"
+            with open(target, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            written.append(target)
+            os.fsync(directory)
+        return time.perf_counter() - started
+    finally:
+        os.close(directory)
+        for target in written:
+            target.unlink(missing_ok=True)
+
+
 def _agent_env(quiet_period_s: float, eager: bool = True) -> dict[str, str]:
     env = {"FTLCT_AGENT_SERIES_QUIET_PERIOD_S": str(quiet_period_s)}
     return env if eager else env | {"FTLCT_AGENT_INFERENCE_EAGER": "false"}
@@ -81,6 +109,7 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
     size = int(np.median([p.stat().st_size for p in sets[1][0]]))
     seconds: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in sets}
     cpu: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in sets}
+    floor: dict[int, list[float]] = {n: [] for n in sets}
     record: dict = {}
     with (
         machine_load(record),
@@ -106,6 +135,7 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
                     if receiver.name in done:  # its series is inferred before the next pass
                         done[receiver.name] += 1
                         peers.wait_for_results(receiver, done[receiver.name])
+                floor[associations].append(disk_floor_seconds(files, work / "disk-floor"))
         memory = {
             "agent_peak_rss_mb": round((agent.peak_rss_bytes() or 0) / 2**20, 1),
             "agent_rss_at_end_mb": round((agent.rss_bytes() or 0) / 2**20, 1),
@@ -123,6 +153,13 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
             "agent_vs_storescp": ratio(figures["storescp"]["median"], figures["agent"]["median"]),
             "agent_eager_off_vs_orthanc": ratio(
                 figures["orthanc"]["median"], figures["agent-eager-off"]["median"]
+            ),
+            # The same files written and fsynced one by one: a slow-disk day shows here first.
+            "disk_floor_seconds": summary(floor[associations], "s"),
+            # storescp plus the floor: what a storescp that synced each file would take at least.
+            "agent_vs_storescp_plus_disk_floor": ratio(
+                figures["storescp"]["median"] + float(np.median(floor[associations])),
+                figures["agent"]["median"],
             ),
         }
     one = rows["1_association"]

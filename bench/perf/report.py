@@ -174,6 +174,13 @@ def _ingest(s: dict) -> list[str]:
                 ],
             ),
         ]
+        if "disk_floor_seconds" in row:
+            lines += [
+                f"Disk floor: {_figure(row['disk_floor_seconds'])} to write the same files one by "
+                "one with each file and its directory fsynced (no network, no index); storescp "
+                f"plus that floor / agent = {row['agent_vs_storescp_plus_disk_floor']}.",
+                "",
+            ]
     m = s["memory"]
     lines += [
         f"Agent peak RSS {m['agent_peak_rss_mb']} MB over the run ({m['agent_rss_at_end_mb']} MB at "

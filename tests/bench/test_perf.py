@@ -12,7 +12,7 @@ import pytest
 from ftlct.bench.cli import PERF_SECTIONS, app
 from ftlct.bench.perf import SECTIONS, perf_markdown
 from ftlct.bench.perf.cloud import cloud_section
-from ftlct.bench.perf.ingest import smaps_breakdown
+from ftlct.bench.perf.ingest import disk_floor_seconds, smaps_breakdown
 from ftlct.bench.perf.measure import goal, interleaved, machine_load, summary
 from ftlct.bench.perf.upload_bytes import upload_bytes_section
 from ftlct.export.model_dir import HARMONISER_SCOPE
@@ -134,6 +134,29 @@ def test_smaps_breakdown_names_where_resident_memory_sits():
     assert found["total_mb"] > 1
     assert any("python" in name or name.startswith("[") for name in found if name != "total_mb")
     assert smaps_breakdown(2**22 + 12345) == {}  # no such process
+
+
+def test_disk_floor_writes_and_syncs_every_file_then_removes_the_copies(tmp_path, monkeypatch):
+    sources = []
+    for index in range(5):
+        sources.append(tmp_path / f"in-{index}.dcm")
+        sources[-1].write_bytes(bytes([index]) * (1000 + index))
+    synced, written = [], []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        synced.append(fd)
+        written.extend(p.read_bytes() for p in (tmp_path / "floor").glob("*.dcm"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    seconds = disk_floor_seconds(sources, tmp_path / "floor")
+    assert seconds > 0
+    assert len(synced) == 2 * len(sources)  # each file, then its directory
+    assert {p.read_bytes() for p in sources} <= set(written)  # the same bytes went to disk
+    assert not list((tmp_path / "floor").iterdir())  # nothing left behind
+    with pytest.raises(FileNotFoundError):
+        disk_floor_seconds([tmp_path / "missing.dcm"], tmp_path / "floor")
 
 
 def test_upload_bytes_are_real_envelopes_and_ftl_is_far_smaller(model_dir):
@@ -258,4 +281,7 @@ def test_perf_quick_run_measures_the_receivers(tmp_path, model_dir):
     ingest = json.loads((tmp_path / "perf.json").read_text())["ingest"]
     one = ingest["by_associations"]["1_association"]["seconds"]
     assert set(one) == {"storescp", "orthanc", "agent", "agent-eager-off"}
+    floor = ingest["by_associations"]["1_association"]["disk_floor_seconds"]
+    assert floor["n"] >= 1 and floor["median"] > 0
+    assert "Disk floor:" in (tmp_path / "perf.md").read_text()
     assert ingest["memory"]["agent_peak_rss_mb"] > 50
