@@ -91,9 +91,20 @@ def _convert_values(ds: Dataset) -> None:
 
 
 def read_header(source: bytes | Path) -> InstanceHeader:
-    """Parse a Part-10 file or byte stream up to the pixel data; ``HeaderError`` if it is not
-    DICOM. A file is read element by element, large values deferred, so memory stays small
-    whatever the file's size."""
+    """The header of a Part-10 file or byte stream; ``HeaderError`` if it is not DICOM.
+
+    The element walk (``header_scan``) answers for the files it fully understands and
+    pydicom (``parse_header``) for the rest, so both refuse and read the same."""
+    from ftlct.agent.store.header_scan import scan_header  # it builds on InstanceHeader
+
+    header = scan_header(source)
+    return header if header is not None else parse_header(source)
+
+
+def parse_header(source: bytes | Path) -> InstanceHeader:
+    """Parse a Part-10 file or byte stream with pydicom up to the pixel data, converting
+    every value. A file is read element by element, large values deferred, so memory stays
+    small whatever the file's size."""
     try:
         if isinstance(source, bytes | bytearray):
             ds = pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True)
