@@ -205,3 +205,12 @@ def test_the_real_cq500_series_is_read_by_the_walk_as_pydicom_reads_it():
     for path in files:
         assert scan_header(path) is not None, path
         assert scan_header(path) == parse_header(path)
+
+
+def test_a_missing_or_tiny_file_is_left_to_pydicom_which_refuses_it(tmp_path):
+    tiny = tmp_path / "tiny.dcm"
+    tiny.write_bytes(b"DICM")
+    for path in (tmp_path / "missing.dcm", tiny):
+        assert scan_header(path) is None
+        with pytest.raises(HeaderError):
+            read_header(path)
