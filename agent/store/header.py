@@ -12,6 +12,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from ftlct.agent.store.header_scan import scan_fields
+
 # Values larger than this are left unread in a file (pydicom's defer_size): a peer's
 # 1 GB private element before the pixels must not become 1 GB of memory per association.
 DEFER_BYTES = 1 << 20
@@ -95,10 +97,14 @@ def read_header(source: bytes | Path) -> InstanceHeader:
 
     The element walk (``header_scan``) answers for the files it fully understands and
     pydicom (``parse_header``) for the rest, so both refuse and read the same."""
-    from ftlct.agent.store.header_scan import scan_header  # it builds on InstanceHeader
-
     header = scan_header(source)
     return header if header is not None else parse_header(source)
+
+
+def scan_header(source: bytes | Path) -> InstanceHeader | None:
+    """The header by the element walk alone; None where it leaves the file to pydicom."""
+    fields = scan_fields(source)
+    return None if fields is None else InstanceHeader(**fields)
 
 
 def parse_header(source: bytes | Path) -> InstanceHeader:

@@ -17,8 +17,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import ImplicitVRLittleEndian
 
-from ftlct.agent.store.header import HeaderError, parse_header, read_header
-from ftlct.agent.store.header_scan import scan_header
+from ftlct.agent.store.header import HeaderError, parse_header, read_header, scan_header
 from tests.agent.dicom_files import ct_instance, garbage_part10, part10_bytes
 from tests.agent.dicom_mutations import dataset_offset, fuzz_cases
 
