@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ftlct.agent.store.header import HeaderError, parse_header, read_header, scan_header
 from tests.agent.dicom_files import ct_instance, garbage_part10, part10_bytes
-from tests.agent.dicom_mutations import dataset_offset, fuzz_cases
+from tests.agent.dicom_mutations import dataset_offset, elements, fuzz_cases
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -112,15 +112,11 @@ def test_declines_what_pydicom_must_interpret(why, data):
 def _with_element(data: bytes, element: bytes, before_tag: int) -> bytes:
     """``element`` inserted before the first top-level element whose tag is ``before_tag`` or
     later (explicit VR little endian)."""
-    at = dataset_offset(data)
-    while at < len(data):
-        group, number, vr = struct.unpack_from("<HH2s", data, at)
-        if group << 16 | number >= before_tag:
-            break
-        if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT", b"UC", b"UR", b"OF", b"OD", b"OL"):
-            at += 12 + struct.unpack_from("<I", data, at + 8)[0]
-        else:
-            at += 8 + struct.unpack_from("<H", data, at + 6)[0]
+    at = min(
+        start
+        for start, _vr, _tell, tag in elements(data, ExplicitVRLittleEndian)
+        if tag >= before_tag
+    )
     return data[:at] + element + data[at:]
 
 
