@@ -92,7 +92,7 @@ def scan_fields(source: bytes | bytearray | Path) -> dict | None:
     try:
         with open(source, "rb") as f:
             if f.seek(0, 2) < PREAMBLE + 4:
-                return None
+                return None  # also keeps an empty file from mmap, which refuses it
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 return _scan(data)
     except OSError:
