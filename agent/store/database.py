@@ -46,6 +46,8 @@ class Database:
             self.ensure(schema)
         # FULL: a commit is on disk before we acknowledge the instance it records.
         self._conn.execute("PRAGMA synchronous = FULL")
+        self._reader: sqlite3.Connection | None = None  # committed reads, opened when first used
+        self._reader_lock = threading.Lock()
 
     def attach(self, path: str | Path, alias: str) -> None:
         """Make another database file's tables readable as ``alias.table`` on this handle."""
@@ -96,6 +98,21 @@ class Database:
         with self._lock:
             return self._conn.execute(sql, params).fetchone()
 
+    def query_one_committed(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        """``query_one`` on a second, read-only connection: what the last COMMIT holds, read
+        without waiting for a writer that holds the lock through its fsyncs and COMMIT (WAL
+        readers never block on the writer). Never sees a transaction still in progress, even
+        the caller's own."""
+        with self._reader_lock:
+            if self._reader is None:
+                reader = sqlite3.connect(
+                    self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+                )
+                reader.row_factory = sqlite3.Row
+                reader.execute("PRAGMA query_only = ON")
+                self._reader = reader
+            return self._reader.execute(sql, params).fetchone()
+
     def scalar(self, sql: str, params: tuple | dict = ()) -> Any:
         row = self.query_one(sql, params)
         return None if row is None else row[0]
@@ -121,3 +138,7 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None

@@ -50,10 +50,11 @@ class InstanceIndex:
 
     # ------------------------------------------------------------------ the store's writes
     def lookup(self, conn: sqlite3.Connection | None, sop_uid: str) -> Mapping | None:
-        """``sha256``, ``path`` and ``series_uid`` of the stored copy (inside ``conn`` if given)."""
+        """``sha256``, ``path`` and ``series_uid`` of the stored copy: inside ``conn`` if given,
+        else as last committed (not waiting for a group commit on its way to the disk)."""
         sql = "SELECT sha256, path, series_uid FROM instances WHERE sop_instance_uid = ?"
         if conn is None:
-            return self.db.query_one(sql, (sop_uid,))
+            return self.db.query_one_committed(sql, (sop_uid,))
         return conn.execute(sql, (sop_uid,)).fetchone()
 
     def put(
@@ -97,6 +98,13 @@ class InstanceIndex:
         if not self._exists:
             return None
         row = self.db.query_one("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_uid,))
+        return None if row is None else dict(row)
+
+    def get_committed(self, sop_uid: str) -> dict | None:
+        """``get`` as last committed, without waiting for a writer's transaction to end."""
+        row = self.db.query_one_committed(
+            "SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_uid,)
+        )
         return None if row is None else dict(row)
 
     def of_series(self, series_uid: str) -> list[dict]:

@@ -277,7 +277,8 @@ class InstanceStore:
         return self.series.instance_indexed(conn, header, previous, now)
 
     def _record(self, sop: str, reopened: bool) -> StoredInstance:
-        row = self.index.get(sop)
+        # Committed by now; read without queueing behind the next group commit's fsyncs.
+        row = self.index.get_committed(sop)
         return StoredInstance(
             sop_instance_uid=row["sop_instance_uid"],
             sop_class_uid=row["sop_class_uid"],

@@ -381,3 +381,45 @@ def test_concurrent_stores_are_each_stored_whole_and_indexed(store):
         assert store.path_of(store.instance(ds.SOPInstanceUID)).read_bytes() == data
     assert store.commits.writes == len(payloads)
     assert 1 <= store.commits.batches <= len(payloads)
+
+
+def test_committed_reads_neither_wait_for_a_writer_nor_see_its_uncommitted_rows(store):
+    """The store's own reads outside a write (the duplicate pre-check, the stored instance's
+    record) must not queue behind another association's group commit, which holds the lock
+    through its fsyncs and COMMIT; and they must never report a row that may yet roll back."""
+    import threading
+
+    first, second = ct_instance(), ct_instance()
+    store.put(part10_bytes(first))
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_writer():
+        with store.db.transaction() as conn:
+            conn.execute(
+                "UPDATE instances SET sha256 = 'not yet' WHERE sop_instance_uid = ?",
+                (first.SOPInstanceUID,),
+            )
+            holding.set()
+            release.wait(30)  # a COMMIT on its way to a slow disk
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    seen = {}
+
+    def reads():
+        seen["first"] = store.index.lookup(None, first.SOPInstanceUID)["sha256"]
+        seen["record"] = store.index.get_committed(first.SOPInstanceUID)["sha256"]
+        seen["second"] = store.index.lookup(None, second.SOPInstanceUID)
+
+    reader = threading.Thread(target=reads, daemon=True)
+    try:
+        assert holding.wait(30)
+        reader.start()
+        reader.join(10)  # answered while the writer holds the lock, from what was committed
+        assert not reader.is_alive(), "the read waited for the writer's transaction"
+    finally:
+        release.set()
+        writer.join()
+    assert seen["first"] != "not yet" and seen["record"] != "not yet"
+    assert seen["second"] is None
+    assert store.index.get_committed(first.SOPInstanceUID)["sha256"] == "not yet"  # committed now
