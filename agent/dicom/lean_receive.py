@@ -19,6 +19,12 @@ instance in pynetdicom's own Python around the bytes, not in the bytes:
   attribute and encoded: here the seven elements of a response with a status
   and no comment are encoded directly (Implicit VR Little Endian); anything
   else (an error comment, an offending element) takes pynetdicom's path;
+* every association starts with a ``copy.deepcopy`` of the server's
+  presentation contexts (171 storage SOP classes x 16 transfer syntaxes:
+  ~29 ms of GIL per association, which four associations opened together
+  queue behind): here each context is copied with its own transfer-syntax
+  list, sharing the immutable UIDs, so negotiating one association still
+  cannot change the server's or another association's contexts;
 * pynetdicom binds its "standard" logging handlers to every PDU and DIMSE
   message of every association; they format DEBUG lines whether or not DEBUG
   is on (``_config.LOG_HANDLER_LEVEL = "none"`` leaves them unbound; our own
@@ -39,9 +45,11 @@ from pathlib import Path
 
 import pynetdicom.dimse
 import pynetdicom.dimse_messages
+import pynetdicom.transport
 from pynetdicom import _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
 from ftlct.agent.dicom.received_file import ReceivedFile, make_file
@@ -171,6 +179,24 @@ def _lean_send_msg(original: Callable) -> Callable:
     return send_msg
 
 
+def copy_context(context: PresentationContext) -> PresentationContext:
+    """``deepcopy(context)`` for what a context holds: immutable UIDs and flags, and the one
+    mutable list of transfer syntaxes, copied."""
+    copied = PresentationContext.__new__(PresentationContext)
+    copied.__dict__.update(context.__dict__)
+    copied._transfer_syntax = list(context._transfer_syntax)
+    return copied
+
+
+def _contexts_copied_lean(deepcopy: Callable) -> Callable:
+    def copy_contexts(value, memo=None):
+        if isinstance(value, list) and all(type(item) is PresentationContext for item in value):
+            return [copy_context(item) for item in value]
+        return deepcopy(value, memo)
+
+    return copy_contexts
+
+
 def enable_lean_receive(incoming: Path) -> Callable[[], None]:
     """Install the leaner receive path (datasets written to ``incoming``); returns the undo."""
     messages = pynetdicom.dimse_messages
@@ -182,10 +208,11 @@ def enable_lean_receive(incoming: Path) -> Callable[[], None]:
         (messages, "NamedTemporaryFile"),
         (messages, "create_file_meta"),
         (messages, "write_file_meta_info"),
+        (pynetdicom.transport, "deepcopy"),
     )
     with _install_lock:
         before = [getattr(owner, name) for owner, name in switched]
-        _, recv, send_msg, _, _, write_file_meta_info = before
+        _, recv, send_msg, _, _, write_file_meta_info, deepcopy = before
 
         def new_file(*args, **kwargs) -> ReceivedFile:
             return ReceivedFile(make_file(incoming))
@@ -206,6 +233,7 @@ def enable_lean_receive(incoming: Path) -> Callable[[], None]:
         messages.NamedTemporaryFile = new_file
         messages.create_file_meta = _FileMeta
         messages.write_file_meta_info = write_meta
+        pynetdicom.transport.deepcopy = _contexts_copied_lean(deepcopy)
 
     def undo() -> None:
         with _install_lock:

@@ -167,6 +167,7 @@ def test_enable_installs_every_switch_and_undo_restores_each(tmp_path):
             messages.NamedTemporaryFile,
             messages.create_file_meta,
             messages.write_file_meta_info,
+            pynetdicom.transport.deepcopy,
         )
 
     originals = current()
@@ -201,3 +202,42 @@ def messages_create(sop_class, sop_instance, syntax):
     return pynetdicom.dimse_messages.create_file_meta(
         sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax
     )
+
+
+def test_a_context_copy_is_a_deepcopy_that_shares_only_the_immutable_uids():
+    import copy
+
+    from pynetdicom.presentation import build_context
+
+    from ftlct.agent.dicom.lean_receive import copy_context
+
+    original = build_context(
+        "1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
+    )
+    original.context_id = 7
+    copied = copy_context(original)
+    assert copied.__dict__ == copy.deepcopy(original).__dict__
+    copied.transfer_syntax = ["1.2.840.10008.1.2.4.70"]  # negotiation narrows the copy ...
+    copied.context_id = 9
+    assert original.transfer_syntax == ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]  # ... only
+    assert original.context_id == 7
+
+
+def test_associations_get_their_own_contexts_and_anything_else_is_deep_copied(tmp_path):
+    from pynetdicom.presentation import build_context
+
+    undo = enable_lean_receive(tmp_path)
+    try:
+        copier = pynetdicom.transport.deepcopy
+        contexts = [build_context("1.2.840.10008.5.1.4.1.1.2"), build_context("1.2.840.10008.1.1")]
+        copied = copier(contexts)
+        nested = {"list": [1, [2]]}
+        other = copier(nested)
+    finally:
+        undo()
+    assert [c.abstract_syntax for c in copied] == [c.abstract_syntax for c in contexts]
+    assert all(a is not b for a, b in zip(copied, contexts, strict=True))
+    assert all(
+        a._transfer_syntax is not b._transfer_syntax for a, b in zip(copied, contexts, strict=True)
+    )
+    assert other == nested and other["list"][1] is not nested["list"][1]
