@@ -13,18 +13,25 @@ sleeps are cut to ``fast_s``; otherwise they stay as pynetdicom wrote them, so
 an idle open association costs no more CPU than before.
 
 Two of those waits need not poll at all, since what they wait for can wake
-them: the DUL thread's sleep waits on its socket instead (``select``), so an
-arriving PDU is read at once, and the association thread's waits on its
-DIMSE message queue, so a decoded C-STORE reaches our handler at once (and
-that thread no longer wakes every 0.2 ms to find nothing). Each wait still
-ends by its (possibly shortened) timeout, so whatever else pynetdicom checks
-in those loops (a response to send, a release, an abort) is seen as before.
-The switch is process-wide (the serve process has one SCP) and undone when
-the SCP stops.
+them. The DUL thread waits on its socket and on a wake-up descriptor (an
+eventfd) that ``send_pdu`` signals, so an arriving PDU is read at once and a
+response the association thread queued is sent at once, with no short
+polling: a busy DUL used to wake every 0.2 ms to look for a response to
+send, and four busy associations made that 20,000 wake-ups a second, each
+one a turn at the GIL. The association thread waits on its DIMSE message
+queue, so a decoded C-STORE reaches our handler at once (and that thread no
+longer wakes every 0.2 ms to find nothing). Each wait still ends by
+pynetdicom's own 1 ms timeout, so whatever else it checks in those loops (an
+ARTIM timer, a kill) is seen as before. The switch is process-wide (the
+serve process has one SCP) and undone when the SCP stops; a DUL thread
+started before it (no wake-up descriptor) waits on its socket alone, for
+the shortened period.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import ssl
 import threading
@@ -67,17 +74,95 @@ class PromptPolling:
         if seconds > POLL_SLEEP_S:
             self._sleep(seconds)
             return
+        unshortened = seconds
         thread = threading.current_thread()
         if isinstance(thread, Association) and _wait_for_message(thread, seconds):
             return  # the poll period, or less if a message came
         if self._clock() < self._busy_until:
             seconds = min(seconds, self.fast_s)
-        if isinstance(thread, DULServiceProvider) and _wait_for_data(thread, seconds):
-            return
+        if isinstance(thread, DULServiceProvider):
+            wake = thread.__dict__.get(_WAKE_ATTRIBUTE)
+            if wake is not None and _wait_for_data_or_wake(thread, wake, unshortened):
+                return
+            if _wait_for_data(thread, seconds):
+                return
         self._sleep(seconds)
 
     def __getattr__(self, name: str):
         return getattr(time, name)  # everything but sleep is the time module's
+
+
+_WAKE_ATTRIBUTE = "_ftlct_wake"
+
+
+class Wake:
+    """An eventfd that ``send_pdu`` signals and the DUL thread waits on beside its socket."""
+
+    def __init__(self):
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def signal(self) -> None:
+        with self._lock:  # never write to a closed (and perhaps re-used) descriptor number
+            if not self._closed:
+                os.eventfd_write(self.fd, 1)
+
+    def drain(self) -> None:
+        with self._lock, contextlib.suppress(BlockingIOError):
+            if not self._closed:
+                os.eventfd_read(self.fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self.fd)
+
+
+def _wait_for_data_or_wake(dul: DULServiceProvider, wake: Wake, seconds: float) -> bool:
+    """Up to ``seconds`` until the DUL's socket has data or a PDU was queued to send; False
+    if there is no socket to wait on."""
+    sock = getattr(dul.socket, "socket", None)
+    if sock is None:
+        return False
+    try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        poller = select.poll()  # not select(): descriptor numbers above 1023 are fine
+        poller.register(sock, select.POLLIN)
+        poller.register(wake.fd, select.POLLIN)
+        ready = poller.poll(seconds * 1000.0)
+    except (OSError, ValueError):  # closed by another thread meanwhile
+        return False
+    if any(fd == wake.fd for fd, _ in ready):
+        wake.drain()
+    return True
+
+
+def _signal_after(send_pdu: Callable) -> Callable:
+    def send_pdu_and_wake(self, primitive) -> None:
+        send_pdu(self, primitive)
+        wake = self.__dict__.get(_WAKE_ATTRIBUTE)
+        if wake is not None:
+            wake.signal()
+
+    send_pdu_and_wake.__wrapped__ = send_pdu
+    return send_pdu_and_wake
+
+
+def _with_wake(run_reactor: Callable) -> Callable:
+    def run_reactor_with_wake(self) -> None:
+        wake = Wake()
+        self.__dict__[_WAKE_ATTRIBUTE] = wake
+        try:
+            run_reactor(self)
+        finally:
+            self.__dict__.pop(_WAKE_ATTRIBUTE, None)
+            wake.close()
+
+    run_reactor_with_wake.__wrapped__ = run_reactor
+    return run_reactor_with_wake
 
 
 def _wait_for_data(dul: DULServiceProvider, seconds: float) -> bool:
@@ -112,15 +197,25 @@ def _wait_for_message(assoc: Association, seconds: float) -> bool:
 
 
 def enable_prompt_polling(polling: PromptPolling) -> Callable[[], None]:
-    """Route pynetdicom's reactor sleeps through ``polling``; returns the undo."""
+    """Route pynetdicom's reactor sleeps through ``polling`` and give each DUL thread started
+    from now on its wake-up descriptor; returns the undo."""
     with _install_lock:
         for module in _MODULES:
             module.time = polling
+        send_pdu = _signal_after(DULServiceProvider.send_pdu)
+        run_reactor = _with_wake(DULServiceProvider.run_reactor)
+        DULServiceProvider.send_pdu = send_pdu
+        DULServiceProvider.run_reactor = run_reactor
 
     def undo() -> None:
         with _install_lock:
             for module in _MODULES:
                 if module.time is polling:  # a later install stays in place
                     module.time = time
+            # Running DULs keep their descriptor until they end (the wrapper closes it).
+            if DULServiceProvider.send_pdu is send_pdu:
+                DULServiceProvider.send_pdu = send_pdu.__wrapped__
+            if DULServiceProvider.run_reactor is run_reactor:
+                DULServiceProvider.run_reactor = run_reactor.__wrapped__
 
     return undo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pynetdicom.association
@@ -166,3 +167,79 @@ def test_a_message_that_woke_the_reactor_still_reaches_a_consumer_blocked_in_get
     consumer.join()
     reactor.join()
     assert got == [(1, "response")]
+
+
+def test_a_dul_waiting_on_its_socket_wakes_when_a_pdu_is_queued_to_send():
+    import socket
+    import threading
+
+    from pynetdicom.dul import DULServiceProvider
+
+    from ftlct.agent.dicom.prompt_polling import Wake, _wait_for_data_or_wake
+
+    left, right = socket.socketpair()  # nothing ever arrives on it
+    dul = DULServiceProvider.__new__(DULServiceProvider)
+    dul.socket = type("AssociationSocket", (), {"socket": left})()
+    wake = Wake()
+    returned = threading.Event()
+    waiter = threading.Thread(
+        target=lambda: returned.set() if _wait_for_data_or_wake(dul, wake, 60.0) else None
+    )
+    try:
+        waiter.start()
+        assert not returned.wait(0.2)  # no data, no PDU to send: still waiting
+        wake.signal()  # send_pdu queued a response
+        assert returned.wait(30.0)
+        waiter.join()
+        # the wake-up was consumed: the next wait ends by its timeout, not at once
+        started = time.monotonic()
+        assert _wait_for_data_or_wake(dul, wake, 0.05)
+        assert time.monotonic() - started >= 0.04
+    finally:
+        wake.close()
+        left.close()
+        right.close()
+    wake.signal()  # after close: nothing is written to a descriptor number reused since
+    wake.drain()
+
+
+def test_every_dul_run_has_a_wake_up_that_send_pdu_signals_and_that_closes_when_it_ends():
+    import queue
+
+    from pynetdicom.dul import DULServiceProvider
+
+    from ftlct.agent.dicom.prompt_polling import _WAKE_ATTRIBUTE, _signal_after, _with_wake
+
+    seen = {}
+
+    def reactor(self):  # stands for pynetdicom's run_reactor
+        wake = self.__dict__[_WAKE_ATTRIBUTE]
+        seen["wake"] = wake
+        send_pdu_and_wake(self, "a primitive")
+        seen["signalled"] = os.eventfd_read(wake.fd)  # what the DUL's wait would see
+
+    def queue_it(self, primitive):  # stands for pynetdicom's send_pdu
+        self.to_provider_queue.put(primitive)
+
+    send_pdu_and_wake = _signal_after(queue_it)
+    dul = DULServiceProvider.__new__(DULServiceProvider)
+    dul.to_provider_queue = queue.Queue()
+    _with_wake(reactor)(dul)
+    assert seen["signalled"] == 1
+    assert dul.to_provider_queue.get(block=False) == "a primitive"
+    assert _WAKE_ATTRIBUTE not in dul.__dict__ and seen["wake"]._closed
+    send_pdu_and_wake(dul, "after the reactor ended")  # queued, nothing to signal
+    assert dul.to_provider_queue.get(block=False) == "after the reactor ended"
+
+
+def test_enable_wraps_the_dul_and_undo_restores_it():
+    from pynetdicom.dul import DULServiceProvider
+
+    run_reactor, send_pdu = DULServiceProvider.run_reactor, DULServiceProvider.send_pdu
+    undo = enable_prompt_polling(PromptPolling())
+    try:
+        assert DULServiceProvider.run_reactor.__wrapped__ is run_reactor
+        assert DULServiceProvider.send_pdu.__wrapped__ is send_pdu
+    finally:
+        undo()
+    assert (DULServiceProvider.run_reactor, DULServiceProvider.send_pdu) == (run_reactor, send_pdu)
