@@ -151,6 +151,33 @@ def _signal_after(send_pdu: Callable) -> Callable:
     return send_pdu_and_wake
 
 
+def _wake(dul) -> None:
+    wake = dul.__dict__.get(_WAKE_ATTRIBUTE)
+    if wake is not None:
+        wake.signal()
+
+
+def kill_dul_and_wake(self) -> None:
+    """pynetdicom's ``kill_dul``, and the DUL thread told at once (not at its next timeout)."""
+    self._kill_thread = True
+    _wake(self)
+
+
+def stop_dul_and_wake(self) -> bool:
+    """pynetdicom's ``stop_dul`` (stop the reactor once it is back in Sta1, wait for it to
+    end), with the DUL thread woken to see the request: an association that ends leaves
+    the count of open associations as soon as before the wake-up existed."""
+    if self.state_machine.current_state != "Sta1":
+        return False
+    self._kill_thread = True
+    _wake(self)
+    if threading.current_thread() is self:  # as pynetdicom would: never from its own thread
+        return True
+    while self.is_alive():
+        self.join(self._run_loop_delay)  # returns the moment the thread ends
+    return True
+
+
 def _with_wake(run_reactor: Callable) -> Callable:
     def run_reactor_with_wake(self) -> None:
         wake = Wake()
@@ -202,10 +229,15 @@ def enable_prompt_polling(polling: PromptPolling) -> Callable[[], None]:
     with _install_lock:
         for module in _MODULES:
             module.time = polling
-        send_pdu = _signal_after(DULServiceProvider.send_pdu)
-        run_reactor = _with_wake(DULServiceProvider.run_reactor)
-        DULServiceProvider.send_pdu = send_pdu
-        DULServiceProvider.run_reactor = run_reactor
+        switched = {
+            "send_pdu": _signal_after(DULServiceProvider.send_pdu),
+            "run_reactor": _with_wake(DULServiceProvider.run_reactor),
+            "kill_dul": kill_dul_and_wake,
+            "stop_dul": stop_dul_and_wake,
+        }
+        before = {name: getattr(DULServiceProvider, name) for name in switched}
+        for name, value in switched.items():
+            setattr(DULServiceProvider, name, value)
 
     def undo() -> None:
         with _install_lock:
@@ -213,9 +245,8 @@ def enable_prompt_polling(polling: PromptPolling) -> Callable[[], None]:
                 if module.time is polling:  # a later install stays in place
                     module.time = time
             # Running DULs keep their descriptor until they end (the wrapper closes it).
-            if DULServiceProvider.send_pdu is send_pdu:
-                DULServiceProvider.send_pdu = send_pdu.__wrapped__
-            if DULServiceProvider.run_reactor is run_reactor:
-                DULServiceProvider.run_reactor = run_reactor.__wrapped__
+            for name, value in switched.items():
+                if getattr(DULServiceProvider, name) is value:
+                    setattr(DULServiceProvider, name, before[name])
 
     return undo

@@ -235,11 +235,68 @@ def test_every_dul_run_has_a_wake_up_that_send_pdu_signals_and_that_closes_when_
 def test_enable_wraps_the_dul_and_undo_restores_it():
     from pynetdicom.dul import DULServiceProvider
 
-    run_reactor, send_pdu = DULServiceProvider.run_reactor, DULServiceProvider.send_pdu
+    names = ("run_reactor", "send_pdu", "kill_dul", "stop_dul")
+    before = [getattr(DULServiceProvider, name) for name in names]
     undo = enable_prompt_polling(PromptPolling())
     try:
-        assert DULServiceProvider.run_reactor.__wrapped__ is run_reactor
-        assert DULServiceProvider.send_pdu.__wrapped__ is send_pdu
+        assert DULServiceProvider.run_reactor.__wrapped__ is before[0]
+        assert DULServiceProvider.send_pdu.__wrapped__ is before[1]
+        assert [getattr(DULServiceProvider, name) for name in names[2:]] != before[2:]
     finally:
         undo()
-    assert (DULServiceProvider.run_reactor, DULServiceProvider.send_pdu) == (run_reactor, send_pdu)
+    assert [getattr(DULServiceProvider, name) for name in names] == before
+
+
+def test_stopping_a_dul_wakes_it_at_once_instead_of_at_its_next_timeout():
+    """An association that ends must leave the count of open associations promptly (a sender
+    opening one association per instance against max_associations = 1 relies on it)."""
+    import socket
+    import threading
+
+    from pynetdicom.dul import DULServiceProvider
+
+    from ftlct.agent.dicom.prompt_polling import (
+        _WAKE_ATTRIBUTE,
+        Wake,
+        _wait_for_data_or_wake,
+        kill_dul_and_wake,
+        stop_dul_and_wake,
+    )
+
+    left, right = socket.socketpair()
+
+    class Reactor(DULServiceProvider):
+        def __init__(self):
+            threading.Thread.__init__(self, daemon=True)
+            self.socket = type("AssociationSocket", (), {"socket": left})()
+            self.state_machine = type("StateMachine", (), {"current_state": "Sta1"})()
+            self._run_loop_delay = 0.001
+            self._kill_thread = False
+            self.__dict__[_WAKE_ATTRIBUTE] = Wake()
+
+        def run(self):
+            while not self._kill_thread:  # each wait would last 60 s unless woken
+                _wait_for_data_or_wake(self, self.__dict__[_WAKE_ATTRIBUTE], 60.0)
+
+    stopped, killed = Reactor(), Reactor()
+    try:
+        for reactor in (stopped, killed):
+            reactor.start()
+        time.sleep(0.1)  # both are waiting
+        started = time.monotonic()
+        assert stop_dul_and_wake(stopped) is True
+        kill_dul_and_wake(killed)
+        killed.join(30)
+        assert time.monotonic() - started < 30
+        assert not stopped.is_alive() and not killed.is_alive()
+    finally:
+        for reactor in (stopped, killed):
+            reactor._kill_thread = True
+            reactor.__dict__[_WAKE_ATTRIBUTE].signal()
+            reactor.join(5)
+            reactor.__dict__[_WAKE_ATTRIBUTE].close()
+        left.close()
+        right.close()
+    busy = Reactor()
+    busy.state_machine.current_state = "Sta6"  # not idle: pynetdicom's answer, no stop
+    assert stop_dul_and_wake(busy) is False and not busy._kill_thread
