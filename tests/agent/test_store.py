@@ -423,3 +423,42 @@ def test_committed_reads_neither_wait_for_a_writer_nor_see_its_uncommitted_rows(
     assert seen["first"] != "not yet" and seen["record"] != "not yet"
     assert seen["second"] is None
     assert store.index.get_committed(first.SOPInstanceUID)["sha256"] == "not yet"  # committed now
+
+
+def test_write_transactions_hold_the_writers_flock_that_other_processes_wait_on(tmp_path):
+    """Receive workers commit to the same index: a writer in another process waits on
+    ``index.sqlite.lock`` (woken by the kernel) instead of polling SQLite's write lock."""
+    import fcntl
+    import os
+    import stat
+
+    db = Database(tmp_path / "index.sqlite")
+    lock_path = tmp_path / "index.sqlite.lock"
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)  # as another process's handle
+
+    def free() -> bool:
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(other, fcntl.LOCK_UN)
+        return True
+
+    try:
+        assert free()
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+            assert not free()  # held from BEGIN to COMMIT
+        assert free()
+        with pytest.raises(sqlite3.IntegrityError), db.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'again')")
+        assert free()  # and released after a ROLLBACK
+        assert stat.S_IMODE(lock_path.stat().st_mode) == 0o600
+    finally:
+        os.close(other)
+        db.close()
+    reader = Database(tmp_path / "index.sqlite", create=False)
+    lock_path.unlink()
+    assert reader.get_meta("k") == "v"
+    reader.close()
+    assert not lock_path.exists()  # a read-only handle never creates it
