@@ -1,6 +1,7 @@
 """The serve process: one ``AgentService`` owns every stage and starts/stops them in order.
 
     C-STORE -> StorageScp -> InstanceStore -> SeriesIndex -> SeriesAssembler
+               (in-process, or in ``dicom.receive_processes`` workers: ReceiveWorkers)
             -> JobQueue -> InferenceWorker (engine, embeddings) -> ResultStore
             -> DeliveryQueue (SR to the PACS)
     InstanceStore -> instance_stored -> EagerEmbedder (lowered threads, out of a job's way)
@@ -27,6 +28,7 @@ import threading
 from typing import Protocol
 
 from ftlct.agent.destination import parse_destination
+from ftlct.agent.dicom.receive_workers import ReceiveWorkers
 from ftlct.agent.dicom.scp import StorageScp
 from ftlct.agent.events import INSTANCE_STORED, MODEL_SWAPPED, EventBus
 from ftlct.agent.inference.eager import EagerEmbedder
@@ -88,8 +90,15 @@ class AgentService:
         self.assembler = SeriesAssembler(
             self.db, self.series, self.jobs, settings.series, self.events, self.metrics
         )
-        self.scp = StorageScp(
-            settings.dicom, settings.tls, self.store, self.guard, self.events, self.metrics
+        processes = settings.dicom.receive_processes
+        if processes > 1 and free_bytes is not None:
+            raise ValueError("a free-space function cannot reach receive worker processes")
+        self.scp: StorageScp | ReceiveWorkers = (
+            ReceiveWorkers(settings, self.events, self.metrics, processes)
+            if processes > 1
+            else StorageScp(
+                settings.dicom, settings.tls, self.store, self.guard, self.events, self.metrics
+            )
         )
         self.eager: EagerEmbedder | None = None
         if settings.inference.eager:

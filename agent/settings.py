@@ -92,6 +92,10 @@ class DicomSettings:
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight associations may finish
+    # Processes that receive (agent/dicom/receive_workers.py): 1 receives inside the serve
+    # process; N > 1 spawns N workers sharing the listening socket, for concurrent senders
+    # on a machine with cores to spare (each worker costs ~50 MB).
+    receive_processes: int = 1
 
 
 @dataclass
@@ -298,6 +302,7 @@ class AgentSettings:
             _check_ae_title("dicom.allow_ae", ae)
         _check(0 < d.port < 65536, "dicom.port", f"must be 1..65535, got {d.port}")
         _check(d.max_associations >= 1, "dicom.max_associations", "must be >= 1")
+        _check(1 <= d.receive_processes <= 64, "dicom.receive_processes", "must be 1..64")
         _check(d.max_pdu == 0 or d.max_pdu >= 4096, "dicom.max_pdu", "must be 0 or >= 4096")
         t = self.tls
         _check((t.cert is None) == (t.key is None), "tls", "cert and key go together")

@@ -12,14 +12,18 @@ returned, i.e. after the bytes and their index row are durable.
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
+from ftlct.agent.dicom.admission import Admission, pynetdicom_backstop
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from ftlct.agent.dicom.lean_receive import enable_lean_receive
 from ftlct.agent.dicom.prompt_polling import BUSY_WINDOW_S as RECEIVING_WINDOW_S
@@ -41,6 +45,9 @@ log = logging.getLogger(__name__)
 REJECT_TRANSIENT = (0x02, 0x01, 0x01)
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+# A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation), local limit
+# exceeded: what pynetdicom answers beyond its own maximum_associations.
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 # After SIGTERM, associations with no C-STORE for this long are closed without waiting more.
 IDLE_GRACE_S = 1.0
 
@@ -53,12 +60,34 @@ def storage_ae(settings: DicomSettings) -> AE:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:4])
     ae.require_calling_aet = list(settings.allow_ae)
-    ae.maximum_associations = settings.max_associations
+    # Ours counts (admission.py); pynetdicom's, which counts threads still ending, is a backstop.
+    ae.maximum_associations = pynetdicom_backstop(settings.max_associations)
     ae.maximum_pdu_size = settings.max_pdu
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
     return ae
+
+
+def shared_socket_server(listener: socket.socket) -> type[ThreadedAssociationServer]:
+    """A pynetdicom server class that accepts on ``listener`` (already bound and listening,
+    shared with other processes) instead of binding its own socket."""
+
+    class SharedSocketServer(ThreadedAssociationServer):
+        def server_bind(self) -> None:
+            self.socket.close()  # the unbound socket TCPServer made
+            self.socket = listener
+            self.server_address = listener.getsockname()
+
+        def server_activate(self) -> None:
+            pass  # listening already
+
+        def server_close(self) -> None:
+            # Close this process's descriptor only: shutdown() would stop the socket itself,
+            # for every process that shares it.
+            self.socket.close()
+
+    return SharedSocketServer
 
 
 class StorageScp:
@@ -70,7 +99,14 @@ class StorageScp:
         guard: DiskGuard,
         events: EventBus,
         metrics: AgentMetrics,
+        *,
+        listener: socket.socket | None = None,
+        admission=None,
     ):
+        """``listener``: accept on this socket (a receive worker's share of the serve process's
+        socket; ``receive_workers``) instead of binding ``dicom.host:port``. ``admission``:
+        counts open associations against ``dicom.max_associations`` (default: this
+        process's; a worker's counts over every process, ``admission.SharedAdmission``)."""
         self.settings = dicom
         self.tls = tls
         self.store = store
@@ -86,6 +122,9 @@ class StorageScp:
         self._in_flight = 0
         self._last_store_done = time.monotonic()
         self._lock = threading.Lock()
+        self.listener = listener
+        self.admission = admission or Admission(dicom.max_associations)
+        self._admitted: dict[int, object] = {}  # associations the admission counted, by id()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -96,6 +135,9 @@ class StorageScp:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._association_ended),
+            (evt.EVT_ABORTED, self._association_ended),
+            (evt.EVT_CONN_CLOSE, self._association_ended),
             *self.limits.handlers(),
         ]
         where = f"{self.settings.host}:{self.settings.port}"
@@ -105,12 +147,15 @@ class StorageScp:
             enable_lean_receive(self.store.data_dir.incoming),
         ]
         try:
-            self._server = ae.start_server(
-                (self.settings.host, self.settings.port),
-                block=False,
-                evt_handlers=handlers,
-                ssl_context=server_ssl_context(self.tls),
-            )
+            if self.listener is None:
+                self._server = ae.start_server(
+                    (self.settings.host, self.settings.port),
+                    block=False,
+                    evt_handlers=handlers,
+                    ssl_context=server_ssl_context(self.tls),
+                )
+            else:
+                self._server = self._serve_shared(ae, handlers)
         except OSError as exc:
             self._undo_switches()
             raise OSError(exc.errno, f"DICOM on {where}: {exc.strerror or exc}") from exc
@@ -123,6 +168,22 @@ class StorageScp:
             tls=self.tls.enabled,
             allow_ae=",".join(self.settings.allow_ae) or "any",
         )
+
+    def _serve_shared(self, ae: AE, handlers: list):
+        """``ae.start_server(block=False)`` on the shared listening socket."""
+        server = ae.make_server(
+            self.listener.getsockname(),
+            evt_handlers=handlers,
+            ssl_context=server_ssl_context(self.tls),
+            server_class=shared_socket_server(self.listener),
+        )
+        stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True
+        )
+        thread.start()
+        ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+        return server
 
     def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop accepting, let in-flight stores finish, then close what is left."""
@@ -176,6 +237,34 @@ class StorageScp:
                 "calling AE title not bound to the client certificate presented",
                 calling_ae,
             )
+        else:
+            self._release_ended()
+            if self.admission.admit():
+                with self._lock:
+                    self._admitted[id(event.assoc)] = event.assoc
+            else:
+                self._reject(
+                    event.assoc,
+                    REJECT_LOCAL_LIMIT,
+                    f"dicom.max_associations ({self.settings.max_associations}) open",
+                    calling_ae,
+                )
+
+    def _association_ended(self, event) -> None:
+        """The first of released, aborted and connection closed uncounts the association."""
+        with self._lock:
+            counted = self._admitted.pop(id(event.assoc), None) is not None
+        if counted:
+            self.admission.release()
+
+    def _release_ended(self) -> None:
+        """Uncount associations whose thread ended without a connection-closed event."""
+        with self._lock:
+            ended = [key for key, assoc in self._admitted.items() if not assoc.is_alive()]
+            for key in ended:
+                del self._admitted[key]
+        for _ in ended:
+            self.admission.release()
 
     def _certificate_fits(self, assoc, calling_ae: str) -> bool:
         wanted = self.tls.ae_certificates.get(calling_ae)

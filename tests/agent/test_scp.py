@@ -96,6 +96,16 @@ def test_echo_pdu_limit_and_association_limit(scp):
         first.release()
 
 
+def test_a_sender_that_reassociates_at_once_after_a_release_is_never_refused(scp):
+    """max_associations counts open associations, not threads still ending: one association
+    per instance, each opened right after the previous release, against a limit of 1."""
+    for _ in range(20):
+        assoc = associate(scp, Verification)
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        assoc.release()
+
+
 def test_logs_carry_no_patient_data(scp, tmp_path):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

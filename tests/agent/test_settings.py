@@ -86,6 +86,7 @@ def test_federation_flags_are_kept_for_the_sync_component():
         ({"overrides": {"series.quiet_period_s": True}}, "series.quiet_period_s"),
         ({"overrides": {"nosuch.key": 1}}, "unknown setting nosuch.key"),
         ({"overrides": {"storage.on_conflict": "newest"}}, "storage.on_conflict"),
+        ({"overrides": {"dicom.receive_processes": 0}}, "dicom.receive_processes"),
         ({"overrides": {"storage.quarantine_max_entries": 0}}, "quarantine_max_entries"),
         ({"overrides": {"dicom.max_dataset_bytes": "-1"}}, "not a size"),
         ({"overrides": {"tls.ae_certificates": {"PACS": "CN=x"}}}, "tls.ae_certificates"),
