@@ -94,16 +94,27 @@ def disk_floor_seconds(files: list[Path], folder: Path) -> float:
             target.unlink(missing_ok=True)
 
 
-def _agent_env(quiet_period_s: float, eager: bool = True) -> dict[str, str]:
-    env = {"FTLCT_AGENT_SERIES_QUIET_PERIOD_S": str(quiet_period_s)}
+def _agent_env(
+    quiet_period_s: float, eager: bool = True, receive_processes: int = 1
+) -> dict[str, str]:
+    env = {
+        "FTLCT_AGENT_SERIES_QUIET_PERIOD_S": str(quiet_period_s),
+        "FTLCT_AGENT_DICOM_RECEIVE_PROCESSES": str(receive_processes),
+    }
     return env if eager else env | {"FTLCT_AGENT_INFERENCE_EAGER": "false"}
+
+
+# ``dicom.receive_processes = 2`` (agent/dicom/receive_workers.py), measured beside the default.
+TWO_PROCESSES = "agent-2-receive-processes"
 
 
 def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> dict:
     """storescp vs Orthanc vs the agent, 1 and 4 associations; the agent's memory over it.
 
     ``agent-eager-off`` (``inference.eager = false``: the series is embedded after its quiet
-    period, outside the timed pass) shows what embedding while slices arrive costs the ingest.
+    period, outside the timed pass) shows what embedding while slices arrive costs the ingest;
+    ``agent-2-receive-processes`` receives in two worker processes (CPU and memory are the
+    whole process tree's).
     """
     sets = {n: synthetic_passes(work / f"assoc-{n}", passes, slices) for n in (1, 4)}
     size = int(np.median([p.stat().st_size for p in sets[1][0]]))
@@ -117,9 +128,10 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
         peers.orthanc(work) as pacs,
         peers.agent(work, model_path, _agent_env(1.0)) as agent,
         peers.agent(work, model_path, _agent_env(1.0, eager=False), "agent-eager-off") as lazy,
+        peers.agent(work, model_path, _agent_env(1.0, receive_processes=2), TWO_PROCESSES) as split,
     ):
-        receivers = [dcmtk, pacs, agent, lazy]
-        done = dict.fromkeys((agent.name, lazy.name), 0)
+        receivers = [dcmtk, pacs, agent, lazy, split]
+        done = dict.fromkeys((agent.name, lazy.name, split.name), 0)
         for associations, passes_files in sets.items():
             for index, files in enumerate(passes_files):
                 turn = index % len(receivers)
@@ -141,6 +153,10 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
             "agent_rss_at_end_mb": round((agent.rss_bytes() or 0) / 2**20, 1),
             "agent_resident_by_mapping_mb": smaps_breakdown(agent.process.pid),
             "orthanc_peak_rss_mb": round((pacs.peak_rss_bytes() or 0) / 2**20, 1),
+            # the serve process plus its two receive workers, each one's own peak summed
+            "agent_2_receive_processes_peak_rss_mb": round(
+                (split.peak_rss_bytes() or 0) / 2**20, 1
+            ),
         }
     rows = {}
     for associations, by_receiver in seconds.items():
@@ -154,6 +170,12 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
             "agent_eager_off_vs_orthanc": ratio(
                 figures["orthanc"]["median"], figures["agent-eager-off"]["median"]
             ),
+            "agent_2_receive_processes_vs_orthanc": ratio(
+                figures["orthanc"]["median"], figures[TWO_PROCESSES]["median"]
+            ),
+            "agent_2_receive_processes_vs_storescp": ratio(
+                figures["storescp"]["median"], figures[TWO_PROCESSES]["median"]
+            ),
             # The same files written and fsynced one by one: a slow-disk day shows here first.
             "disk_floor_seconds": summary(floor[associations], "s"),
             # storescp plus the floor: what a storescp that synced each file would take at least.
@@ -162,7 +184,7 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
                 figures["agent"]["median"],
             ),
         }
-    one = rows["1_association"]
+    one, four = rows["1_association"], rows["4_associations"]
     return {
         "slices": slices,
         "slice_bytes": size,
@@ -187,11 +209,32 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
                 what="storescp seconds / agent seconds, 1 association",
             ),
             goal(
+                "ingest vs Orthanc, 4 associations",
+                four["agent_vs_orthanc"],
+                1.0,
+                at_least=True,
+                what="Orthanc seconds / agent seconds, 4 concurrent associations",
+            ),
+            goal(
+                "ingest vs Orthanc, 4 associations, 2 receive processes",
+                four["agent_2_receive_processes_vs_orthanc"],
+                1.0,
+                at_least=True,
+                what="Orthanc seconds / agent (dicom.receive_processes = 2) seconds, 4 associations",
+            ),
+            goal(
                 "agent memory",
                 memory["agent_peak_rss_mb"],
                 300,
                 at_least=False,
                 what="peak RSS (MB) of ftl-agent serve over the ingest run, inference on",
+            ),
+            goal(
+                "agent memory, 2 receive processes",
+                memory["agent_2_receive_processes_peak_rss_mb"],
+                300,
+                at_least=False,
+                what="peak RSS (MB) of serve plus its 2 receive workers (each one's peak, summed)",
             ),
         ],
     }

@@ -68,20 +68,44 @@ class Receiver:
     process: subprocess.Popen
     storage: Path
 
+    def pids(self) -> list[int]:
+        """The process and its descendants (an agent's receive workers), Linux."""
+        found, queue = [], [self.process.pid]
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    queue.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                continue
+        return found
+
     def peak_rss_bytes(self) -> int | None:
-        """VmHWM of the process (Linux), None if it cannot be read."""
-        return _status_kb(self.process.pid, "VmHWM")
+        """VmHWM summed over the process and its descendants (each one's own peak: an upper
+        bound when they peak at different times), None if it cannot be read."""
+        return _summed(_status_kb(pid, "VmHWM") for pid in self.pids())
 
     def rss_bytes(self) -> int | None:
-        return _status_kb(self.process.pid, "VmRSS")
+        return _summed(_status_kb(pid, "VmRSS") for pid in self.pids())
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time the process has used so far (Linux), None if unreadable."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
+        """User + system CPU time the process and its descendants have used so far (Linux),
+        None if unreadable."""
+        return _summed(_cpu_seconds(pid) for pid in self.pids())
+
+
+def _summed(values) -> float | None:
+    values = list(values)
+    return None if not values or values[0] is None else sum(v for v in values if v is not None)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _status_kb(pid: int, key: str) -> int | None:

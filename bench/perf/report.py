@@ -164,7 +164,9 @@ def _ingest(s: dict) -> list[str]:
         lines += [
             f"{key.replace('_', ' ')}: agent is {row['agent_vs_orthanc']}x Orthanc, "
             f"{row['agent_vs_storescp']}x storescp (with inference.eager = false: "
-            f"{row.get('agent_eager_off_vs_orthanc')}x Orthanc)",
+            f"{row.get('agent_eager_off_vs_orthanc')}x Orthanc; with 2 receive processes: "
+            f"{row.get('agent_2_receive_processes_vs_orthanc')}x Orthanc, "
+            f"{row.get('agent_2_receive_processes_vs_storescp')}x storescp)",
             "",
             *_table(
                 ["receiver", "seconds", "CPU seconds it used"],
@@ -184,7 +186,9 @@ def _ingest(s: dict) -> list[str]:
     m = s["memory"]
     lines += [
         f"Agent peak RSS {m['agent_peak_rss_mb']} MB over the run ({m['agent_rss_at_end_mb']} MB at "
-        f"the end; Orthanc peak {m['orthanc_peak_rss_mb']} MB). Resident at the end by mapping (MB): "
+        f"the end; Orthanc peak {m['orthanc_peak_rss_mb']} MB; with 2 receive processes, serve "
+        f"plus workers {m.get('agent_2_receive_processes_peak_rss_mb')} MB). Resident at the end "
+        "by mapping (MB): "
         + ", ".join(f"{k} {v}" for k, v in m["agent_resident_by_mapping_mb"].items()),
         "",
     ]

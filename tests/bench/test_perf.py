@@ -280,8 +280,17 @@ def test_perf_quick_run_measures_the_receivers(tmp_path, model_dir):
     assert run(app, "ftl-bench", [*args, "--only", "ingest"]) == 0
     ingest = json.loads((tmp_path / "perf.json").read_text())["ingest"]
     one = ingest["by_associations"]["1_association"]["seconds"]
-    assert set(one) == {"storescp", "orthanc", "agent", "agent-eager-off"}
+    assert set(one) == {
+        "storescp",
+        "orthanc",
+        "agent",
+        "agent-eager-off",
+        "agent-2-receive-processes",
+    }
     floor = ingest["by_associations"]["1_association"]["disk_floor_seconds"]
     assert floor["n"] >= 1 and floor["median"] > 0
     assert "Disk floor:" in (tmp_path / "perf.md").read_text()
     assert ingest["memory"]["agent_peak_rss_mb"] > 50
+    # the two-process agent's memory counts its workers too
+    memory = ingest["memory"]
+    assert memory["agent_2_receive_processes_peak_rss_mb"] > memory["agent_peak_rss_mb"] / 2 + 50
