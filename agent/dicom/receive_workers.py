@@ -99,6 +99,7 @@ def worker_main(settings: AgentSettings, listener: socket.socket, conn, slot: in
     """A receive worker's whole life: serve ``listener`` until told to stop or orphaned."""
     from ftlct.agent.dicom.scp import StorageScp
     from ftlct.agent.logs import configure_logging
+    from ftlct.agent.memory import limit_malloc_arenas
     from ftlct.agent.series.series_index import SeriesIndex
     from ftlct.agent.store.database import Database
     from ftlct.agent.store.disk import DiskGuard, free_bytes_of
@@ -110,6 +111,7 @@ def worker_main(settings: AgentSettings, listener: socket.socket, conn, slot: in
     # the unit): the serve process stops us in order, after in-flight stores have finished.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
+    limit_malloc_arenas()  # as the serve process: before this worker's threads exist
     configure_logging(settings.logging)
     report = _Report(conn)
     try:
