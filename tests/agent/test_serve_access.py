@@ -21,8 +21,13 @@ def send(agent, *options, files=(CT_SMALL,)):
     return storescu(*options, "-aec", agent.ae_title, LOOPBACK, str(agent.port), *map(str, files))
 
 
-def test_calling_ae_not_on_the_allow_list_is_refused_and_nothing_stored(tmp_path, model_path):
-    with running_agent(tmp_path, model_path, "--allow-ae", "PACS", "--allow-ae", "CT1") as agent:
+@pytest.mark.parametrize("receive_processes", ["1", "2"])
+def test_calling_ae_not_on_the_allow_list_is_refused_and_nothing_stored(
+    tmp_path, model_path, receive_processes
+):
+    env = {"FTLCT_AGENT_DICOM_RECEIVE_PROCESSES": receive_processes}
+    allow = ("--allow-ae", "PACS", "--allow-ae", "CT1")
+    with running_agent(tmp_path, model_path, *allow, env=env) as agent:
         refused = send(agent, "-aet", "INTRUDER")
         assert refused.returncode != 0
         assert "Association Rejected" in refused.stderr + refused.stdout
@@ -33,8 +38,12 @@ def test_calling_ae_not_on_the_allow_list_is_refused_and_nothing_stored(tmp_path
         assert len(agent.stored_sop_uids()) == 1
 
 
-def test_below_the_disk_watermark_associations_are_refused(tmp_path, model_path):
-    env = {"FTLCT_AGENT_STORAGE_MIN_FREE_BYTES": "1000000TB"}
+@pytest.mark.parametrize("receive_processes", ["1", "2"])
+def test_below_the_disk_watermark_associations_are_refused(tmp_path, model_path, receive_processes):
+    env = {
+        "FTLCT_AGENT_STORAGE_MIN_FREE_BYTES": "1000000TB",
+        "FTLCT_AGENT_DICOM_RECEIVE_PROCESSES": receive_processes,
+    }
     with running_agent(tmp_path, model_path, env=env) as agent:
         refused = send(agent, "-aet", "PACS")
         assert refused.returncode != 0
@@ -55,8 +64,12 @@ def tls(tmp_path_factory):
     return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
-def test_tls_agent_accepts_storescu_over_tls_and_refuses_plain(tmp_path, model_path, tls):
+@pytest.mark.parametrize("receive_processes", ["1", "2"])  # in serve, or in 2 workers
+def test_tls_agent_accepts_storescu_over_tls_and_refuses_plain(
+    tmp_path, model_path, tls, receive_processes
+):
     env = {
+        "FTLCT_AGENT_DICOM_RECEIVE_PROCESSES": receive_processes,
         "FTLCT_AGENT_TLS_CERT": str(tls.server_cert),
         "FTLCT_AGENT_TLS_KEY": str(tls.server_key),
         "FTLCT_AGENT_TLS_CA": str(tls.ca_cert),
@@ -100,8 +113,9 @@ def fingerprint(cert_path) -> str:
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
+@pytest.mark.parametrize("receive_processes", ["1", "2"])
 def test_calling_ae_titles_bound_to_certificates_refuse_crossed_certificates(
-    tmp_path, model_path, tls
+    tmp_path, model_path, tls, receive_processes
 ):
     bound = f'{{PACS = "CN=pacs", CT1 = "{fingerprint(tls.ct_cert)}"}}'
     env = {
@@ -110,6 +124,7 @@ def test_calling_ae_titles_bound_to_certificates_refuse_crossed_certificates(
         "FTLCT_AGENT_TLS_CA": str(tls.ca_cert),
         "FTLCT_AGENT_TLS_REQUIRE_CLIENT_CERT": "true",
         "FTLCT_AGENT_TLS_AE_CERTIFICATES": bound,
+        "FTLCT_AGENT_DICOM_RECEIVE_PROCESSES": receive_processes,
     }
 
     def send_as(ae, key, cert, file):
