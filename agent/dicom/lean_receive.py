@@ -25,6 +25,13 @@ instance in pynetdicom's own Python around the bytes, not in the bytes:
   queue behind): here each context is copied with its own transfer-syntax
   list, sharing the immutable UIDs, so negotiating one association still
   cannot change the server's or another association's contexts;
+* pydicom validates every UID it constructs against the UID grammar (a regex,
+  ~4 us each; the command set, the C-STORE primitive and pynetdicom's checks
+  build dozens per instance) and only warns when one fails: pydicom's
+  warnings are already silenced in the agent (``logs.configure_logging``:
+  they could quote patient data), so its reading validation is switched off
+  (``reading_validation_mode = IGNORE``: the same values, no checks);
+  pynetdicom's own UID checks, which refuse, stay;
 * pynetdicom binds its "standard" logging handlers to every PDU and DIMSE
   message of every association; they format DEBUG lines whether or not DEBUG
   is on (``_config.LOG_HANDLER_LEVEL = "none"`` leaves them unbound; our own
@@ -43,6 +50,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom.config
 import pynetdicom.dimse
 import pynetdicom.dimse_messages
 import pynetdicom.transport
@@ -209,10 +217,11 @@ def enable_lean_receive(incoming: Path) -> Callable[[], None]:
         (messages, "create_file_meta"),
         (messages, "write_file_meta_info"),
         (pynetdicom.transport, "deepcopy"),
+        (pydicom.config.settings, "reading_validation_mode"),
     )
     with _install_lock:
         before = [getattr(owner, name) for owner, name in switched]
-        _, recv, send_msg, _, _, write_file_meta_info, deepcopy = before
+        _, recv, send_msg, _, _, write_file_meta_info, deepcopy, _ = before
 
         def new_file(*args, **kwargs) -> ReceivedFile:
             return ReceivedFile(make_file(incoming))
@@ -234,6 +243,7 @@ def enable_lean_receive(incoming: Path) -> Callable[[], None]:
         messages.create_file_meta = _FileMeta
         messages.write_file_meta_info = write_meta
         pynetdicom.transport.deepcopy = _contexts_copied_lean(deepcopy)
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
     def undo() -> None:
         with _install_lock:

@@ -168,6 +168,7 @@ def test_enable_installs_every_switch_and_undo_restores_each(tmp_path):
             messages.create_file_meta,
             messages.write_file_meta_info,
             pynetdicom.transport.deepcopy,
+            pydicom.config.settings.reading_validation_mode,
         )
 
     originals = current()
@@ -178,6 +179,7 @@ def test_enable_installs_every_switch_and_undo_restores_each(tmp_path):
         undo()
     assert all(a is not b for a, b in zip(installed, originals, strict=True))
     assert installed[0] == "none"
+    assert installed[-1] == pydicom.config.IGNORE != originals[-1]
     assert current() == originals
 
 
