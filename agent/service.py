@@ -47,7 +47,6 @@ from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard, FreeBytes, free_bytes_of
 from ftlct.agent.store.instance_store import InstanceStore
 from ftlct.agent.store.layout import DataDir
-from ftlct.agent.store.quarantine import QuarantineLimits
 from ftlct.agent.sync.model_install import choose_model_dir
 
 log = logging.getLogger(__name__)
@@ -74,16 +73,8 @@ class AgentService:
             free_bytes or free_bytes_of(self.data_dir.root), settings.storage.min_free_bytes
         )
         self.series = SeriesIndex(self.db)
-        storage = settings.storage
-        self.store = InstanceStore(
-            self.data_dir,
-            self.db,
-            self.guard,
-            series=self.series,
-            on_conflict=storage.on_conflict,
-            quarantine_limits=QuarantineLimits(
-                storage.quarantine_max_bytes, storage.quarantine_max_entries
-            ),
+        self.store = InstanceStore.configured(
+            self.data_dir, self.db, self.guard, settings.storage, series=self.series
         )
         self.embeddings = EmbeddingStore(self.data_dir)
         self.jobs = JobQueue(self.db)

@@ -105,7 +105,6 @@ def worker_main(settings: AgentSettings, listener: socket.socket, conn, slot: in
     from ftlct.agent.store.disk import DiskGuard, free_bytes_of
     from ftlct.agent.store.instance_store import InstanceStore
     from ftlct.agent.store.layout import DataDir
-    from ftlct.agent.store.quarantine import QuarantineLimits
 
     # SIGTERM and Ctrl-C reach the whole process group (systemd signals every process of
     # the unit): the serve process stops us in order, after in-flight stores have finished.
@@ -119,16 +118,7 @@ def worker_main(settings: AgentSettings, listener: socket.socket, conn, slot: in
         data_dir = DataDir(storage.data_dir)
         db = Database(data_dir.index)
         guard = DiskGuard(free_bytes_of(data_dir.root), storage.min_free_bytes)
-        store = InstanceStore(
-            data_dir,
-            db,
-            guard,
-            series=SeriesIndex(db),
-            on_conflict=storage.on_conflict,
-            quarantine_limits=QuarantineLimits(
-                storage.quarantine_max_bytes, storage.quarantine_max_entries
-            ),
-        )
+        store = InstanceStore.configured(data_dir, db, guard, storage, series=SeriesIndex(db))
         scp = StorageScp(
             settings.dicom,
             settings.tls,
@@ -301,13 +291,12 @@ class ReceiveWorkers:
             kind = message[0]
             if kind == "event":
                 _, name, payload = message
-                self._last_store_done = time.monotonic()
                 self.events.emit(name, payload)
             elif kind == "metric":
                 _, name, label, amount = message
                 counter = getattr(self.metrics, name)
                 (counter.labels(label) if label is not None else counter).inc(amount)
-                if name == "instances_received":
+                if name == "instances_received":  # every store's outcome, refusals too
                     self._last_store_done = time.monotonic()
             elif kind == "ready":
                 worker.ready.set()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ftlct.agent.logs import log_event
-from ftlct.agent.settings import CONFLICT_POLICIES
+from ftlct.agent.settings import CONFLICT_POLICIES, StorageSettings
 from ftlct.agent.store.database import Database
 from ftlct.agent.store.disk import DiskGuard
 from ftlct.agent.store.group_commit import GroupCommit
@@ -126,6 +126,29 @@ class InstanceStore:
         self.index = InstanceIndex(db)
         self.commits = GroupCommit(db)
         self.quarantine = Quarantine(data_dir, db, guard, clock, quarantine_limits)
+
+    @classmethod
+    def configured(
+        cls,
+        data_dir: DataDir,
+        db: Database,
+        guard: DiskGuard,
+        storage: StorageSettings,
+        *,
+        series: SeriesArrivals,
+    ) -> InstanceStore:
+        """The store as the ``storage`` settings make it: the serve process's and each of its
+        receive workers' (``dicom/receive_workers.py``) are the same."""
+        return cls(
+            data_dir,
+            db,
+            guard,
+            series=series,
+            on_conflict=storage.on_conflict,
+            quarantine_limits=QuarantineLimits(
+                storage.quarantine_max_bytes, storage.quarantine_max_entries
+            ),
+        )
 
     # ------------------------------------------------------------------ receive
     def put(
