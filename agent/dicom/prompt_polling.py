@@ -81,10 +81,9 @@ class PromptPolling:
         if self._clock() < self._busy_until:
             seconds = min(seconds, self.fast_s)
         if isinstance(thread, DULServiceProvider):
+            # Woken by what it waits for, it waits pynetdicom's own period; else the shorter.
             wake = thread.__dict__.get(_WAKE_ATTRIBUTE)
-            if wake is not None and _wait_for_data_or_wake(thread, wake, unshortened):
-                return
-            if _wait_for_data(thread, seconds):
+            if _wait_for_data(thread, seconds if wake is None else unshortened, wake):
                 return
         self._sleep(seconds)
 
@@ -120,32 +119,10 @@ class Wake:
                 os.close(self.fd)
 
 
-def _wait_for_data_or_wake(dul: DULServiceProvider, wake: Wake, seconds: float) -> bool:
-    """Up to ``seconds`` until the DUL's socket has data or a PDU was queued to send; False
-    if there is no socket to wait on."""
-    sock = getattr(dul.socket, "socket", None)
-    if sock is None:
-        return False
-    try:
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        poller = select.poll()  # not select(): descriptor numbers above 1023 are fine
-        poller.register(sock, select.POLLIN)
-        poller.register(wake.fd, select.POLLIN)
-        ready = poller.poll(seconds * 1000.0)
-    except (OSError, ValueError):  # closed by another thread meanwhile
-        return False
-    if any(fd == wake.fd for fd, _ in ready):
-        wake.drain()
-    return True
-
-
 def _signal_after(send_pdu: Callable) -> Callable:
     def send_pdu_and_wake(self, primitive) -> None:
         send_pdu(self, primitive)
-        wake = self.__dict__.get(_WAKE_ATTRIBUTE)
-        if wake is not None:
-            wake.signal()
+        _wake(self)
 
     send_pdu_and_wake.__wrapped__ = send_pdu
     return send_pdu_and_wake
@@ -192,18 +169,25 @@ def _with_wake(run_reactor: Callable) -> Callable:
     return run_reactor_with_wake
 
 
-def _wait_for_data(dul: DULServiceProvider, seconds: float) -> bool:
-    """Up to ``seconds`` until the DUL's socket has data; False if there is no socket to
-    wait on (closed, or not yet there), for a plain sleep instead."""
+def _wait_for_data(dul: DULServiceProvider, seconds: float, wake: Wake | None = None) -> bool:
+    """Up to ``seconds`` until the DUL's socket has data or (``wake``) a PDU was queued to
+    send; False if there is no socket to wait on (closed, or not yet there), for a plain
+    sleep instead."""
     sock = getattr(dul.socket, "socket", None)
     if sock is None:
         return False
     try:
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True  # decrypted bytes already buffered: select would not see them
-        select.select([sock], [], [], seconds)
+            return True  # decrypted bytes already buffered: poll would not see them
+        poller = select.poll()  # not select(): descriptor numbers above 1023 are fine
+        poller.register(sock, select.POLLIN)
+        if wake is not None:
+            poller.register(wake.fd, select.POLLIN)
+        ready = poller.poll(seconds * 1000.0)
     except (OSError, ValueError):  # closed by another thread meanwhile
         return False
+    if wake is not None and any(fd == wake.fd for fd, _ in ready):
+        wake.drain()
     return True
 
 

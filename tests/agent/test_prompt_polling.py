@@ -175,7 +175,7 @@ def test_a_dul_waiting_on_its_socket_wakes_when_a_pdu_is_queued_to_send():
 
     from pynetdicom.dul import DULServiceProvider
 
-    from ftlct.agent.dicom.prompt_polling import Wake, _wait_for_data_or_wake
+    from ftlct.agent.dicom.prompt_polling import Wake, _wait_for_data
 
     left, right = socket.socketpair()  # nothing ever arrives on it
     dul = DULServiceProvider.__new__(DULServiceProvider)
@@ -183,7 +183,7 @@ def test_a_dul_waiting_on_its_socket_wakes_when_a_pdu_is_queued_to_send():
     wake = Wake()
     returned = threading.Event()
     waiter = threading.Thread(
-        target=lambda: returned.set() if _wait_for_data_or_wake(dul, wake, 60.0) else None
+        target=lambda: returned.set() if _wait_for_data(dul, 60.0, wake) else None
     )
     try:
         waiter.start()
@@ -193,7 +193,7 @@ def test_a_dul_waiting_on_its_socket_wakes_when_a_pdu_is_queued_to_send():
         waiter.join()
         # the wake-up was consumed: the next wait ends by its timeout, not at once
         started = time.monotonic()
-        assert _wait_for_data_or_wake(dul, wake, 0.05)
+        assert _wait_for_data(dul, 0.05, wake)
         assert time.monotonic() - started >= 0.04
     finally:
         wake.close()
@@ -258,7 +258,7 @@ def test_stopping_a_dul_wakes_it_at_once_instead_of_at_its_next_timeout():
     from ftlct.agent.dicom.prompt_polling import (
         _WAKE_ATTRIBUTE,
         Wake,
-        _wait_for_data_or_wake,
+        _wait_for_data,
         kill_dul_and_wake,
         stop_dul_and_wake,
     )
@@ -276,7 +276,7 @@ def test_stopping_a_dul_wakes_it_at_once_instead_of_at_its_next_timeout():
 
         def run(self):
             while not self._kill_thread:  # each wait would last 60 s unless woken
-                _wait_for_data_or_wake(self, self.__dict__[_WAKE_ATTRIBUTE], 60.0)
+                _wait_for_data(self, 60.0, self.__dict__[_WAKE_ATTRIBUTE])
 
     stopped, killed = Reactor(), Reactor()
     try:
