@@ -94,7 +94,7 @@ class DicomSettings:
     drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight associations may finish
     # Processes that receive (agent/dicom/receive_workers.py): 1 receives inside the serve
     # process; N > 1 spawns N workers sharing the listening socket, for concurrent senders
-    # on a machine with cores to spare (each worker costs ~50 MB).
+    # on a machine with cores to spare (each worker costs ~65 MB, README "Performance").
     receive_processes: int = 1
 
 
