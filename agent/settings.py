@@ -127,6 +127,9 @@ class StorageSettings:
     # Refused bytes kept for inspection, at most; the oldest go first.
     quarantine_max_bytes: int = _size_field(2**30)
     quarantine_max_entries: int = 10_000
+    # A stored instance's pages leave the page cache once it is durable (store/page_cache.py):
+    # ingest writes into recycled memory, and the cache keeps what is read again.
+    release_page_cache: bool = True
 
 
 @dataclass

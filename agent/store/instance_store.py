@@ -37,6 +37,7 @@ from ftlct.agent.store.group_commit import GroupCommit
 from ftlct.agent.store.header import HeaderError, InstanceHeader, read_header
 from ftlct.agent.store.instance_index import InstanceIndex
 from ftlct.agent.store.layout import DataDir
+from ftlct.agent.store.page_cache import sync_and_release
 from ftlct.agent.store.quarantine import Quarantine, QuarantineLimits
 from ftlct.export.files import fsync_dir, sha256_file
 
@@ -114,7 +115,10 @@ class InstanceStore:
         series: SeriesArrivals,
         on_conflict: str = KEEP_FIRST,
         quarantine_limits: QuarantineLimits | None = None,
+        release_page_cache: bool = True,
     ):
+        """``release_page_cache``: a stored file's cached pages are released once it is
+        durable (``store/page_cache.py``; ``storage.release_page_cache``)."""
         if on_conflict not in CONFLICT_POLICIES:
             raise ValueError(f"on_conflict must be one of {CONFLICT_POLICIES}, not {on_conflict!r}")
         self.data_dir = data_dir.create()
@@ -124,7 +128,7 @@ class InstanceStore:
         self.series = series
         self.on_conflict = on_conflict
         self.index = InstanceIndex(db)
-        self.commits = GroupCommit(db)
+        self.commits = GroupCommit(db, sync_and_release) if release_page_cache else GroupCommit(db)
         self.quarantine = Quarantine(data_dir, db, guard, clock, quarantine_limits)
 
     @classmethod
@@ -148,6 +152,7 @@ class InstanceStore:
             quarantine_limits=QuarantineLimits(
                 storage.quarantine_max_bytes, storage.quarantine_max_entries
             ),
+            release_page_cache=storage.release_page_cache,
         )
 
     # ------------------------------------------------------------------ receive
