@@ -8,7 +8,9 @@ ends when the sender has every status back: for the agent each 0x0000 means
 fsynced and indexed. After each pass the same files are written and fsynced
 one by one with no network (the disk floor), so a slow-disk day is told apart
 from a slower receiver. Between passes the agent finishes the pass's series
-(result written), so every pass starts from the same state.
+(result written), and after every receiver's turn the dirty pages it left
+(storescp syncs nothing) are written out untimed (``sync``), so every pass
+starts from the same state and no receiver pays for another's write-back.
 
 Memory: the agent's peak RSS (``VmHWM``) over the ingest run, and where its
 resident memory sits at the end (``/proc/PID/smaps`` by mapping).
@@ -142,6 +144,9 @@ def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> di
                         peers.send(receiver, files, associations)
                     )
                     after = receiver.cpu_seconds()
+                    # Untimed: what a receiver left unsynced (storescp syncs nothing) is
+                    # written out now, not during the next receiver's pass.
+                    os.sync()
                     if before is not None and after is not None:
                         cpu[associations][receiver.name].append(after - before)
                     if receiver.name in done:  # its series is inferred before the next pass
