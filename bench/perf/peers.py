@@ -89,6 +89,12 @@ class Receiver:
     def rss_bytes(self) -> int | None:
         return _summed(_status_kb(pid, "VmRSS") for pid in self.pids())
 
+    def pss_bytes(self) -> int | None:
+        """Proportional set size summed over the process and its descendants: each page they
+        share (a shared library, the interpreter) counted once over all of them, where
+        summed RSS counts it in every process. None if it cannot be read."""
+        return _summed(_rollup_kb(pid, "Pss") for pid in self.pids())
+
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the process and its descendants have used so far (Linux),
         None if unreadable."""
@@ -106,6 +112,17 @@ def _cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _rollup_kb(pid: int, key: str) -> int | None:
+    """A field of ``/proc/PID/smaps_rollup`` in bytes (Linux 4.14+)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _status_kb(pid: int, key: str) -> int | None:

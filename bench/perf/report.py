@@ -187,7 +187,10 @@ def _ingest(s: dict) -> list[str]:
     lines += [
         f"Agent peak RSS {m['agent_peak_rss_mb']} MB over the run ({m['agent_rss_at_end_mb']} MB at "
         f"the end; Orthanc peak {m['orthanc_peak_rss_mb']} MB; with 2 receive processes, serve "
-        f"plus workers {m.get('agent_2_receive_processes_peak_rss_mb')} MB). Resident at the end "
+        f"plus workers {m.get('agent_2_receive_processes_peak_rss_mb')} MB, each one's peak RSS "
+        "summed). Peak summed PSS (pages shared between the processes counted once, sampled "
+        f"every 0.25 s): agent {m.get('agent_peak_pss_mb')} MB, with 2 receive processes "
+        f"{m.get('agent_2_receive_processes_peak_pss_mb')} MB. Resident at the end "
         "by mapping (MB): "
         + ", ".join(f"{k} {v}" for k, v in m["agent_resident_by_mapping_mb"].items()),
         "",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +15,7 @@ import pytest
 from ftlct.bench.cli import PERF_SECTIONS, app
 from ftlct.bench.perf import SECTIONS, perf_markdown
 from ftlct.bench.perf.cloud import cloud_section
-from ftlct.bench.perf.ingest import disk_floor_seconds, smaps_breakdown
+from ftlct.bench.perf.ingest import PeakPss, disk_floor_seconds, smaps_breakdown
 from ftlct.bench.perf.measure import goal, interleaved, machine_load, summary
 from ftlct.bench.perf.upload_bytes import upload_bytes_section
 from ftlct.export.model_dir import HARMONISER_SCOPE
@@ -134,6 +137,46 @@ def test_smaps_breakdown_names_where_resident_memory_sits():
     assert found["total_mb"] > 1
     assert any("python" in name or name.startswith("[") for name in found if name != "total_mb")
     assert smaps_breakdown(2**22 + 12345) == {}  # no such process
+
+
+def test_pss_counts_pages_a_parent_and_its_child_share_once(tmp_path):
+    from ftlct.bench.perf.peers import Receiver
+
+    # A parent holding 64 MiB of its own and a forked child sharing it (copy-on-write).
+    script = (
+        "import os, time\n"
+        "block = bytearray(64 * 2**20)\n"
+        "for i in range(0, len(block), 4096): block[i] = 1\n"
+        "if os.fork() == 0: time.sleep(30); os._exit(0)\n"
+        "print('ready', flush=True); time.sleep(30)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        receiver = Receiver("tree", "TREE", 0, process, Path(tmp_path))
+        assert len(receiver.pids()) == 2
+        rss, pss = receiver.rss_bytes(), receiver.pss_bytes()
+        assert rss >= 2 * 64 * 2**20  # each process counts the shared block
+        assert 64 * 2**20 <= pss < rss - 48 * 2**20  # the tree counts it once
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_peak_pss_keeps_the_largest_sum_it_sampled():
+    class Tree:
+        def __init__(self, name, values):
+            self.name, self.values = name, list(values)
+
+        def pss_bytes(self):
+            return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+    rising = Tree("rising", [1, 5 * 2**20, 3 * 2**20])
+    unreadable = Tree("unreadable", [None])
+    with PeakPss([rising, unreadable], period_s=0.01) as sampler:
+        while len(rising.values) > 1:
+            pass  # the sampler thread takes the values
+    assert sampler.mb(rising) == 5.0 and sampler.mb(unreadable) == 0.0
 
 
 def test_disk_floor_writes_and_syncs_every_file_then_removes_the_copies(tmp_path, monkeypatch):
@@ -294,3 +337,6 @@ def test_perf_quick_run_measures_the_receivers(tmp_path, model_dir):
     # the two-process agent's memory counts its workers too
     memory = ingest["memory"]
     assert memory["agent_2_receive_processes_peak_rss_mb"] > memory["agent_peak_rss_mb"] / 2 + 50
+    # summed PSS: the workers add their own pages, and the pages they share count once
+    pss = memory["agent_2_receive_processes_peak_pss_mb"]
+    assert memory["agent_peak_pss_mb"] < pss < memory["agent_2_receive_processes_peak_rss_mb"]
