@@ -22,10 +22,13 @@ synthetic slices, at the default quiet period.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +149,30 @@ def _agent_env(
 TWO_PROCESSES = "agent-2-receive-processes"
 
 
+@contextlib.contextmanager
+def received_work(folder: Path) -> Iterator[Path]:
+    """``folder`` emptied for a section whose receivers keep what they get, and emptied again
+    afterwards but for the peers' logs. A run then starts from no earlier run's data (an
+    index or a PACS already holding thousands of instances would be measured too) and leaves
+    no gigabytes behind (the ingest section receives ~10 GB over its receivers)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        for entry in folder.iterdir():
+            if entry.is_dir():  # receivers' storage, the slices; the *.log files stay
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 def ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> dict:
+    """storescp vs Orthanc vs the agent, 1 and 4 associations; the agent's memory over it.
+    ``work`` is emptied before and after (``received_work``)."""
+    with received_work(work):
+        return _ingest_section(model_path, work, passes, slices)
+
+
+def _ingest_section(model_path: Path, work: Path, passes: int, slices: int) -> dict:
     """storescp vs Orthanc vs the agent, 1 and 4 associations; the agent's memory over it.
 
     ``agent-eager-off`` (``inference.eager = false``: the series is embedded after its quiet
@@ -324,6 +350,15 @@ def _stream(agent, sets: list[list[Path]], stop: threading.Event, sent: list[int
 
 def series_latency_section(
     model_path: Path, work: Path, cq500: Path, passes: int, quiet_period_s: float = 5.0
+) -> dict:
+    """Last CQ500 slice to its result: alone, and while another association streams.
+    ``work`` is emptied before and after (``received_work``)."""
+    with received_work(work):
+        return _series_latency_section(model_path, work, cq500, passes, quiet_period_s)
+
+
+def _series_latency_section(
+    model_path: Path, work: Path, cq500: Path, passes: int, quiet_period_s: float
 ) -> dict:
     """Last CQ500 slice to its result: alone, and while another association streams."""
     source = sorted(cq500.glob("*.dcm"))

@@ -15,7 +15,7 @@ import pytest
 from ftlct.bench.cli import PERF_SECTIONS, app
 from ftlct.bench.perf import SECTIONS, perf_markdown
 from ftlct.bench.perf.cloud import cloud_section
-from ftlct.bench.perf.ingest import PeakPss, disk_floor_seconds, smaps_breakdown
+from ftlct.bench.perf.ingest import PeakPss, disk_floor_seconds, received_work, smaps_breakdown
 from ftlct.bench.perf.measure import goal, interleaved, machine_load, summary
 from ftlct.bench.perf.upload_bytes import upload_bytes_section
 from ftlct.export.model_dir import HARMONISER_SCOPE
@@ -161,6 +161,23 @@ def test_pss_counts_pages_a_parent_and_its_child_share_once(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_received_work_starts_empty_and_keeps_only_the_logs(tmp_path):
+    folder = tmp_path / "ingest"
+    (folder / "agent" / "data").mkdir(parents=True)
+    (folder / "agent" / "data" / "index.sqlite").write_bytes(b"an earlier run's index")
+    with received_work(folder) as work:
+        assert list(work.iterdir()) == []  # nothing of the earlier run is measured
+        (work / "orthanc" / "storage").mkdir(parents=True)
+        (work / "orthanc" / "storage" / "instance").write_bytes(b"x" * 1000)
+        (work / "orthanc.log").write_text("started")
+    assert [p.name for p in folder.iterdir()] == ["orthanc.log"]
+
+    with pytest.raises(RuntimeError), received_work(folder) as work:
+        (work / "slices").mkdir()
+        raise RuntimeError("a failing section")
+    assert list(folder.iterdir()) == []  # cleaned after a failure too
 
 
 def test_peak_pss_keeps_the_largest_sum_it_sampled():
