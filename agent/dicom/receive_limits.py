@@ -122,21 +122,37 @@ class ReceiveLimits:
                 if control & 2:
                     transfer.received = 0
                 continue
-            transfer.received += len(value) - 1
-            if self.max_dataset_bytes and transfer.received > self.max_dataset_bytes:
-                self._refuse(
-                    event.assoc,
-                    transfer,
-                    f"dataset larger than dicom.max_dataset_bytes ({self.max_dataset_bytes})",
-                )
+            if not self._count(event.assoc, transfer, len(value)):
                 return
-            if self.guard.below_watermark(len(value)):
-                self._refuse(
-                    event.assoc,
-                    transfer,
-                    f"free space below the {self.guard.min_free_bytes} byte watermark",
-                )
-                return
+
+    def dataset_fragment(self, assoc, value_length: int) -> bool:
+        """One dataset fragment (its PDV value: control header and data, ``value_length``
+        bytes) about to be written, seen by the limits as ``EVT_PDU_RECV`` would show it
+        (``pdata_fast_path``); False once the dataset is refused (the association is being
+        aborted and nothing more of it may be written)."""
+        with self._lock:
+            transfer = self._transfers.setdefault(assoc, _Transfer())
+        return not transfer.refused and self._count(assoc, transfer, value_length)
+
+    def _count(self, assoc, transfer: _Transfer, value_length: int) -> bool:
+        """Add a fragment to the dataset's size; False (and the association aborted) if it
+        passes the size cap or the watermark."""
+        transfer.received += value_length - 1
+        if self.max_dataset_bytes and transfer.received > self.max_dataset_bytes:
+            self._refuse(
+                assoc,
+                transfer,
+                f"dataset larger than dicom.max_dataset_bytes ({self.max_dataset_bytes})",
+            )
+            return False
+        if self.guard.below_watermark(value_length):
+            self._refuse(
+                assoc,
+                transfer,
+                f"free space below the {self.guard.min_free_bytes} byte watermark",
+            )
+            return False
+        return True
 
     def _on_close(self, event) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ftlct.agent.dicom.admission import Admission, pynetdicom_backstop
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from ftlct.agent.dicom.lean_receive import enable_lean_receive
+from ftlct.agent.dicom.pdata_fast_path import enable_pdata_fast_path
 from ftlct.agent.dicom.prompt_polling import BUSY_WINDOW_S as RECEIVING_WINDOW_S
 from ftlct.agent.dicom.prompt_polling import PromptPolling, enable_prompt_polling
 from ftlct.agent.dicom.receive_limits import ReceiveLimits, enable_chunked_receive
@@ -145,6 +146,7 @@ class StorageScp:
             enable_chunked_receive(self.store.data_dir.incoming),
             enable_prompt_polling(self.polling),
             enable_lean_receive(self.store.data_dir.incoming),
+            enable_pdata_fast_path(),
         ]
         try:
             if self.listener is None:
