@@ -157,6 +157,19 @@ class _Worker:
         self.ready = threading.Event()
         self.failure: str | None = None
         self.reader: threading.Thread | None = None
+        # The reader thread and stop() both wait for the process: unguarded, the one whose
+        # waitpid() lost the race reads "still alive" and would kill a process already gone.
+        self._waiting = threading.Lock()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to end; whether it has."""
+        with self._waiting:
+            self.process.join(timeout)
+            return not self.process.is_alive()
+
+    def alive(self) -> bool:
+        with self._waiting:
+            return self.process.is_alive()
 
 
 class ReceiveWorkers:
@@ -255,11 +268,10 @@ class ReceiveWorkers:
                 worker.conn.send(("stop", timeout))
         deadline = time.monotonic() + timeout + STOP_GRACE_S
         for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
+            if not worker.wait(max(0.0, deadline - time.monotonic())):
                 log_event(log, "receive_worker_killed", logging.WARNING, slot=worker.slot)
                 worker.process.kill()
-                worker.process.join(5.0)
+                worker.wait(5.0)
             if worker.reader is not None:
                 worker.reader.join(5.0)
             worker.conn.close()
@@ -279,7 +291,7 @@ class ReceiveWorkers:
 
     def worker_pids(self) -> list[int]:
         with self._lock:
-            return [w.process.pid for w in self._workers.values() if w.process.is_alive()]
+            return [w.process.pid for w in self._workers.values() if w.alive()]
 
     # ------------------------------------------------------------------ a worker's reports
     def _read(self, worker: _Worker) -> None:
@@ -308,7 +320,7 @@ class ReceiveWorkers:
         self._worker_ended(worker)
 
     def _worker_ended(self, worker: _Worker) -> None:
-        worker.process.join(5.0)
+        worker.wait(5.0)
         self._counts.get_obj()[worker.slot] = 0  # its associations are gone with it
         with self._lock:
             if self._stopping or worker.failure is not None:

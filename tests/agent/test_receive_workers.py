@@ -9,13 +9,14 @@ import re
 import signal
 import socket
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ftlct.agent.dicom.admission import Admission, SharedAdmission
-from ftlct.agent.dicom.receive_workers import ReceiveWorkers
+from ftlct.agent.dicom.receive_workers import ReceiveWorkers, _Worker
 from ftlct.agent.events import EventBus
 from ftlct.agent.metrics import AgentMetrics
 from ftlct.agent.settings import AgentSettings, DicomSettings, StorageSettings
@@ -225,3 +226,24 @@ def test_one_process_counts_against_its_limit_and_never_below_zero():
     admission.release()
     admission.release()
     assert admission.open == 0 and admission.admit()
+
+
+def test_two_threads_waiting_for_one_worker_both_see_it_end():
+    # the reader thread and stop() wait together; unguarded, waitpid() loses the race
+    # for one of them about half the time and stop() kills a worker that already ended
+    context = multiprocessing.get_context("fork")
+    for _ in range(40):
+        process = context.Process(target=time.sleep, args=(0.01,))
+        process.start()
+        worker = _Worker(0, process, conn=None)
+        ended: list[bool] = []
+
+        def wait_for(worker: _Worker = worker, ended: list[bool] = ended) -> None:
+            ended.append(worker.wait(10.0))
+
+        waiters = [threading.Thread(target=wait_for) for _ in "ab"]
+        for waiter in waiters:
+            waiter.start()
+        for waiter in waiters:
+            waiter.join()
+        assert ended == [True, True] and not worker.alive()
