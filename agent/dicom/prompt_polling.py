@@ -20,9 +20,16 @@ polling: a busy DUL used to wake every 0.2 ms to look for a response to
 send, and four busy associations made that 20,000 wake-ups a second, each
 one a turn at the GIL. The association thread waits on its DIMSE message
 queue, so a decoded C-STORE reaches our handler at once (and that thread no
-longer wakes every 0.2 ms to find nothing). Each wait still ends by
-pynetdicom's own 1 ms timeout, so whatever else it checks in those loops (an
-ARTIM timer, a kill) is seen as before. The switch is process-wide (the
+longer wakes every 0.2 ms to find nothing). Every primitive the DUL hands an
+association (an A-RELEASE, an A-ABORT) also wakes that queue's waiter. Since
+what they wait for wakes them, both waits last ``WOKEN_WAIT_S`` (20 ms) before
+their loops look around anyway (an ARTIM timer, an idle timeout, a kill):
+pynetdicom's 1 ms made each open association's two threads wake 2,000 times a
+second, and on four busy associations those wake-ups were GIL hand-offs the
+receive path queued behind (a scratch A/B on two cores, six passes in turns:
+0.99 against 1.06 s a 300-slice pass, CPU 1.10 against 1.27 s). A requestor's
+association thread (our SR sender's) keeps pynetdicom's period, since its
+``send_*`` calls wait for that thread to pause. The switch is process-wide (the
 serve process has one SCP) and undone when the SCP stops; a DUL thread
 started before it (no wake-up descriptor) waits on its socket alone, for
 the shortened period.
@@ -46,6 +53,8 @@ from pynetdicom.dul import DULServiceProvider
 FAST_SLEEP_S = 0.0002
 BUSY_WINDOW_S = 0.25  # longer than a sender takes between two C-STOREs on a loaded box
 POLL_SLEEP_S = 0.001  # pynetdicom's polling sleeps; longer sleeps are left alone
+# How long a wait that what it waits for can wake lasts before its loop looks around anyway
+WOKEN_WAIT_S = 0.02
 _MODULES = (pynetdicom.association, pynetdicom.dul)
 _install_lock = threading.Lock()
 
@@ -74,16 +83,18 @@ class PromptPolling:
         if seconds > POLL_SLEEP_S:
             self._sleep(seconds)
             return
-        unshortened = seconds
         thread = threading.current_thread()
-        if isinstance(thread, Association) and _wait_for_message(thread, seconds):
+        if isinstance(thread, Association) and thread.is_acceptor:
+            if _wait_for_message(thread, WOKEN_WAIT_S):
+                return  # until a message or an ACSE primitive came, or the period ended
+        elif isinstance(thread, Association) and _wait_for_message(thread, seconds):
             return  # the poll period, or less if a message came
         if self._clock() < self._busy_until:
             seconds = min(seconds, self.fast_s)
         if isinstance(thread, DULServiceProvider):
             # Woken by what it waits for, it waits pynetdicom's own period; else the shorter.
             wake = thread.__dict__.get(_WAKE_ATTRIBUTE)
-            if _wait_for_data(thread, seconds if wake is None else unshortened, wake):
+            if _wait_for_data(thread, seconds if wake is None else WOKEN_WAIT_S, wake):
                 return
         self._sleep(seconds)
 
@@ -159,6 +170,7 @@ def _with_wake(run_reactor: Callable) -> Callable:
     def run_reactor_with_wake(self) -> None:
         wake = Wake()
         self.__dict__[_WAKE_ATTRIBUTE] = wake
+        _wake_association_on_primitive(self)
         try:
             run_reactor(self)
         finally:
@@ -167,6 +179,24 @@ def _with_wake(run_reactor: Callable) -> Callable:
 
     run_reactor_with_wake.__wrapped__ = run_reactor
     return run_reactor_with_wake
+
+
+def _wake_association_on_primitive(dul: DULServiceProvider) -> None:
+    """Each primitive the DUL hands its association (A-RELEASE, A-ABORT, ...) also wakes the
+    association thread waiting on its DIMSE queue."""
+    primitives = getattr(dul, "to_user_queue", None)
+    if primitives is None:
+        return
+    put = primitives.put
+
+    def put_and_wake(item, block=True, timeout=None) -> None:
+        put(item, block, timeout)
+        messages = getattr(getattr(dul.assoc, "dimse", None), "msg_queue", None)
+        if messages is not None:
+            with messages.not_empty:
+                messages.not_empty.notify_all()
+
+    primitives.put = put_and_wake
 
 
 def _wait_for_data(dul: DULServiceProvider, seconds: float, wake: Wake | None = None) -> bool:
@@ -197,8 +227,10 @@ def _wait_for_message(assoc: Association, seconds: float) -> bool:
     queue = getattr(dimse, "msg_queue", None)
     if queue is None:
         return False
+    primitives = getattr(getattr(assoc, "dul", None), "to_user_queue", None)
     with queue.not_empty:
-        if not queue.queue:  # the deque itself: qsize() would take the held mutex again
+        # the deques themselves: qsize() would take the held mutex again
+        if not queue.queue and not getattr(primitives, "queue", None):
             queue.not_empty.wait(seconds)
         if queue.queue:
             # put() wakes one waiter; if that was this one, a consumer blocked in

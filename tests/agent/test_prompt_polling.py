@@ -300,3 +300,52 @@ def test_stopping_a_dul_wakes_it_at_once_instead_of_at_its_next_timeout():
     busy = Reactor()
     busy.state_machine.current_state = "Sta6"  # not idle: pynetdicom's answer, no stop
     assert stop_dul_and_wake(busy) is False and not busy._kill_thread
+
+
+def test_a_primitive_for_the_association_wakes_its_thread_waiting_on_its_messages():
+    import threading
+
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+    from pynetdicom.pdu_primitives import A_RELEASE
+
+    from ftlct.agent.dicom.prompt_polling import (
+        _wait_for_message,
+        _wake_association_on_primitive,
+    )
+
+    assoc = Association(AE(), "acceptor")
+    _wake_association_on_primitive(assoc.dul)
+    returned = threading.Event()
+    reactor = threading.Thread(
+        target=lambda: returned.set() if _wait_for_message(assoc, 60.0) else None
+    )
+    reactor.start()
+    assert not returned.wait(0.2)  # no message, no primitive: still waiting
+    assoc.dul.to_user_queue.put(A_RELEASE())  # the peer's A-RELEASE-RQ, as the DUL hands it on
+    assert returned.wait(30.0)
+    reactor.join()
+    # one already waiting (handed on before the association thread began to wait): no wait
+    started = time.monotonic()
+    assert _wait_for_message(assoc, 60.0)
+    assert time.monotonic() - started < 30.0
+
+
+def test_an_acceptor_association_with_nothing_arriving_waits_longer_than_pynetdicoms_poll():
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    from ftlct.agent.dicom.prompt_polling import WOKEN_WAIT_S
+
+    assoc = Association(AE(), "acceptor")
+    took = []
+
+    def run() -> None:  # the prompt polling's sleep as the association's own thread calls it
+        started = time.monotonic()
+        PromptPolling().sleep(0.001)
+        took.append(time.monotonic() - started)
+
+    assoc.run = run
+    assoc.start()
+    assoc.join()
+    assert took[0] >= WOKEN_WAIT_S * 0.9  # woken by a message or a primitive, else this long
