@@ -25,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ftlct.agent.dicom.admission import Admission, pynetdicom_backstop
 from ftlct.agent.dicom.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from ftlct.agent.dicom.inline_store import enable_inline_store
 from ftlct.agent.dicom.lean_receive import enable_lean_receive
 from ftlct.agent.dicom.pdata_fast_path import enable_pdata_fast_path
 from ftlct.agent.dicom.prompt_polling import BUSY_WINDOW_S as RECEIVING_WINDOW_S
@@ -147,6 +148,7 @@ class StorageScp:
             enable_prompt_polling(self.polling),
             enable_lean_receive(self.store.data_dir.incoming),
             enable_pdata_fast_path(),
+            enable_inline_store(StorageScp._on_store),
         ]
         try:
             if self.listener is None:
