@@ -98,9 +98,13 @@ class EagerEmbedder(BackgroundLoop):
         self.seconds_per_slice = FIRST_SECONDS_PER_SLICE
 
     def instance_arrived(self, instance: StoredInstance) -> None:
-        """Event subscriber: queue a freshly stored instance."""
+        """Event subscriber: queue a freshly stored instance. While an association receives,
+        the loop is not woken for each one: its batch waits then, and the loop looks again
+        every ``idle_wait_s`` (a wake-up per instance was a turn at the GIL taken from the
+        receive path)."""
         self._arrived.append((self.clock(), instance.sop_instance_uid))
-        self.wake()
+        if not self.receiving():
+            self.wake()
 
     def thread_started(self) -> None:
         self.niceness.apply()

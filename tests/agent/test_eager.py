@@ -106,6 +106,15 @@ def test_arrivals_wait_while_receiving_only_until_they_add_up_to_the_defer_in_wo
     assert agent.eager.seconds_per_slice != agent.eager.settings.eager_defer_s / 5  # measured
 
 
+def test_an_arrival_wakes_the_loop_only_when_nothing_is_receiving(agent):
+    agent.eager.receiving = lambda: True
+    _arrive(agent, 1)
+    assert not agent.eager._wake.is_set()  # it looks again within idle_wait_s
+    agent.eager.receiving = lambda: False
+    _arrive(agent, 1)
+    assert agent.eager._wake.is_set()
+
+
 def test_arrivals_are_embedded_at_once_when_nothing_is_receiving(agent):
     agent.eager.receiving = lambda: False
     _arrive(agent, 4)
